@@ -1,0 +1,32 @@
+// Turns a HuggingFace checkpoint directory into a bnb-4bit one that transformers + bitsandbytes load:
+// the `nibble quantize` job.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "nibble/bitsandbytes_config.h"
+
+namespace nibble {
+
+struct QuantizeOptions {
+  BitsAndBytesConfig config{.load_in_4bit = true};
+  int64_t blocksize = 64;
+  // dtype of the tensors that stay unquantized (and of the weights before quantization); nullopt = the
+  // checkpoint's torch_dtype ("auto").
+  std::optional<DType> dtype;
+  uint64_t max_shard_size = 5'000'000'000;  // transformers' save_pretrained default "5GB"
+  bool quiet = false;
+};
+
+struct QuantizeReport {
+  int64_t quantized_tensors = 0, copied_tensors = 0;
+  uint64_t input_bytes = 0, output_bytes = 0;
+  double seconds = 0;
+};
+
+// Streams in_dir's tensors (one full-precision tensor in memory at a time) into out_dir, which appears only
+// when complete and must not already hold files.
+QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& opt);
+
+}  // namespace nibble

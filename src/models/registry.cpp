@@ -1,0 +1,50 @@
+#include <algorithm>
+
+#include "nibble/error.h"
+#include "nibble/models.h"
+
+namespace nibble {
+
+const std::vector<std::string>& supported_model_types() {
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2"};
+  return k;
+}
+
+void check_model_type(const nlohmann::json& config, const std::string& config_path) {
+  if (!config.contains("model_type") || !config["model_type"].is_string())
+    throw FormatError(config_path + ": missing string field 'model_type'");
+  const auto t = config["model_type"].get<std::string>();
+  const auto& ok = supported_model_types();
+  if (std::find(ok.begin(), ok.end(), t) == ok.end())
+    throw NotSupportedError(config_path + ": model_type '" + t + "' is not supported (supported: llama, mistral, qwen2)");
+}
+
+bool is_linear_weight(const std::string& model_type, const std::string& name) {
+  (void)model_type;  // llama, mistral and qwen2 share their Linear layout
+  static const char* kSuffixes[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
+                                    ".self_attn.v_proj.weight", ".self_attn.o_proj.weight",
+                                    ".mlp.gate_proj.weight",    ".mlp.up_proj.weight",
+                                    ".mlp.down_proj.weight"};
+  if (name == "lm_head.weight") return true;
+  if (name.rfind("model.layers.", 0) != 0) return false;
+  return std::any_of(std::begin(kSuffixes), std::end(kSuffixes), [&](const char* s) { return name.ends_with(s); });
+}
+
+bool module_matches(const std::string& module, const std::string& entry) {
+  return module == entry || module.rfind(entry + ".", 0) == 0 || module.ends_with(entry);
+}
+
+std::vector<std::string> modules_to_not_convert(const BitsAndBytesConfig& cfg) {
+  if (cfg.llm_int8_skip_modules) return *cfg.llm_int8_skip_modules;
+  return {"lm_head"};
+}
+
+bool should_quantize(const std::string& model_type, const std::string& name, const BitsAndBytesConfig& cfg) {
+  if (!is_linear_weight(model_type, name)) return false;
+  const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+  for (const auto& e : modules_to_not_convert(cfg))
+    if (module_matches(module, e)) return false;
+  return true;
+}
+
+}  // namespace nibble

@@ -1,0 +1,162 @@
+#include <nlohmann/json.hpp>
+
+#include "nibble/error.h"
+#include "nibble/python_json.h"
+#include "nibble/quantize.h"
+
+namespace nibble {
+
+std::vector<float> QuantState::float_absmax() const {
+  const int64_t nb = num_blocks();
+  std::vector<float> out(static_cast<size_t>(nb));
+  if (!nested) {
+    const float* a = absmax.data<float>();
+    std::copy(a, a + nb, out.begin());
+    return out;
+  }
+  const uint8_t* q = absmax.data<uint8_t>();
+  const float* code2 = nested_code.data<float>();
+  const float* am2 = nested_absmax.data<float>();
+  for (int64_t i = 0; i < nb; ++i) {
+    const float v = code2[q[i]] * am2[i / nested_blocksize];  // two roundings, as CUDA: no FMA
+    out[static_cast<size_t>(i)] = v + offset;
+  }
+  return out;
+}
+
+std::string QuantState::packed_json() const {
+  nlohmann::ordered_json j;
+  j["quant_type"] = std::string(quant_type_name(quant_type));
+  j["blocksize"] = blocksize;
+  j["dtype"] = std::string(dtype_name(dtype));
+  j["shape"] = shape;
+  if (nested) {
+    j["nested_blocksize"] = nested_blocksize;
+    j["nested_dtype"] = std::string(dtype_name(nested_dtype));
+    j["nested_offset"] = static_cast<double>(offset);
+  }
+  return python_json_dumps(j);
+}
+
+NamedTensors QuantState::as_dict() const {
+  NamedTensors d;
+  d.emplace_back("absmax", absmax);
+  d.emplace_back("quant_map", code);
+  if (nested) {
+    d.emplace_back("nested_absmax", nested_absmax);
+    d.emplace_back("nested_quant_map", nested_code);
+  }
+  const std::string js = packed_json();
+  d.emplace_back("quant_state.bitsandbytes__" + std::string(quant_type_name(quant_type)),
+                 Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())},
+                                    {reinterpret_cast<const uint8_t*>(js.data()), js.size()}));
+  return d;
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& where, const std::string& what) {
+  throw FormatError(where + ": invalid quant_state: " + what);
+}
+
+void expect_tensor(const Tensor& t, DType dt, const Shape& shape, const std::string& where, const std::string& key) {
+  if (t.dtype() != dt || t.shape() != shape)
+    bad(where, key + " must be " + std::string(dtype_name(dt)) + " " + shape_str(shape) + ", got " +
+                   std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()));
+}
+
+int64_t get_int(const nlohmann::json& j, const char* key, const std::string& where) {
+  if (!j.contains(key) || !j[key].is_number_integer()) bad(where, std::string("JSON needs integer '") + key + "'");
+  return j[key].get<int64_t>();
+}
+
+std::string get_str(const nlohmann::json& j, const char* key, const std::string& where) {
+  if (!j.contains(key) || !j[key].is_string()) bad(where, std::string("JSON needs string '") + key + "'");
+  return j[key].get<std::string>();
+}
+
+}  // namespace
+
+QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, const std::string& where) {
+  // bnb strips everything up to the last '.'-separated component, except for the packed quant_state key.
+  std::map<std::string, Tensor> d;
+  std::string qs_key;
+  Tensor qs;
+  for (const auto& [k, v] : full) {
+    const auto pos = k.find("quant_state.");
+    if (pos != std::string::npos) {
+      if (!qs_key.empty()) bad(where, "more than one quant_state tensor ('" + qs_key + "', '" + k + "')");
+      qs_key = k.substr(pos);
+      qs = v;
+      continue;
+    }
+    const auto dot = k.rfind('.');
+    d[dot == std::string::npos ? k : k.substr(dot + 1)] = v;
+  }
+  if (qs_key.empty()) bad(where, "missing quant_state.bitsandbytes__nf4 / __fp4 tensor");
+  const std::string prefix = "quant_state.bitsandbytes__";
+  if (qs_key.rfind(prefix, 0) != 0) bad(where, "unexpected quant_state key '" + qs_key + "'");
+  const std::string key_type = qs_key.substr(prefix.size());
+  if (qs.dtype() != DType::UInt8 || qs.shape().size() != 1) bad(where, qs_key + " must be a 1-D uint8 tensor");
+  nlohmann::json j;
+  try {
+    const auto* p = reinterpret_cast<const char*>(qs.raw());
+    j = nlohmann::json::parse(p, p + qs.nbytes());
+  } catch (const nlohmann::json::exception& e) {
+    bad(where, qs_key + " does not hold valid JSON: " + e.what());
+  }
+  if (!j.is_object()) bad(where, qs_key + " JSON is not an object");
+
+  QuantState s;
+  const std::string qt = get_str(j, "quant_type", where);
+  if (qt != "nf4" && qt != "fp4") bad(where, "quant_type '" + qt + "' is not nf4 or fp4");
+  if (qt != key_type) bad(where, "quant_type '" + qt + "' does not match the key " + qs_key);
+  s.quant_type = parse_quant_type(qt);
+  s.blocksize = get_int(j, "blocksize", where);
+  if (!valid_4bit_blocksize(s.blocksize)) bad(where, "blocksize " + std::to_string(s.blocksize) + " is not 32..4096");
+  const std::string dts = get_str(j, "dtype", where);
+  auto dt = dtype_from_name(dts);
+  if (!dt || !dtype_is_float(*dt)) bad(where, "dtype '" + dts + "' is not a float dtype");
+  s.dtype = *dt;
+  if (!j.contains("shape") || !j["shape"].is_array()) bad(where, "JSON needs array 'shape'");
+  for (const auto& e : j["shape"]) {
+    if (!e.is_number_unsigned()) bad(where, "shape entries must be non-negative integers");
+    s.shape.push_back(e.get<int64_t>());
+  }
+  const int64_t nb = s.num_blocks();
+  s.nested = d.count("nested_absmax") != 0;
+  for (const char* k : {"absmax", "quant_map"})
+    if (!d.count(k)) bad(where, std::string("missing ") + k);
+  s.absmax = d["absmax"];
+  s.code = d["quant_map"];
+  expect_tensor(s.code, DType::Float32, {16}, where, "quant_map");
+  if (s.nested) {
+    if (!d.count("nested_quant_map")) bad(where, "missing nested_quant_map");
+    s.nested_blocksize = get_int(j, "nested_blocksize", where);
+    if (s.nested_blocksize <= 0) bad(where, "nested_blocksize must be positive");
+    const std::string ndt = get_str(j, "nested_dtype", where);
+    if (ndt != "float32") bad(where, "nested_dtype '" + ndt + "' is not float32");
+    if (!j.contains("nested_offset") || !j["nested_offset"].is_number())
+      bad(where, "JSON needs number 'nested_offset'");
+    s.offset = static_cast<float>(j["nested_offset"].get<double>());
+    s.nested_absmax = d["nested_absmax"];
+    s.nested_code = d["nested_quant_map"];
+    expect_tensor(s.absmax, DType::UInt8, {nb}, where, "absmax");
+    expect_tensor(s.nested_absmax, DType::Float32, {(nb + s.nested_blocksize - 1) / s.nested_blocksize}, where,
+                  "nested_absmax");
+    expect_tensor(s.nested_code, DType::Float32, {256}, where, "nested_quant_map");
+  } else {
+    if (d.count("nested_quant_map")) bad(where, "nested_quant_map without nested_absmax");
+    expect_tensor(s.absmax, DType::Float32, {nb}, where, "absmax");
+  }
+  return s;
+}
+
+void QuantState::check_packed(const Tensor& packed, const std::string& where) const {
+  const auto expect = static_cast<size_t>((numel() + 1) / 2);
+  if (packed.nbytes() != expect)
+    throw FormatError(where + ": packed 4-bit weight has " + std::to_string(packed.nbytes()) +
+                      " bytes but its quant_state shape " + shape_str(shape) + " needs " + std::to_string(expect));
+}
+
+}  // namespace nibble

@@ -1,0 +1,37 @@
+// The BitsAndBytesConfig flags shared by quantize, config and generate. The config is always built by
+// nibble::BitsAndBytesConfig (from_dict/update), so every error is the class's own message.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "nibble/bitsandbytes_config.h"
+
+namespace nibble::cli {
+
+struct QuantFlags {
+  std::string config_file;
+  bool load_in_4bit = false;
+  bool load_in_8bit = false;
+  std::string quant_type;
+  bool double_quant = false;
+  std::string compute_dtype;
+  std::string quant_storage;
+  std::string skip_modules;
+  CLI::Option* quant_type_opt = nullptr;
+  CLI::Option* compute_opt = nullptr;
+  CLI::Option* storage_opt = nullptr;
+  CLI::Option* skip_opt = nullptr;
+  CLI::Option* double_opt = nullptr;
+  CLI::Option* l4_opt = nullptr;
+  CLI::Option* l8_opt = nullptr;
+};
+
+void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags);
+// default_4bit: whether load_in_4bit is on without --load-in-4bit (true for quantize).
+// Prints transformers' "Unused kwargs" note to stderr for unknown keys in --config.
+BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit);
+// True if any quantization flag or --config was given.
+bool any_quant_flag(const QuantFlags& f);
+
+}  // namespace nibble::cli

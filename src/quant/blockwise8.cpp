@@ -10,16 +10,17 @@
 namespace nibble {
 
 std::vector<float> create_dynamic_map(bool is_signed, int max_exponent_bits, int total_bits) {
-  // torch.linspace(0.1, 1, steps, dtype=float32) as torch's CPU kernel evaluates it (float arithmetic, from
-  // the start for the first half and from the end for the second).
+  // torch.linspace(0.1, 1, steps, dtype=float32): from the start for the first half and from the end for the
+  // second, each point one fused multiply-add (how torch's compiled CPU kernel and nvcc's default contraction
+  // evaluate `start + step * i`; matches torch 2.x CPU output bit for bit, see quantize_golden_test).
   auto linspace = [](int steps) {
     std::vector<float> v(static_cast<size_t>(steps));
     const float start = 0.1f, end = 1.0f;
     const float step = (end - start) / static_cast<float>(steps - 1);
     const int half = steps / 2;
     for (int i = 0; i < steps; ++i)
-      v[static_cast<size_t>(i)] = i < half ? start + step * static_cast<float>(i)
-                                           : end - step * static_cast<float>(steps - i - 1);
+      v[static_cast<size_t>(i)] = i < half ? std::fma(step, static_cast<float>(i), start)
+                                           : std::fma(-step, static_cast<float>(steps - i - 1), end);
     return v;
   };
   std::vector<float> data;

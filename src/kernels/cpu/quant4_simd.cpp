@@ -25,8 +25,14 @@ HWY_INLINE hn::Vec<D> LoadF(D df, DType dt, const void* src, int64_t i) {
     const hn::Rebind<hwy::bfloat16_t, D> dbf;
     return hn::PromoteTo(df, hn::LoadU(dbf, static_cast<const hwy::bfloat16_t*>(src) + i));
   }
+#if HWY_TARGET >= HWY_SSE4  // no F16C: Highway's emulated PromoteTo mishandles inf/NaN; use the scalar one
+  alignas(64) float tmp[hn::MaxLanes(df)];
+  for (size_t k = 0; k < hn::Lanes(df); ++k) tmp[k] = fp16_to_float(static_cast<const uint16_t*>(src)[i + static_cast<int64_t>(k)]);
+  return hn::Load(df, tmp);
+#else
   const hn::Rebind<hwy::float16_t, D> dh;
   return hn::PromoteTo(df, hn::LoadU(dh, static_cast<const hwy::float16_t*>(src) + i));
+#endif
 }
 
 // Code = number of thresholds below x (NF4) or the FP4 tree as a sum of per-threshold steps.
@@ -125,7 +131,14 @@ void Dequantize4bitRange(const uint8_t* packed, const float* absmax, int64_t blo
       hn::StoreU(hn::DemoteTo(du16, hn::BitCast(hn::RebindToSigned<DF>(), r)), du16,
                  static_cast<uint16_t*>(out) + k);
     } else {
+#if HWY_TARGET >= HWY_SSE4  // no F16C: Highway's emulated DemoteTo does not round like the reference
+      alignas(64) float tmp[hn::MaxLanes(df)];
+      hn::Store(v, df, tmp);
+      for (int64_t i = 0; i < N; ++i) static_cast<uint16_t*>(out)[k + i] = float_to_fp16(tmp[i]);
+      (void)df16;
+#else
       hn::StoreU(hn::DemoteTo(df16, v), df16, static_cast<hwy::float16_t*>(out) + k);
+#endif
     }
     k += N;
     if ((k % blocksize) + N > blocksize && k < e1) {

@@ -146,7 +146,10 @@ const TensorInfo& SafetensorsFile::info(const std::string& name) const {
 
 Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& ti = info(name);
-  return Tensor(ti.dtype, ti.shape, storage_, data_start_ + ti.begin);
+  Tensor t(ti.dtype, ti.shape, storage_, data_start_ + ti.begin);
+  // Files written elsewhere may leave a tensor misaligned for its element type; hand out an aligned copy then.
+  if (reinterpret_cast<uintptr_t>(t.raw()) % dtype_size(ti.dtype) != 0) return t.clone();
+  return t;
 }
 
 namespace {
@@ -179,6 +182,13 @@ std::string make_header(const std::vector<HeaderEntry>& entries, const std::map<
   return s;
 }
 
+// Data layout order of the Python safetensors writer: larger elements first (so every tensor is aligned for
+// its dtype once the header is padded to 8 bytes), then by name.
+bool layout_before(DType da, const std::string& na, DType db, const std::string& nb) {
+  const size_t sa = dtype_size(da), sb = dtype_size(db);
+  return sa != sb ? sa > sb : na < nb;
+}
+
 void write_all(std::FILE* f, const void* p, size_t n, const std::string& path) {
   if (n > 0 && std::fwrite(p, 1, n, f) != n) throw IoError(path + ": write failed: " + std::strerror(errno));
 }
@@ -195,17 +205,24 @@ void write_header(std::FILE* f, const std::string& header, const std::string& pa
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  std::vector<HeaderEntry> entries;
+  std::vector<const std::pair<std::string, Tensor>*> order;
   std::set<std::string> names;
+  for (const auto& nt : tensors) {
+    if (!names.insert(nt.first).second) throw ValueError(path + ": duplicate tensor name '" + nt.first + "'");
+    order.push_back(&nt);
+  }
+  std::stable_sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+    return layout_before(a->second.dtype(), a->first, b->second.dtype(), b->first);
+  });
+  std::vector<HeaderEntry> entries;
   uint64_t pos = 0;
-  for (const auto& [name, t] : tensors) {
-    if (!names.insert(name).second) throw ValueError(path + ": duplicate tensor name '" + name + "'");
-    entries.push_back({name, t.dtype(), t.shape(), pos, pos + t.nbytes()});
-    pos += t.nbytes();
+  for (const auto* nt : order) {
+    entries.push_back({nt->first, nt->second.dtype(), nt->second.shape(), pos, pos + nt->second.nbytes()});
+    pos += nt->second.nbytes();
   }
   AtomicFile out(path);
   write_header(out.get(), make_header(entries, metadata), path);
-  for (const auto& [name, t] : tensors) write_all(out.get(), t.raw(), t.nbytes(), path);
+  for (const auto* nt : order) write_all(out.get(), nt->second.raw(), nt->second.nbytes(), path);
   out.commit();
 }
 
@@ -325,20 +342,25 @@ std::vector<std::string> CheckpointWriter::finish() {
     std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, count);
     const std::string fname = count == 1 ? "model.safetensors" : buf;
     const std::string path = (fs::path(dir_) / fname).string();
+    // the spool holds tensors in arrival order; the file gets the aligned layout
+    std::vector<TensorInfo> order = s.tensors;
+    std::stable_sort(order.begin(), order.end(), [](const TensorInfo& a, const TensorInfo& b) {
+      return layout_before(a.dtype, a.name, b.dtype, b.name);
+    });
     std::vector<HeaderEntry> entries;
-    for (const auto& t : s.tensors) {
-      entries.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
+    uint64_t pos = 0;
+    for (const auto& t : order) {
+      entries.push_back({t.name, t.dtype, t.shape, pos, pos + (t.end - t.begin)});
+      pos += t.end - t.begin;
       weight_map[t.name] = fname;
       total += t.end - t.begin;
     }
     AtomicFile out(path);
     write_header(out.get(), make_header(entries, metadata_), path);
-    std::FILE* in = std::fopen(s.spool.c_str(), "rb");
-    if (!in) throw IoError(s.spool + ": cannot reopen: " + std::strerror(errno));
-    std::vector<char> buf2(1 << 20);
-    size_t r;
-    while ((r = std::fread(buf2.data(), 1, buf2.size(), in)) > 0) write_all(out.get(), buf2.data(), r, path);
-    std::fclose(in);
+    {
+      const auto spool = Storage::map_file(s.spool);
+      for (const auto& t : order) write_all(out.get(), spool->data() + t.begin, t.end - t.begin, path);
+    }
     out.commit();
     std::remove(s.spool.c_str());
     names.push_back(fname);

@@ -61,6 +61,8 @@ TEST(Safetensors, RoundTripAllDtypes) {
   uint64_t n;
   std::memcpy(&n, bytes.data(), 8);
   EXPECT_EQ((8 + n) % 8, 0u);
+  for (const auto& t : file.tensors())  // every tensor aligned for its dtype in the file
+    EXPECT_EQ((8 + n + t.begin) % dtype_size(t.dtype), 0u) << t.name;
   EXPECT_FALSE(std::filesystem::exists(d / "m.safetensors.tmp." + std::to_string(::getpid())));
 }
 

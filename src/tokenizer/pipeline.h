@@ -1,0 +1,29 @@
+// The tokenizer.json pipeline stages around the BPE model: normalizers, pre-tokenizers, post-processor and
+// decoders, each built from its JSON description.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace nibble::tok {
+
+using Normalizer = std::function<std::string(const std::string&)>;
+// Splits a (normalized) string into words for the model.
+using PreTokenizer = std::function<std::vector<std::string>(const std::vector<std::string>&)>;
+// Transforms the list of token strings into text pieces (HF decode_chain).
+using Decoder = std::function<std::vector<std::string>(std::vector<std::string>)>;
+
+// Each returns an identity stage for JSON null; throws FormatError (naming `label` and the type) for unknown
+// or malformed stages.
+Normalizer make_normalizer(const nlohmann::json& j, const std::string& label);
+PreTokenizer make_pre_tokenizer(const nlohmann::json& j, const std::string& label);
+Decoder make_decoder(const nlohmann::json& j, const std::string& label);
+
+// GPT-2's byte <-> printable-unicode map used by ByteLevel pre-tokenizer and decoder.
+const std::vector<std::string>& byte_to_unicode();
+
+}  // namespace nibble::tok

@@ -1,0 +1,148 @@
+// `nibble quantize` end to end on the example model: the output loads back, dequantizes close to the
+// original weights, and bad input gives one clear line and a non-zero exit without leaving partial output.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "nibble/bitsandbytes_config.h"
+#include "nibble/quantize.h"
+#include "nibble/safetensors.h"
+#include "test_util.h"
+
+using namespace nibble;
+namespace fs = std::filesystem;
+
+namespace {
+struct CliResult {
+  int code;
+  std::string err;
+};
+CliResult run(const std::string& args, const test::TempDir& d) {
+  const std::string errf = d / "stderr.txt";
+  const int rc = std::system((std::string(NIBBLE_CLI) + " " + args + " 2>" + errf + " >" + (d / "stdout.txt")).c_str());
+  return {WEXITSTATUS(rc), test::read_bytes(errf)};
+}
+}  // namespace
+
+TEST(QuantizeCli, Nf4DoubleQuantExampleModel) {
+  test::TempDir d;
+  const std::string out = d / "out";
+  const CliResult r = run("quantize " + test::example_model() + " " + out + " --quant-type nf4 --double-quant --quiet", d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+
+  const auto cfg = nlohmann::json::parse(read_text_file(out + "/config.json"));
+  const auto q = BitsAndBytesConfig::from_dict(cfg["quantization_config"]);
+  EXPECT_EQ(q.bnb_4bit_quant_type, "nf4");
+  EXPECT_TRUE(q.bnb_4bit_use_double_quant);
+  EXPECT_EQ(cfg["quantization_config"].size(), 13u);
+
+  const Checkpoint orig = Checkpoint::open(test::example_model());
+  const Checkpoint got = Checkpoint::open(out);
+  int quantized = 0;
+  for (const auto& name : orig.names()) {
+    const Tensor w = orig.get(name);
+    if (got.contains(name + ".quant_state.bitsandbytes__nf4")) {
+      ++quantized;
+      std::map<std::string, Tensor> d;
+      for (const char* k : {"absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state.bitsandbytes__nf4"})
+        d[name + "." + k] = got.get(name + "." + k);
+      const QuantState s = QuantState::from_dict(d, name);
+      EXPECT_EQ(s.shape, w.shape());
+      const Tensor deq = dequantize_4bit(got.get(name), s);
+      double err = 0, ref = 0;
+      for (int64_t i = 0; i < w.numel(); ++i) {
+        err += std::pow(deq.data<float>()[i] - w.data<float>()[i], 2);
+        ref += std::pow(w.data<float>()[i], 2);
+      }
+      const double rel = std::sqrt(err / ref);
+      EXPECT_LT(rel, 0.12) << name;  // NF4 on Gaussian-like weights: ~0.09-0.10 relative RMS error
+      EXPECT_GT(rel, 0.0) << name;
+    } else {
+      // unquantized (norms, lm_head): copied bit for bit
+      const Tensor c = got.get(name);
+      ASSERT_EQ(c.nbytes(), w.nbytes()) << name;
+      EXPECT_EQ(0, std::memcmp(c.raw(), w.raw(), w.nbytes())) << name;
+    }
+  }
+  EXPECT_EQ(quantized, 14);  // 2 layers x 7 projections; lm_head skipped by default
+}
+
+TEST(QuantizeCli, FlagsAndSkipModules) {
+  test::TempDir d;
+  const std::string out = d / "out";
+  const CliResult r = run("quantize " + test::example_model() + " " + out +
+                        " --quant-type fp4 --blocksize 128 --quant-storage bfloat16 --skip-modules lm_head,down_proj"
+                        " --dtype bfloat16 -q --max-shard-size 100KB",
+                    d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Checkpoint got = Checkpoint::open(out);
+  EXPECT_TRUE(fs::exists(out + "/model.safetensors.index.json"));
+  EXPECT_FALSE(got.contains("model.layers.0.mlp.down_proj.weight.absmax"));
+  EXPECT_EQ(got.info("model.layers.0.mlp.down_proj.weight").dtype, DType::BFloat16);
+  EXPECT_EQ(got.info("model.layers.0.mlp.up_proj.weight").dtype, DType::BFloat16);  // quant_storage view
+  EXPECT_EQ(got.info("model.layers.0.mlp.up_proj.weight").shape, (Shape{384 * 128 / 4, 1}));
+  EXPECT_EQ(got.info("model.norm.weight").dtype, DType::BFloat16);
+  const auto js = got.get("model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__fp4");
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(js.raw()), js.nbytes()),
+            R"({"quant_type": "fp4", "blocksize": 128, "dtype": "bfloat16", "shape": [384, 128]})");
+}
+
+TEST(QuantizeCli, ConfigFileAndConfigCommand) {
+  test::TempDir d;
+  test::write_bytes(d / "q.json", R"({"load_in_4bit": true, "bnb_4bit_quant_type": "nf4", "bogus": 1})");
+  CliResult r = run("config --config " + (d / "q.json") + " --diff", d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(test::read_bytes(d / "stdout.txt"),
+            "{\n  \"_load_in_4bit\": true,\n  \"bnb_4bit_quant_type\": \"nf4\",\n  \"load_in_4bit\": true\n}\n");
+  EXPECT_NE(r.err.find("Unused kwargs: ['bogus']"), std::string::npos) << r.err;
+  r = run("config --load-in-4bit --load-in-8bit", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.err, "nibble: error: load_in_4bit and load_in_8bit are both True, but only one can be used at the same time\n");
+}
+
+TEST(QuantizeCli, ClearErrorsAndNoPartialOutput) {
+  test::TempDir d;
+  // unsupported model_type
+  fs::create_directories(d / "gpt2");
+  test::write_bytes(d / "gpt2/config.json", R"({"model_type": "gpt2"})");
+  CliResult r = run("quantize " + (d / "gpt2") + " " + (d / "o1") + " -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("model_type 'gpt2' is not supported"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d / "o1"));
+  // missing input
+  r = run("quantize " + (d / "nope") + " " + (d / "o2") + " -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("nope/config.json"), std::string::npos) << r.err;
+  // a truncated safetensors file: the error names it, and no output directory appears
+  fs::create_directories(d / "trunc");
+  fs::copy_file(test::example_model() + "/config.json", d / "trunc/config.json");
+  const std::string full = test::read_bytes(test::example_model() + "/model.safetensors");
+  test::write_bytes(d / "trunc/model.safetensors", full.substr(0, full.size() / 2));
+  r = run("quantize " + (d / "trunc") + " " + (d / "o3") + " -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("trunc/model.safetensors"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d / "o3"));
+  for (const auto& e : fs::directory_iterator(d.str()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+  // an existing non-empty output is never overwritten
+  fs::create_directories(d / "o4");
+  test::write_bytes(d / "o4/keep.txt", "mine");
+  r = run("quantize " + test::example_model() + " " + (d / "o4") + " -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(test::read_bytes(d / "o4/keep.txt"), "mine");
+  // bad flag values are the config class's messages
+  r = run("quantize " + test::example_model() + " " + (d / "o5") + " --quant-type nf5 -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("'fp4' or 'nf4'"), std::string::npos) << r.err;
+  r = run("quantize " + test::example_model() + " " + (d / "o6") + " --blocksize 100 -q", d);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("blocksize"), std::string::npos) << r.err;
+}

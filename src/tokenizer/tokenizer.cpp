@@ -16,6 +16,8 @@ struct AddedToken {
   std::string content;
   int32_t id;
   bool special;
+  bool normalized;    // matched in the normalized text, against the normalized content (HF tokenizers)
+  std::string match;  // the string searched for: content, or normalizer(content)
 };
 
 struct Tokenizer::Impl {
@@ -92,17 +94,21 @@ Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label
       throw FormatError(label + ": added_tokens entries need integer 'id' and string 'content'");
     const int32_t id = a["id"].get<int32_t>();
     if (id < 0 || id > (1 << 30)) throw FormatError(label + ": added token id " + std::to_string(id) + " out of range");
-    AddedToken at{a["content"].get<std::string>(), id, a.value("special", false)};
+    AddedToken at{a["content"].get<std::string>(), id, a.value("special", false), a.value("normalized", !a.value("special", false)), ""};
     if (at.content.empty()) throw FormatError(label + ": added token " + std::to_string(id) + " has empty content");
-    if (im.bpe->id_to_token(id).empty()) im.bpe->add_token(at.content, id);
     im.added.push_back(at);
   }
+  im.normalizer = tok::make_normalizer(j.value("normalizer", json()), label);
+  // HF tokenizers stores a normalized added token under its normalized content (and decodes it as that)
+  for (auto& a : im.added) {
+    a.match = a.normalized ? im.normalizer(a.content) : a.content;
+    im.bpe->add_token(a.match, a.id);
+  }
   std::stable_sort(im.added.begin(), im.added.end(),
-                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+                   [](const AddedToken& a, const AddedToken& b) { return a.match.size() > b.match.size(); });
   im.is_special.assign(static_cast<size_t>(im.bpe->size()), false);
   for (const auto& a : im.added)
     if (a.special) im.is_special[static_cast<size_t>(a.id)] = true;
-  im.normalizer = tok::make_normalizer(j.value("normalizer", json()), label);
   im.pre = tok::make_pre_tokenizer(j.value("pre_tokenizer", json()), label);
   im.decoder = tok::make_decoder(j.value("decoder", json()), label);
   parse_template(j.value("post_processor", json()), label, im);
@@ -122,21 +128,17 @@ Tokenizer Tokenizer::from_pretrained(const std::string& dir) {
   return t;
 }
 
-std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
-  const Impl& im = *impl_;
-  std::vector<int32_t> ids;
-  if (add_special_tokens) ids = im.prefix_ids;
-  // split on added tokens (leftmost, longest), the pieces between go through normalizer -> pre -> BPE
+namespace {
+// Splits `text` on the added tokens with the given `normalized` flag (leftmost, longest first): calls
+// piece(text) for the stretches between them and token(id) for each match.
+template <typename Piece, typename Token>
+void split_added(const std::vector<AddedToken>& added, bool normalized, const std::string& text, Piece piece,
+                 Token token) {
   size_t pos = 0, seg = 0;
-  auto flush = [&](size_t end) {
-    if (end <= seg) return;
-    const std::string normalized = im.normalizer(text.substr(seg, end - seg));
-    for (const auto& w : im.pre({normalized})) im.bpe->encode_word(w, ids);
-  };
   while (pos < text.size()) {
     const AddedToken* hit = nullptr;
-    for (const auto& a : im.added)
-      if (text.compare(pos, a.content.size(), a.content) == 0) {
+    for (const auto& a : added)
+      if (a.normalized == normalized && text.compare(pos, a.match.size(), a.match) == 0) {
         hit = &a;
         break;
       }
@@ -144,12 +146,27 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
       ++pos;
       continue;
     }
-    flush(pos);
-    ids.push_back(hit->id);
-    pos += hit->content.size();
+    if (pos > seg) piece(text.substr(seg, pos - seg));
+    token(hit->id);
+    pos += hit->match.size();
     seg = pos;
   }
-  flush(text.size());
+  if (text.size() > seg) piece(text.substr(seg));
+}
+}  // namespace
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
+  const Impl& im = *impl_;
+  std::vector<int32_t> ids;
+  if (add_special_tokens) ids = im.prefix_ids;
+  auto emit = [&](int32_t id) { ids.push_back(id); };
+  // HF order: split the raw text on non-normalized added tokens; normalize each stretch; split that on the
+  // normalized added tokens; pre-tokenize and BPE what remains.
+  split_added(im.added, false, text, [&](const std::string& raw) {
+    split_added(im.added, true, im.normalizer(raw), [&](const std::string& norm) {
+      for (const auto& w : im.pre({norm})) im.bpe->encode_word(w, ids);
+    }, emit);
+  }, emit);
   if (add_special_tokens) ids.insert(ids.end(), im.suffix_ids.begin(), im.suffix_ids.end());
   return ids;
 }

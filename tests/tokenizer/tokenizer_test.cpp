@@ -42,6 +42,7 @@ TEST(Tokenizer, MatchesHfTokenizersGolden) {
       EXPECT_EQ(t.encode(c["text"].get<std::string>(), true), c["ids"].get<std::vector<int32_t>>());
       EXPECT_EQ(t.encode(c["text"].get<std::string>(), false), c["ids_no_special"].get<std::vector<int32_t>>());
       EXPECT_EQ(t.decode(c["ids"].get<std::vector<int32_t>>(), true), c["decoded"].get<std::string>());
+      EXPECT_EQ(t.decode(c["ids"].get<std::vector<int32_t>>(), false), c["decoded_with_special"].get<std::string>());
       ++n;
     }
     EXPECT_GE(n, 20);

@@ -3,9 +3,11 @@
 #include "nibble/bitsandbytes_config.h"  // IWYU pragma: export
 #include "nibble/dtype.h"                // IWYU pragma: export
 #include "nibble/error.h"                // IWYU pragma: export
+#include "nibble/model.h"                // IWYU pragma: export
 #include "nibble/models.h"               // IWYU pragma: export
 #include "nibble/quant_type.h"           // IWYU pragma: export
 #include "nibble/quantize.h"             // IWYU pragma: export
 #include "nibble/quantize_checkpoint.h"  // IWYU pragma: export
 #include "nibble/safetensors.h"          // IWYU pragma: export
 #include "nibble/tensor.h"               // IWYU pragma: export
+#include "nibble/tokenizer.h"            // IWYU pragma: export

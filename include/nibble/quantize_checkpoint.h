@@ -14,7 +14,7 @@ struct QuantizeOptions {
   int64_t blocksize = 64;
   // dtype of the tensors that stay unquantized (and of the weights before quantization); nullopt = the
   // checkpoint's torch_dtype ("auto").
-  std::optional<DType> dtype;
+  std::optional<DType> dtype = std::nullopt;
   uint64_t max_shard_size = 5'000'000'000;  // transformers' save_pretrained default "5GB"
   bool quiet = false;
 };

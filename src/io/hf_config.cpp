@@ -1,5 +1,7 @@
 #include "io/hf_config.h"
 
+#include <filesystem>
+
 #include "io/atomic_file.h"
 #include "nibble/error.h"
 
@@ -25,6 +27,15 @@ DType checkpoint_dtype(const nlohmann::json& config, const std::string& config_p
     return *t;
   }
   return DType::Float32;
+}
+
+void copy_side_files(const std::string& from_dir, const std::string& to_dir) {
+  namespace fs = std::filesystem;
+  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}) {
+    const fs::path src = fs::path(from_dir) / f;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(to_dir) / f);
+  }
 }
 
 }  // namespace nibble

@@ -76,11 +76,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   config["quantization_config"] = cfg.to_dict();
   config["torch_dtype"] = std::string(dtype_name(dtype));
   write_text_file((fs::path(out.path()) / "config.json").string(), python_json_dumps(config, 2, true) + "\n");
-  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                        "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}) {
-    const fs::path src = fs::path(in_dir) / f;
-    if (fs::exists(src)) fs::copy_file(src, fs::path(out.path()) / f);
-  }
+  copy_side_files(in_dir, out.path());
   out.commit();
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return rep;

@@ -1,0 +1,71 @@
+// AutoModelForCausalLM: load a HuggingFace causal LM (llama, mistral, qwen2), optionally quantizing its
+// linear layers to 4-bit as they stream in, or loading a pre-quantized bnb-4bit checkpoint; run, generate,
+// save_pretrained, dequantize.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nibble/bitsandbytes_config.h"
+#include "nibble/dtype.h"
+
+namespace nibble {
+
+struct FromPretrainedOptions {
+  std::optional<BitsAndBytesConfig> quantization_config = std::nullopt;
+  std::optional<DType> dtype = std::nullopt;  // unquantized parameters; default: the checkpoint's torch_dtype
+  int threads = 0;             // 0 = all cores
+  bool quiet = false;          // no progress bar / warnings on stderr
+};
+
+struct GenerationConfig {
+  int max_new_tokens = 20;
+  bool do_sample = false;  // greedy by default, as transformers
+  float temperature = 1.0f;
+  int top_k = 50;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  std::vector<int32_t> eos_token_id = {};  // empty: from generation_config.json / config.json
+};
+
+struct ModelInfo {
+  std::string model_type, architecture;
+  int64_t num_parameters = 0;  // as the float model counts them
+  int64_t num_layers = 0, hidden_size = 0, vocab_size = 0;
+  std::optional<BitsAndBytesConfig> quantization_config;
+  DType dtype = DType::Float32;
+};
+
+class AutoModelForCausalLM {
+ public:
+  static AutoModelForCausalLM from_pretrained(const std::string& dir, const FromPretrainedOptions& opt = {});
+  AutoModelForCausalLM(AutoModelForCausalLM&&) noexcept;
+  AutoModelForCausalLM& operator=(AutoModelForCausalLM&&) noexcept;
+  ~AutoModelForCausalLM();
+
+  // Full causal forward without cache: logits [ids.size(), vocab] row-major.
+  std::vector<float> forward(const std::vector<int32_t>& ids) const;
+  // Returns prompt + new tokens; on_token is called with each new id as it is generated.
+  std::vector<int32_t> generate(const std::vector<int32_t>& input_ids, const GenerationConfig& cfg = {},
+                                const std::function<void(int32_t)>& on_token = {}) const;
+  // Writes a checkpoint transformers loads (bnb-4bit layout when quantized), atomically.
+  void save_pretrained(const std::string& dir) const;
+  // Turns every Linear4bit back into a dense Linear of its original dtype.
+  void dequantize();
+  // transformers' get_memory_footprint(): parameter + buffer bytes.
+  size_t memory_footprint() const;
+  const ModelInfo& info() const;
+  int64_t max_position_embeddings() const;
+  std::vector<int32_t> default_eos_token_ids() const;
+
+  struct Impl;
+
+ private:
+  AutoModelForCausalLM();
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nibble

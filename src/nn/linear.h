@@ -1,0 +1,70 @@
+// nn.Linear and bitsandbytes' Linear4bit (Params4bit + QuantState) for CPU inference.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nibble/quantize.h"
+#include "nibble/safetensors.h"
+#include "nibble/tensor.h"
+
+namespace nibble::nn {
+
+class LinearBase {
+ public:
+  virtual ~LinearBase() = default;
+  // y[T, out] = x[T, in] @ W^T + b (float32 activations; the compute dtype's rounding is emulated inside).
+  virtual void forward(const float* x, int64_t T, float* y) const = 0;
+  // The tensors save_pretrained writes for this module (suffixes after "<prefix>.").
+  virtual NamedTensors state_dict() const = 0;
+  // Parameter bytes as torch counts them (packed 4-bit data only for Linear4bit).
+  virtual size_t parameter_bytes() const = 0;
+  virtual bool quantized() const { return false; }
+  int64_t in_features = 0, out_features = 0;
+};
+
+class Linear final : public LinearBase {
+ public:
+  // weight [out, in] in any float dtype (kept as given); bias [out] optional.
+  Linear(Tensor weight, std::optional<Tensor> bias);
+  void forward(const float* x, int64_t T, float* y) const override;
+  NamedTensors state_dict() const override;
+  size_t parameter_bytes() const override;
+  const Tensor& weight() const { return weight_; }
+
+ private:
+  Tensor weight_;
+  std::optional<Tensor> bias_;
+  std::vector<float> bias_f_;
+};
+
+class Linear4bit final : public LinearBase {
+ public:
+  Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bias, DType compute_dtype);
+  // Quantizes a dense weight (quantize-on-load).
+  static std::unique_ptr<Linear4bit> quantize(const Tensor& weight, std::optional<Tensor> bias, int64_t blocksize,
+                                              QuantType qt, bool double_quant, DType quant_storage, DType compute_dtype);
+  void forward(const float* x, int64_t T, float* y) const override;
+  NamedTensors state_dict() const override;
+  size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
+  bool quantized() const override { return true; }
+  Tensor dequantized_weight() const { return dequantize_4bit(packed_, state_); }
+  const std::optional<Tensor>& bias() const { return bias_; }
+  const QuantState& state() const { return state_; }
+  DType compute_dtype() const { return compute_; }
+
+ private:
+  Tensor packed_;
+  QuantState state_;
+  std::optional<Tensor> bias_;
+  std::vector<float> bias_f_;
+  std::vector<float> absmax_;  // decoded once (nested stats resolved)
+  DType compute_;
+};
+
+// Rounds v to `dt` and back (identity for float32).
+float round_to(DType dt, float v);
+
+}  // namespace nibble::nn

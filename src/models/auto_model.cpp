@@ -119,7 +119,7 @@ void AutoModelForCausalLM::save_pretrained(const std::string& dir) const {
   json config = im.config;
   config.erase("quantization_config");
   if (const auto& q = im.model->quantization_config(); q && im.model->quantized()) config["quantization_config"] = q->to_dict();
-  config["torch_dtype"] = std::string(dtype_name(im.info.dtype));
+  config[config.contains("dtype") ? "dtype" : "torch_dtype"] = std::string(dtype_name(im.info.dtype));
   write_text_file((fs::path(out.path()) / "config.json").string(), python_json_dumps(config, 2, true) + "\n");
   copy_side_files(im.dir, out.path());
   out.commit();

@@ -56,10 +56,13 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   if (c.head_dim == 0 || c.head_dim % 2 != 0) throw FormatError(path + ": head_dim must be a positive even number");
   c.rms_eps = get_num(j, "rms_norm_eps", 1e-6, path);
   c.rope_theta = get_num(j, "rope_theta", 10000.0, path);
+  // transformers 5 writes rope_parameters {rope_theta, rope_type, factor, ...}; 4.x writes rope_theta + rope_scaling
+  const json rp = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : json();
+  if (rp.is_object()) c.rope_theta = get_num(rp, "rope_theta", c.rope_theta, path);
   c.tie_word_embeddings = j.value("tie_word_embeddings", false);
   c.attention_bias = c.model_type == "qwen2" || j.value("attention_bias", false);
   c.mlp_bias = j.value("mlp_bias", false);
-  const json rs = j.contains("rope_scaling") ? j["rope_scaling"] : json();
+  const json rs = rp.is_object() ? rp : j.contains("rope_scaling") ? j["rope_scaling"] : json();
   if (rs.is_object()) {
     c.rope_type = rs.value("rope_type", rs.value("type", "default"));
     c.rope_factor = get_num(rs, "factor", 1.0, path);
@@ -321,7 +324,8 @@ NamedTensors LlamaModel::state_dict() const {
 }
 
 size_t LlamaModel::memory_footprint() const {
-  size_t n = embed_.nbytes() + norm_.nbytes() + inv_freq_.size() * sizeof(float);
+  // buffers as transformers 5 registers them: rotary_emb.inv_freq and rotary_emb.original_inv_freq
+  size_t n = embed_.nbytes() + norm_.nbytes() + 2 * inv_freq_.size() * sizeof(float);
   for (const auto& L : layers_) {
     n += L.input_norm.nbytes() + L.post_norm.nbytes();
     for (const auto* lin : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})

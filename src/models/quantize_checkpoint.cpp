@@ -74,7 +74,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   bar.finish();
 
   config["quantization_config"] = cfg.to_dict();
-  config["torch_dtype"] = std::string(dtype_name(dtype));
+  config[config.contains("dtype") ? "dtype" : "torch_dtype"] = std::string(dtype_name(dtype));
   write_text_file((fs::path(out.path()) / "config.json").string(), python_json_dumps(config, 2, true) + "\n");
   copy_side_files(in_dir, out.path());
   out.commit();

@@ -5,8 +5,14 @@
 namespace nibble::cli {
 void add_quantize(CLI::App& app);
 void add_config(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_info(CLI::App& app);
+void add_perplexity(CLI::App& app);
 inline void register_all(CLI::App& app) {
+  add_generate(app);
   add_quantize(app);
+  add_info(app);
+  add_perplexity(app);
   add_config(app);
 }
 }  // namespace nibble::cli

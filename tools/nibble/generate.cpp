@@ -1,0 +1,72 @@
+// nibble generate MODEL --prompt TEXT: stream a continuation to stdout; load time and tokens/s to stderr.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "commands.h"
+#include "config_flags.h"
+#include "nibble/error.h"
+#include "nibble/model.h"
+#include "nibble/tokenizer.h"
+
+namespace nibble::cli {
+
+void add_generate(CLI::App& app) {
+  struct Args {
+    std::string model, prompt;
+    int max_new_tokens = 50, top_k = 50, threads = 0;
+    float temperature = 1.0f, top_p = 1.0f;
+    uint64_t seed = 0;
+    bool do_sample = false, quiet = false;
+    QuantFlags q;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand("generate", "generate text from a prompt (optionally quantizing to 4-bit on load)");
+  sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
+  sub->add_option("-p,--prompt", a->prompt, "prompt text")->required();
+  sub->add_option("-n,--max-new-tokens", a->max_new_tokens, "tokens to generate (default 50)");
+  add_quant_flags(sub, a->q, true);
+  sub->add_flag("--do-sample", a->do_sample, "sample instead of greedy decoding");
+  sub->add_option("--temperature", a->temperature, "sampling temperature (default 1.0)");
+  sub->add_option("--top-k", a->top_k, "top-k filtering (default 50, 0 = off)");
+  sub->add_option("--top-p", a->top_p, "nucleus filtering (default 1.0 = off)");
+  sub->add_option("--seed", a->seed, "random seed for sampling");
+  sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
+  sub->add_flag("-q,--quiet", a->quiet, "no progress bar or stats");
+  sub->callback([a] {
+    FromPretrainedOptions opt;
+    if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
+    opt.threads = a->threads;
+    opt.quiet = a->quiet;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto model = AutoModelForCausalLM::from_pretrained(a->model, opt);
+    const Tokenizer tok = Tokenizer::from_pretrained(a->model);
+    const auto t1 = std::chrono::steady_clock::now();
+    const auto ids = tok.encode(a->prompt);
+    std::fputs(tok.decode(ids).c_str(), stdout);
+    std::fflush(stdout);
+    StreamDecoder stream(tok, ids);
+    GenerationConfig g{.max_new_tokens = a->max_new_tokens, .do_sample = a->do_sample, .temperature = a->temperature,
+                       .top_k = a->top_k, .top_p = a->top_p, .seed = a->seed};
+    int64_t n = 0;
+    auto first = std::chrono::steady_clock::now();
+    const auto out = model.generate(ids, g, [&](int32_t id) {
+      if (n++ == 0) first = std::chrono::steady_clock::now();
+      std::fputs(stream.put(id).c_str(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputs(stream.flush().c_str(), stdout);
+    std::fputc('\n', stdout);
+    const auto t2 = std::chrono::steady_clock::now();
+    if (!a->quiet) {
+      const double load = std::chrono::duration<double>(t1 - t0).count();
+      const double prefill = std::chrono::duration<double>(first - t1).count();
+      const double decode = std::chrono::duration<double>(t2 - first).count();
+      std::fprintf(stderr, "load %.2fs | prompt %zu tokens %.1f tok/s | generated %lld tokens, decode %.1f tok/s\n", load,
+                   ids.size(), prefill > 0 ? static_cast<double>(ids.size()) / prefill : 0.0, static_cast<long long>(n),
+                   n > 1 && decode > 0 ? static_cast<double>(n - 1) / decode : 0.0);
+    }
+  });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,45 @@
+// nibble info MODEL: architecture, parameter count, quantization config, memory footprint (--load: peak RSS).
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "config_flags.h"
+#include "nibble/model.h"
+
+namespace nibble::cli {
+
+void add_info(CLI::App& app) {
+  struct Args {
+    std::string model;
+    QuantFlags q;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand("info", "architecture, parameters, quantization and memory of a model");
+  sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
+  add_quant_flags(sub, a->q, true);
+  sub->callback([a] {
+    FromPretrainedOptions opt{.quiet = true};
+    if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
+    const auto m = AutoModelForCausalLM::from_pretrained(a->model, opt);
+    const ModelInfo& i = m.info();
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    std::printf("architecture: %s (model_type %s)\n", i.architecture.c_str(), i.model_type.c_str());
+    std::printf("parameters: %lld\n", static_cast<long long>(i.num_parameters));
+    std::printf("layers: %lld, hidden size: %lld, vocab: %lld\n", static_cast<long long>(i.num_layers),
+                static_cast<long long>(i.hidden_size), static_cast<long long>(i.vocab_size));
+    std::printf("dtype: %s\n", std::string(dtype_name(i.dtype)).c_str());
+    std::printf("memory footprint: %zu bytes (%.2f MB)\n", m.memory_footprint(), static_cast<double>(m.memory_footprint()) / 1e6);
+    std::printf("peak RSS after load: %.2f MB\n", static_cast<double>(ru.ru_maxrss) / 1e3);
+    if (i.quantization_config) {
+      std::cout << "quantization_config: " << i.quantization_config->to_json_string(false);
+    } else {
+      std::printf("quantization_config: none\n");
+    }
+  });
+}
+
+}  // namespace nibble::cli

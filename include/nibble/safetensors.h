@@ -39,6 +39,9 @@ class SafetensorsFile {
   const TensorInfo& info(const std::string& name) const;
   // A view into the mapping (no copy). Throws FormatError if the tensor is absent.
   Tensor get(const std::string& name) const;
+  // Drops the tensor's pages from this process's resident memory (the file stays mapped; a later get()
+  // reads them again). Lets a streaming load keep one full-precision tensor resident at a time.
+  void release(const std::string& name) const;
 
  private:
   std::string path_;
@@ -65,6 +68,7 @@ class Checkpoint {
   const TensorInfo& info(const std::string& name) const;
   Tensor get(const std::string& name) const;
   const std::string& file_of(const std::string& name) const;
+  void release(const std::string& name) const;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -7,6 +7,9 @@
 #include <limits>
 #include <set>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_file.h"
@@ -285,6 +288,22 @@ Tensor Checkpoint::get(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) throw FormatError(dir_ + ": checkpoint has no tensor '" + name + "'");
   return files_[it->second]->get(name);
+}
+
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo& ti = info(name);
+  if (storage_->writable()) return;  // owned bytes (parse() of memory): nothing to drop
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto base = reinterpret_cast<uintptr_t>(storage_->data());
+  uintptr_t a = base + data_start_ + ti.begin, e = base + data_start_ + ti.end;
+  a = (a + page - 1) / page * page;  // whole pages inside the tensor only: neighbours stay resident
+  e = e / page * page;
+  if (e > a) ::madvise(reinterpret_cast<void*>(a), e - a, MADV_DONTNEED);
+}
+
+void Checkpoint::release(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it != where_.end()) files_[it->second]->release(name);
 }
 
 const std::string& Checkpoint::file_of(const std::string& name) const {

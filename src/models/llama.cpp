@@ -103,8 +103,10 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const Checkpoint& ck, co
   const Tensor wd = w.dtype() == dtype_ ? w : w.to(dtype_);
   if (!prequantized && opt.quant && opt.quant->load_in_4bit && should_quantize(c_.model_type, wname, *opt.quant)) {
     const BitsAndBytesConfig& q = *opt.quant;
-    return nn::Linear4bit::quantize(wd, std::move(b), 64, parse_quant_type(q.bnb_4bit_quant_type),
-                                    q.bnb_4bit_use_double_quant, q.quant_storage(), q.compute_dtype());
+    auto lin = nn::Linear4bit::quantize(wd, std::move(b), 64, parse_quant_type(q.bnb_4bit_quant_type),
+                                        q.bnb_4bit_use_double_quant, q.quant_storage(), q.compute_dtype());
+    ck.release(wname);  // the full-precision weight leaves resident memory once quantized
+    return lin;
   }
   return std::make_unique<nn::Linear>(wd, std::move(b));
 }

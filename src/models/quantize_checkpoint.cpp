@@ -62,9 +62,11 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
         rep.output_bytes += v.nbytes();
       }
       ++rep.quantized_tensors;
+      in.release(name);
     } else {
       const Tensor c = dtype_is_float(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
       writer.add(name, c);
+      in.release(name);
       rep.output_bytes += c.nbytes();
       ++rep.copied_tensors;
     }

@@ -1,0 +1,115 @@
+// nibble generate / perplexity / info end to end on the example model.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <regex>
+
+#include "io/hf_config.h"
+#include "nibble/safetensors.h"
+#include "test_util.h"
+
+using namespace nibble;
+
+namespace {
+struct Out {
+  int code;
+  std::string out, err;
+};
+Out nibble_cli(const std::string& args) {
+  test::TempDir d;
+  const int rc = std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
+  return {WEXITSTATUS(rc), test::read_bytes(d / "o"), test::read_bytes(d / "e")};
+}
+double field(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex(name + ": ([0-9.eE+-]+)"))) {
+    ADD_FAILURE() << "no '" << name << "' in: " << text;
+    return NAN;
+  }
+  return std::stod(m[1]);
+}
+std::string model() { return test::example_model(); }
+std::string story() { return std::string(NIBBLE_SOURCE_DIR) + "/tests/data/eval_story.txt"; }
+}  // namespace
+
+TEST(GenerateCli, GreedyMatchesGoldenText) {
+  const auto g = read_json_file(test::shared_dir() + "/golden/tinystories-656k.json");
+  const auto& c = g["cases"][0];
+  const Out r = nibble_cli("generate " + model() + " --prompt \"" + c["prompt"].get<std::string>() + "\" -n 40 -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, c["greedy_text"].get<std::string>() + "\n");  // prompt, then the streamed continuation
+}
+
+TEST(GenerateCli, FourBitDemoCommandAndStats) {
+  const Out r = nibble_cli("generate " + model() + " --load-in-4bit --quant-type nf4 --double-quant --prompt \"Once upon a time\"");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
+  EXPECT_GT(r.out.size(), 60u);
+  EXPECT_NE(r.err.find("tok/s"), std::string::npos) << r.err;
+  // sampling with a seed is reproducible, and differs from greedy
+  const std::string s = "generate " + model() + " --prompt \"Once upon a time\" -n 30 -q --do-sample --top-k 20 --top-p 0.9 --temperature 1.2 --seed ";
+  const Out a = nibble_cli(s + "7"), b = nibble_cli(s + "7"), c = nibble_cli(s + "8");
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+}
+
+TEST(GenerateCli, PerplexityMatchesGoldenLogits) {
+  // the golden logits file holds a prompt + greedy continuation; perplexity of its text (BOS + tokens, all
+  // scored) must equal exp(mean NLL) computed here from the independent implementation's logits
+  const auto f = SafetensorsFile::open(test::shared_dir() + "/golden/tinystories-656k.logits.safetensors");
+  const Tensor ids = f.get("input_ids"), logits = f.get("logits");
+  const int64_t T = ids.numel(), V = logits.dim(1);
+  double nll = 0;
+  for (int64_t t = 0; t + 1 < T; ++t) {
+    const float* row = logits.data<float>() + t * V;
+    double mx = row[0], s = 0;
+    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, static_cast<double>(row[i]));
+    for (int64_t i = 0; i < V; ++i) s += std::exp(row[i] - mx);
+    nll -= row[ids.data<int32_t>()[t + 1]] - mx - std::log(s);
+  }
+  const double want = std::exp(nll / static_cast<double>(T - 1));
+  const auto g = read_json_file(test::shared_dir() + "/golden/tinystories-656k.json");
+  test::TempDir d;
+  test::write_bytes(d / "t.txt", g["cases"][0]["greedy_text"].get<std::string>());
+  const Out r = nibble_cli("perplexity " + model() + " --file " + (d / "t.txt"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NEAR(field(r.out, "perplexity"), want, want * 1e-4);
+}
+
+TEST(GenerateCli, Nf4BeatsFp4AgainstFloat) {
+  const std::string base = "perplexity " + model() + " --file " + story() + " --reference " + model() + " --load-in-4bit";
+  const Out nf4 = nibble_cli(base + " --quant-type nf4"), fp4 = nibble_cli(base + " --quant-type fp4");
+  ASSERT_EQ(nf4.code, 0) << nf4.err;
+  ASSERT_EQ(fp4.code, 0) << fp4.err;
+  const double kl_nf4 = field(nf4.out, "mean KL divergence"), kl_fp4 = field(fp4.out, "mean KL divergence");
+  EXPECT_LT(kl_nf4, kl_fp4) << "NF4 should be closer to float32 than FP4 (QLoRA)";
+  EXPECT_GT(kl_nf4, 0.0);
+  EXPECT_GE(field(nf4.out, "top-1 agreement"), field(fp4.out, "top-1 agreement"));
+  RecordProperty("kl_nf4", std::to_string(kl_nf4));
+  RecordProperty("kl_fp4", std::to_string(kl_fp4));
+}
+
+TEST(GenerateCli, InfoReportsFootprintAndRss) {
+  const Out f = nibble_cli("info " + model()), q = nibble_cli("info " + model() + " --load-in-4bit --quant-type nf4");
+  ASSERT_EQ(f.code, 0) << f.err;
+  ASSERT_EQ(q.code, 0) << q.err;
+  EXPECT_EQ(field(f.out, "parameters"), 656000);  // 2048*128 tied embedding + 2 layers + norm
+  EXPECT_LT(field(q.out, "memory footprint"), 0.5 * field(f.out, "memory footprint"));
+  EXPECT_GT(field(q.out, "peak RSS after load"), 0);
+  EXPECT_NE(q.out.find("\"bnb_4bit_quant_type\": \"nf4\""), std::string::npos);
+}
+
+TEST(GenerateCli, ErrorsAreOneLine) {
+  Out r = nibble_cli("generate /nonexistent --prompt hi");
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.err.rfind("nibble: error: /nonexistent/config.json", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  r = nibble_cli("generate " + model() + " --prompt hi --load-in-8bit");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("load_in_8bit"), std::string::npos) << r.err;
+  r = nibble_cli("generate " + model() + " --prompt hi --do-sample --temperature 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("temperature"), std::string::npos) << r.err;
+}

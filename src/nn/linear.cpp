@@ -1,10 +1,8 @@
 #include "nn/linear.h"
 
-#include <omp.h>
 
-#include <cstring>
 
-#include "kernels/cpu/reference.h"
+#include "kernels/cpu/gemm4.h"
 #include "nibble/error.h"
 
 namespace nibble::nn {
@@ -25,19 +23,6 @@ std::vector<float> bias_floats(const std::optional<Tensor>& b, int64_t out, cons
   return b->to_float_vector();
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  // four partial sums: lets the compiler vectorize without -ffast-math
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * b[i];
-    s1 += a[i + 1] * b[i + 1];
-    s2 += a[i + 2] * b[i + 2];
-    s3 += a[i + 3] * b[i + 3];
-  }
-  for (; i < n; ++i) s0 += a[i] * b[i];
-  return (s0 + s1) + (s2 + s3);
-}
 }  // namespace
 
 Linear::Linear(Tensor weight, std::optional<Tensor> bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
@@ -48,25 +33,10 @@ Linear::Linear(Tensor weight, std::optional<Tensor> bias) : weight_(std::move(we
 }
 
 void Linear::forward(const float* x, int64_t T, float* y) const {
-  const int64_t K = in_features, N = out_features;
-  const bool f32 = weight_.dtype() == DType::Float32;
-#pragma omp parallel
-  {
-    std::vector<float> row(f32 ? 0 : static_cast<size_t>(K));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* w;
-      if (f32) {
-        w = weight_.data<float>() + n * K;
-      } else {
-        convert_floats(weight_.dtype(), weight_.raw() + static_cast<size_t>(n * K) * dtype_size(weight_.dtype()),
-                       DType::Float32, row.data(), static_cast<size_t>(K));
-        w = row.data();
-      }
-      const float b = bias_f_.empty() ? 0.0f : bias_f_[static_cast<size_t>(n)];
-      for (int64_t t = 0; t < T; ++t) y[t * N + n] = dot(x + t * K, w, K) + b;
-    }
-  }
+  kernels::gemm_dense(weight_.raw(), weight_.dtype(), out_features, in_features, x, T, y);
+  if (!bias_f_.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < out_features; ++n) y[t * out_features + n] += bias_f_[static_cast<size_t>(n)];
 }
 
 NamedTensors Linear::state_dict() const {
@@ -84,7 +54,20 @@ Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bi
   in_features = state_.shape[1];
   state_.check_packed(packed_, "Linear4bit");
   bias_f_ = bias_floats(bias_, out_features, "Linear4bit");
-  absmax_ = state_.float_absmax();
+  view_.packed = packed_.data<uint8_t>();
+  view_.N = out_features;
+  view_.K = in_features;
+  view_.blocksize = state_.blocksize;
+  view_.code = state_.code.data<float>();
+  if (state_.nested) {  // nested statistics stay compressed; the kernels decode them per block
+    view_.absmax_q = state_.absmax.data<uint8_t>();
+    view_.code2 = state_.nested_code.data<float>();
+    view_.absmax2 = state_.nested_absmax.data<float>();
+    view_.nested_blocksize = state_.nested_blocksize;
+    view_.offset = state_.offset;
+  } else {
+    view_.absmax = state_.absmax.data<float>();
+  }
 }
 
 std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::optional<Tensor> bias, int64_t blocksize,
@@ -95,34 +78,13 @@ std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::opti
 }
 
 void Linear4bit::forward(const float* x, int64_t T, float* y) const {
-  const int64_t K = in_features, N = out_features;
-  // bitsandbytes: x and the dequantized weight in the compute dtype, float32 accumulation, result rounded to
-  // the compute dtype, bias added in the compute dtype, cast back to the input dtype (float32 here).
-  std::vector<float> xc(static_cast<size_t>(T * K));
-  for (size_t i = 0; i < xc.size(); ++i) xc[i] = round_to(compute_, x[i]);
-  const float* code = state_.code.data<float>();
-  const uint8_t* packed = packed_.data<uint8_t>();
-  const int64_t bs = state_.blocksize;
-#pragma omp parallel
-  {
-    std::vector<float> row(static_cast<size_t>(K));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      // dequantize row n: elements [n*K, (n+1)*K) of the flattened weight
-      const int64_t e0 = n * K;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t e = e0 + k;
-        const uint8_t byte = packed[e / 2];
-        const uint8_t c = (e & 1) ? (byte & 0x0f) : (byte >> 4);
-        row[static_cast<size_t>(k)] = round_to(compute_, code[c] * absmax_[static_cast<size_t>(e / bs)]);
-      }
-      const float b = bias_f_.empty() ? 0.0f : round_to(compute_, bias_f_[static_cast<size_t>(n)]);
-      for (int64_t t = 0; t < T; ++t) {
-        const float acc = round_to(compute_, dot(xc.data() + t * K, row.data(), K));
-        y[t * N + n] = bias_f_.empty() ? acc : round_to(compute_, acc + b);
-      }
-    }
-  }
+  // bitsandbytes: x and the weight in the compute dtype, float32 accumulation; the fused kernel decodes the
+  // weight on the fly (kernels/cpu/gemm4.h states the tolerance against dequantize-then-matmul)
+  kernels::gemm_4bit(view_, x, T, y, compute_);
+  if (!bias_f_.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < out_features; ++n)
+        y[t * out_features + n] += round_to(compute_, bias_f_[static_cast<size_t>(n)]);
 }
 
 NamedTensors Linear4bit::state_dict() const {

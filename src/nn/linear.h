@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/gemm4.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 #include "nibble/tensor.h"
@@ -60,7 +61,7 @@ class Linear4bit final : public LinearBase {
   QuantState state_;
   std::optional<Tensor> bias_;
   std::vector<float> bias_f_;
-  std::vector<float> absmax_;  // decoded once (nested stats resolved)
+  kernels::Q4Weights view_;  // what the fused kernels read: packed data and (possibly nested) absmax
   DType compute_;
 };
 

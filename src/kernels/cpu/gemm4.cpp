@@ -1,0 +1,83 @@
+// Dispatch and threading for the fused 4-bit GEMM and the dense GEMM.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/gemm4.h"
+#include "nibble/error.h"
+#include "nibble/tensor.h"
+
+namespace nibble::kernels {
+
+namespace avx512 {
+bool supported(DType compute);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute);
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+}  // namespace avx512
+
+namespace {
+bool fast_shape(const Q4Weights& w) { return w.K % w.blocksize == 0 && w.K % 32 == 0; }
+}  // namespace
+
+bool gemm_path_available(GemmPath p, DType compute) {
+  if (p == GemmPath::Reference || p == GemmPath::Auto) return true;
+  return avx512::supported(compute);
+}
+
+std::string gemm_path_name(GemmPath p, DType compute) {
+  if (p == GemmPath::Auto) p = avx512::supported(compute) ? GemmPath::Avx512 : GemmPath::Reference;
+  if (p == GemmPath::Reference) return "reference";
+  return compute == DType::BFloat16 ? "avx512-bf16" : "avx512";
+}
+
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
+  if (path == GemmPath::Auto) path = avx512::supported(compute) && fast_shape(w) ? GemmPath::Avx512 : GemmPath::Reference;
+  if (path == GemmPath::Avx512) {
+    if (!avx512::supported(compute) || !fast_shape(w))
+      throw NotSupportedError("gemm_4bit: the AVX-512 path needs AVX-512 (and BF16 for bfloat16) and K % blocksize == 0");
+    avx512::gemm_4bit(w, x, M, y, compute);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t per = (w.N + nt - 1) / nt;
+    const int64_t a = std::min(w.N, id * per), b = std::min(w.N, a + per);
+    if (a < b) {
+      // the reference writes y[m * N + n] for its rows only
+      ref::gemm_4bit(w, x, M, y, compute, a, b);
+    }
+  }
+}
+
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  if ((wdt == DType::Float32 || wdt == DType::BFloat16) && K % 32 == 0 && avx512::supported(wdt)) {
+    avx512::gemm_dense(w, wdt, N, K, x, M, y);
+    return;
+  }
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(K));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      convert_floats(wdt, static_cast<const uint8_t*>(w) + static_cast<size_t>(n * K) * dtype_size(wdt), DType::Float32,
+                     row.data(), static_cast<size_t>(K));
+      for (int64_t m = 0; m < M; ++m) {
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        const float* xm = x + m * K;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+          s0 += xm[k] * row[static_cast<size_t>(k)];
+          s1 += xm[k + 1] * row[static_cast<size_t>(k + 1)];
+          s2 += xm[k + 2] * row[static_cast<size_t>(k + 2)];
+          s3 += xm[k + 3] * row[static_cast<size_t>(k + 3)];
+        }
+        for (; k < K; ++k) s0 += xm[k] * row[static_cast<size_t>(k)];
+        y[m * N + n] = (s0 + s1) + (s2 + s3);
+      }
+    }
+  }
+}
+
+}  // namespace nibble::kernels

@@ -1,0 +1,48 @@
+// Fused dequantize-and-multiply for bitsandbytes 4-bit weights (NF4/FP4, any blocksize, nested absmax decoded
+// on the fly): y[M, N] = x[M, K] @ W[N, K]^T. A scalar reference defines the result (bitsandbytes'
+// dequantize-then-matmul in the compute dtype); AVX-512 (float32 compute) and AVX512-BF16 (bfloat16 compute)
+// paths are chosen at run time and tested against it within a stated tolerance.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nibble/dtype.h"
+
+namespace nibble::kernels {
+
+struct Q4Weights {
+  const uint8_t* packed = nullptr;  // bitsandbytes layout: flattened row-major, element 2j = high nibble
+  int64_t N = 0, K = 0, blocksize = 64;
+  const float* code = nullptr;  // 16 entries
+  // absmax: float per block, or nested (uint8 code into code2, scaled by absmax2 per nested block, + offset)
+  const float* absmax = nullptr;
+  const uint8_t* absmax_q = nullptr;
+  const float* code2 = nullptr;
+  const float* absmax2 = nullptr;
+  int64_t nested_blocksize = 256;
+  float offset = 0.0f;
+
+  float block_absmax(int64_t b) const {
+    if (absmax) return absmax[b];
+    const float v = code2[absmax_q[b]] * absmax2[b / nested_blocksize];
+    return v + offset;
+  }
+};
+
+// Which implementation gemm_4bit uses; "auto" picks the best this CPU supports.
+enum class GemmPath { Auto, Reference, Avx512 };
+std::string gemm_path_name(GemmPath p, DType compute);
+bool gemm_path_available(GemmPath p, DType compute);
+
+// compute: Float32, BFloat16 or Float16 (float16 runs the reference rounding on the float32 path).
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path = GemmPath::Auto);
+
+// Dense y = x @ W^T for float32 / bfloat16 weights (the unquantized lm_head and friends), threaded.
+void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+
+namespace ref {
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0, int64_t n1);
+}
+
+}  // namespace nibble::kernels

@@ -1,0 +1,300 @@
+// AVX-512 / AVX512-BF16 paths of the fused 4-bit GEMV/GEMM and the dense GEMM. Functions carry target
+// attributes (Debian's Highway 1.0.3 has no AVX512-BF16 target) and run only after a CPU feature check.
+//
+// GEMV (M = 1): weights are decoded in registers and never stored: 16 packed bytes (32 elements) are widened
+// to 16 x 32-bit lanes; the high and low nibbles index the 16-entry table with one permute each (float32:
+// vpermps on even/odd elements against a de-interleaved x; bfloat16: vpermw on the natural order, then
+// vdpbf16ps against x in bfloat16). Partial sums per quantization block are scaled by that block's absmax
+// (decoded on the fly when nested). GEMM (M > 1): a tile of 4 rows is decoded once into L1 (code * absmax in
+// the compute dtype) and multiplied with 4 tokens at a time (16 accumulators), over token chunks sized for L2.
+// GCC 12's AVX-512 headers trip -Wuninitialized inside their own _mm512_undefined_* helpers (a known false
+// positive); silence it for this file only.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/gemm4.h"
+
+#define NB_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define NB_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+namespace nibble::kernels::avx512 {
+
+namespace {
+
+constexpr int64_t kRowTile = 4, kTokTile = 4, kTokChunk = 64;
+
+// 16 bytes -> 16 lanes holding the high nibbles (elements 0, 2, ..., 30) and the low ones (1, 3, ..., 31).
+NB_AVX512 inline void nibbles(const uint8_t* p, __m512i& hi, __m512i& lo) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  hi = _mm512_srli_epi32(v, 4);
+  lo = _mm512_and_si512(v, _mm512_set1_epi32(15));
+}
+
+// --- GEMV, float32 compute -----------------------------------------------------------------------------
+NB_AVX512 void gemv_f32(const Q4Weights& w, const float* x, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
+  // de-interleave x per 32-element chunk: 16 even elements, then 16 odd ones
+  std::vector<float> xd(static_cast<size_t>(K));
+  for (int64_t c = 0; c < K; c += 32)
+    for (int64_t j = 0; j < 16; ++j) {
+      xd[static_cast<size_t>(c + j)] = x[c + 2 * j];
+      xd[static_cast<size_t>(c + 16 + j)] = x[c + 2 * j + 1];
+    }
+  const __m512 table = _mm512_loadu_ps(w.code);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.packed + n * K / 2;
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nbr; ++b) {
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+        __m512i hi, lo;
+        nibbles(row + c / 2, hi, lo);
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(hi, table), _mm512_loadu_ps(xd.data() + c), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(lo, table), _mm512_loadu_ps(xd.data() + c + 16), acc1);
+      }
+      total = _mm512_fmadd_ps(_mm512_add_ps(acc0, acc1), _mm512_set1_ps(w.block_absmax(n * nbr + b)), total);
+    }
+    y[n] = _mm512_reduce_add_ps(total);
+  }
+}
+
+// --- GEMV, bfloat16 compute ----------------------------------------------------------------------------
+NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xb, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
+  alignas(64) uint16_t t16[32] = {};
+  for (int i = 0; i < 16; ++i) t16[i] = float_to_bf16(w.code[i]);
+  const __m512i table = _mm512_load_si512(t16);
+  constexpr int64_t R = 2;  // two rows at a time share each x load
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
+    const uint8_t* r0 = w.packed + n * K / 2;
+    const uint8_t* r1 = w.packed + (n + 1) * K / 2;
+    __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nbr; ++b) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + c);
+        __m512i hi, lo;
+        nibbles(r0 + c / 2, hi, lo);
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table), xv);
+        nibbles(r1 + c / 2, hi, lo);
+        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table), xv);
+      }
+      t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
+      t1 = _mm512_fmadd_ps(a1, _mm512_set1_ps(w.block_absmax((n + 1) * nbr + b)), t1);
+    }
+    y[n] = _mm512_reduce_add_ps(t0);
+    y[n + 1] = _mm512_reduce_add_ps(t1);
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* r0 = w.packed + n * K / 2;
+    __m512 t0 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nbr; ++b) {
+      __m512 a0 = _mm512_setzero_ps();
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+        __m512i hi, lo;
+        nibbles(r0 + c / 2, hi, lo);
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table),
+                              (__m512bh)_mm512_loadu_si512(xb + c));
+      }
+      t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
+    }
+    y[n] = _mm512_reduce_add_ps(t0);
+  }
+}
+
+// --- decode a row to float32 (code * absmax) or bfloat16 (rounded) ---------------------------------------
+NB_AVX512 void decode_row_f32(const Q4Weights& w, int64_t n, float* out) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
+  const uint8_t* row = w.packed + n * K / 2;
+  const __m512 table = _mm512_loadu_ps(w.code);
+  const __m512i even = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i odd = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int64_t b = 0; b < nbr; ++b) {
+    const __m512 s = _mm512_set1_ps(w.block_absmax(n * nbr + b));
+    for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+      __m512i hi, lo;
+      nibbles(row + c / 2, hi, lo);
+      const __m512 vh = _mm512_mul_ps(_mm512_permutexvar_ps(hi, table), s);
+      const __m512 vl = _mm512_mul_ps(_mm512_permutexvar_ps(lo, table), s);
+      _mm512_storeu_ps(out + c, _mm512_permutex2var_ps(vh, even, vl));  // interleave back to memory order
+      _mm512_storeu_ps(out + c + 16, _mm512_permutex2var_ps(vh, odd, vl));
+    }
+  }
+}
+
+NB_BF16 void decode_row_bf16(const Q4Weights& w, int64_t n, uint16_t* out, float* tmp) {
+  decode_row_f32(w, n, tmp);
+  for (int64_t k = 0; k < w.K; k += 32) {
+    const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(tmp + k + 16), _mm512_loadu_ps(tmp + k));
+    _mm512_storeu_si512(out + k, v);
+  }
+}
+
+// --- micro-kernels: R weight rows x T tokens, full K -------------------------------------------------------
+template <int R, int T>
+NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
+    for (int t = 0; t < T; ++t) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xt[t] + k);
+      for (int r = 0; r < R; ++r) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], wv[r], xv);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+
+template <int R, int T>
+NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr[r] + k);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_loadu_ps(xt[t] + k);
+      for (int r = 0; r < R; ++r) acc[t][r] = _mm512_fmadd_ps(wv[r], xv, acc[t][r]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+
+// y[m, n0..n0+rows) for tokens [m0, m1) given `rows` decoded weight rows.
+template <typename E>
+void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, int64_t m1, float* y, int64_t N,
+          int64_t n0) {
+  for (int64_t m = m0; m < m1;) {
+    const E* xt[kTokTile];
+    const int64_t tcount = std::min<int64_t>(kTokTile, m1 - m);
+    for (int64_t t = 0; t < tcount; ++t) xt[t] = x + (m + t) * K;
+    float* out = y + m * N + n0;
+    if constexpr (std::is_same_v<E, uint16_t>) {
+      if (rows == kRowTile && tcount == kTokTile) {
+        mk_bf16<4, 4>(wr, xt, K, out, N);
+      } else {
+        for (int64_t t = 0; t < tcount; ++t)
+          for (int64_t r = 0; r < rows; ++r) mk_bf16<1, 1>(wr + r, xt + t, K, out + t * N + r, N);
+      }
+    } else {
+      if (rows == kRowTile && tcount == kTokTile) {
+        mk_f32<4, 4>(wr, xt, K, out, N);
+      } else {
+        for (int64_t t = 0; t < tcount; ++t)
+          for (int64_t r = 0; r < rows; ++r) mk_f32<1, 1>(wr + r, xt + t, K, out + t * N + r, N);
+      }
+    }
+    m += tcount;
+  }
+}
+
+NB_BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+  for (; i < n; ++i) out[i] = float_to_bf16(x[i]);
+}
+
+}  // namespace
+
+bool supported(DType compute) {
+  __builtin_cpu_init();
+  const bool f = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (compute == DType::BFloat16) return f && __builtin_cpu_supports("avx512bf16");
+  return f && compute == DType::Float32;
+}
+
+// Requires: supported(compute), K % blocksize == 0 (blocks never straddle rows).
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
+  const int64_t N = w.N, K = w.K;
+  if (M == 1) {
+    if (compute == DType::BFloat16) {
+      std::vector<uint16_t> xb(static_cast<size_t>(K));
+      to_bf16(x, K, xb.data());
+#pragma omp parallel
+      {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t per = (N + nt - 1) / nt;
+        const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
+        gemv_bf16(w, xb.data(), y, a, b);
+      }
+    } else {
+#pragma omp parallel
+      {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t per = (N + nt - 1) / nt;
+        const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
+        gemv_f32(w, x, y, a, b);
+      }
+    }
+    return;
+  }
+  const bool bf = compute == DType::BFloat16;
+  std::vector<uint16_t> xb(bf ? static_cast<size_t>(M * K) : 0);
+  if (bf) to_bf16(x, M * K, xb.data());
+  const int64_t tiles = (N + kRowTile - 1) / kRowTile;
+  for (int64_t m0 = 0; m0 < M; m0 += kTokChunk) {
+    const int64_t m1 = std::min(M, m0 + kTokChunk);
+#pragma omp parallel
+    {
+      std::vector<float> f(static_cast<size_t>(kRowTile * K));
+      std::vector<uint16_t> h(bf ? static_cast<size_t>(kRowTile * K) : 0);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t n0 = t * kRowTile, rows = std::min(kRowTile, N - n0);
+        if (bf) {
+          const uint16_t* wr[kRowTile];
+          std::vector<float> tmp(static_cast<size_t>(K));
+          for (int64_t r = 0; r < rows; ++r) {
+            decode_row_bf16(w, n0 + r, h.data() + r * K, tmp.data());
+            wr[r] = h.data() + r * K;
+          }
+          tile<uint16_t>(wr, rows, xb.data(), K, m0, m1, y, N, n0);
+        } else {
+          const float* wr[kRowTile];
+          for (int64_t r = 0; r < rows; ++r) {
+            decode_row_f32(w, n0 + r, f.data() + r * K);
+            wr[r] = f.data() + r * K;
+          }
+          tile<float>(wr, rows, x, K, m0, m1, y, N, n0);
+        }
+      }
+    }
+  }
+}
+
+// Dense weights: float32 (FMA) or bfloat16 (vdpbf16ps against x in bfloat16). Requires K % 32 == 0.
+void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  const bool bf = wdt == DType::BFloat16;
+  std::vector<uint16_t> xb(bf ? static_cast<size_t>(M * K) : 0);
+  if (bf) to_bf16(x, M * K, xb.data());
+  const int64_t tiles = (N + kRowTile - 1) / kRowTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t n0 = t * kRowTile, rows = std::min(kRowTile, N - n0);
+    if (bf) {
+      const uint16_t* wr[kRowTile];
+      for (int64_t r = 0; r < rows; ++r) wr[r] = static_cast<const uint16_t*>(wp) + (n0 + r) * K;
+      tile<uint16_t>(wr, rows, xb.data(), K, 0, M, y, N, n0);
+    } else {
+      const float* wr[kRowTile];
+      for (int64_t r = 0; r < rows; ++r) wr[r] = static_cast<const float*>(wp) + (n0 + r) * K;
+      tile<float>(wr, rows, x, K, 0, M, y, N, n0);
+    }
+  }
+}
+
+}  // namespace nibble::kernels::avx512

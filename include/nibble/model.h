@@ -42,6 +42,10 @@ struct ModelInfo {
 class AutoModelForCausalLM {
  public:
   static AutoModelForCausalLM from_pretrained(const std::string& dir, const FromPretrainedOptions& opt = {});
+  // A model of `config`'s architecture with random weights (transformers' from_config), built in memory and
+  // quantized on load if opt asks: benchmarks of real shapes without files.
+  static AutoModelForCausalLM from_config(const nlohmann::json& config, const FromPretrainedOptions& opt = {},
+                                          uint64_t seed = 0);
   AutoModelForCausalLM(AutoModelForCausalLM&&) noexcept;
   AutoModelForCausalLM& operator=(AutoModelForCausalLM&&) noexcept;
   ~AutoModelForCausalLM();

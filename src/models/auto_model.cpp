@@ -32,6 +32,10 @@ AutoModelForCausalLM::AutoModelForCausalLM(AutoModelForCausalLM&&) noexcept = de
 AutoModelForCausalLM& AutoModelForCausalLM::operator=(AutoModelForCausalLM&&) noexcept = default;
 AutoModelForCausalLM::~AutoModelForCausalLM() = default;
 
+namespace {
+void fill_info(AutoModelForCausalLM::Impl& im, DType dtype);
+}  // namespace
+
 AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& dir, const FromPretrainedOptions& opt) {
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
   AutoModelForCausalLM m;
@@ -51,7 +55,29 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(im.config, cpath));
   lo.quiet = opt.quiet;
-  im.model = std::make_unique<models::LlamaModel>(im.config, dir, lo);
+  im.model = std::make_unique<models::LlamaModel>(im.config, models::CheckpointSource(dir), lo);
+  fill_info(im, lo.dtype);
+  return m;
+}
+
+AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& config, const FromPretrainedOptions& opt,
+                                                       uint64_t seed) {
+  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  AutoModelForCausalLM m;
+  Impl& im = *m.impl_;
+  im.config = config;
+  check_model_type(config, "config");
+  models::LlamaModel::LoadOptions lo;
+  lo.quant = opt.quantization_config;
+  lo.dtype = opt.dtype.value_or(checkpoint_dtype(config, "config"));
+  lo.quiet = opt.quiet;
+  im.model = std::make_unique<models::LlamaModel>(config, models::RandomSource(config, lo.dtype, seed), lo);
+  fill_info(im, lo.dtype);
+  return m;
+}
+
+namespace {
+void fill_info(AutoModelForCausalLM::Impl& im, DType dtype) {
   const auto& c = im.model->config();
   im.info.model_type = c.model_type;
   if (im.config.contains("architectures") && im.config["architectures"].is_array() && !im.config["architectures"].empty())
@@ -59,10 +85,10 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   im.info.num_layers = c.layers;
   im.info.hidden_size = c.hidden;
   im.info.vocab_size = c.vocab;
-  im.info.dtype = lo.dtype;
+  im.info.dtype = dtype;
   im.refresh_info();
-  return m;
 }
+}  // namespace
 
 std::vector<float> AutoModelForCausalLM::forward(const std::vector<int32_t>& ids) const {
   auto cache = impl_->model->new_cache();

@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include "io/hf_config.h"
+#include "kernels/cpu/attention.h"
 #include "nibble/error.h"
 #include "nibble/models.h"
 #include "nibble/progress.h"
@@ -75,7 +76,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   return c;
 }
 
-std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const Checkpoint& ck, const std::string& prefix, bool bias,
+std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, const std::string& prefix, bool bias,
                                                         const LoadOptions& opt, bool prequantized) const {
   std::optional<Tensor> b;
   if (bias) {
@@ -86,19 +87,19 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const Checkpoint& ck, co
     const std::string qs = prefix + ".weight.quant_state.bitsandbytes__" + qt;
     if (!ck.contains(qs)) continue;
     if (!prequantized)
-      throw FormatError(ck.file_of(qs) + ": tensor '" + qs + "' is quantized but config.json has no quantization_config");
+      throw FormatError(ck.where(qs) + ": tensor '" + qs + "' is quantized but config.json has no quantization_config");
     std::map<std::string, Tensor> d;
     for (const char* k : {"absmax", "quant_map", "nested_absmax", "nested_quant_map"})
       if (ck.contains(prefix + ".weight." + k)) d[prefix + ".weight." + k] = ck.get(prefix + ".weight." + k);
     d[qs] = ck.get(qs);
-    QuantState s = QuantState::from_dict(d, ck.file_of(qs) + ": " + prefix);
+    QuantState s = QuantState::from_dict(d, ck.where(qs) + ": " + prefix);
     return std::make_unique<nn::Linear4bit>(ck.get(prefix + ".weight"), std::move(s), std::move(b),
                                             qcfg_->compute_dtype());
   }
   const std::string wname = prefix + ".weight";
   const Tensor w = ck.get(wname);
   if (w.shape().size() != 2 || !dtype_is_float(w.dtype()))
-    throw FormatError(ck.file_of(wname) + ": tensor '" + wname + "' must be a 2-D float weight, got " +
+    throw FormatError(ck.where(wname) + ": tensor '" + wname + "' must be a 2-D float weight, got " +
                       std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()));
   const Tensor wd = w.dtype() == dtype_ ? w : w.to(dtype_);
   if (!prequantized && opt.quant && opt.quant->load_in_4bit && should_quantize(c_.model_type, wname, *opt.quant)) {
@@ -111,7 +112,8 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const Checkpoint& ck, co
   return std::make_unique<nn::Linear>(wd, std::move(b));
 }
 
-LlamaModel::LlamaModel(const json& config, const std::string& dir, const LoadOptions& opt) : dtype_(opt.dtype) {
+LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt) : dtype_(opt.dtype) {
+  const std::string dir = ck.label();
   const std::string cpath = dir + "/config.json";
   c_ = LlamaConfig::from_json(config, cpath);
   const bool prequantized = config.contains("quantization_config");
@@ -121,10 +123,9 @@ LlamaModel::LlamaModel(const json& config, const std::string& dir, const LoadOpt
     if (opt.quant->load_in_8bit) throw NotSupportedError("load_in_8bit (LLM.int8) is not implemented in nibble; use load_in_4bit");
     qcfg_ = opt.quant;
   }
-  const Checkpoint ck = Checkpoint::open(dir);
   auto expect_shape = [&](const Tensor& t, const std::string& name, const Shape& s) {
     if (t.shape() != s)
-      throw FormatError(ck.file_of(name) + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
+      throw FormatError(ck.where(name) + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
                         shape_str(s));
   };
   auto dense = [&](const std::string& name, const Shape& s) {
@@ -256,30 +257,7 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
     auto& vc = cache.v[static_cast<size_t>(l)];
     kc.insert(kc.end(), k.begin(), k.end());
     vc.insert(vc.end(), v.begin(), v.end());
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t hq = 0; hq < NQ; ++hq) {
-        const int64_t hk = hq / (NQ / NKV), pos = start + t;
-        const float* qv = q.data() + (t * NQ + hq) * D;
-        std::vector<float> sc(static_cast<size_t>(pos + 1));
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= pos; ++j) {
-          const float* kv = kc.data() + (j * NKV + hk) * D;
-          float s = 0;
-          for (int64_t d = 0; d < D; ++d) s += qv[d] * kv[d];
-          sc[static_cast<size_t>(j)] = s * scale;
-          mx = std::max(mx, sc[static_cast<size_t>(j)]);
-        }
-        float sum = 0;
-        for (auto& s : sc) sum += (s = std::exp(s - mx));
-        float* out = att.data() + (t * NQ + hq) * D;
-        std::fill(out, out + D, 0.0f);
-        for (int64_t j = 0; j <= pos; ++j) {
-          const float p = sc[static_cast<size_t>(j)] / sum;
-          const float* vv = vc.data() + (j * NKV + hk) * D;
-          for (int64_t d = 0; d < D; ++d) out[d] += p * vv[d];
-        }
-      }
+    kernels::attention({T, NQ, NKV, D, start, scale}, q.data(), kc.data(), vc.data(), att.data());
     L.o->forward(att.data(), T, o.data());
     for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
     for (int64_t t = 0; t < T; ++t) rms_norm(h.data() + t * H, L.post_norm_f, c_.rms_eps, H, xn.data() + t * H);

@@ -11,6 +11,7 @@
 
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/safetensors.h"
+#include "models/tensor_source.h"
 #include "nn/linear.h"
 
 namespace nibble::models {
@@ -46,7 +47,7 @@ class LlamaModel {
     DType dtype = DType::Float32;
     bool quiet = false;
   };
-  LlamaModel(const nlohmann::json& config, const std::string& dir, const LoadOptions& opt);
+  LlamaModel(const nlohmann::json& config, const TensorSource& src, const LoadOptions& opt);
 
   // Runs ids at positions cache.length.. and appends to the cache. Writes logits for every position
   // (all_logits) or only the last one into `logits`.
@@ -63,7 +64,7 @@ class LlamaModel {
   const std::optional<BitsAndBytesConfig>& quantization_config() const { return qcfg_; }
 
  private:
-  std::unique_ptr<nn::LinearBase> load_linear(const Checkpoint& ck, const std::string& prefix, bool bias,
+  std::unique_ptr<nn::LinearBase> load_linear(const TensorSource& ck, const std::string& prefix, bool bias,
                                               const LoadOptions& opt, bool prequantized) const;
   LlamaConfig c_;
   DType dtype_;

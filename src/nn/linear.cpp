@@ -63,7 +63,7 @@ Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bi
     view_.absmax_q = state_.absmax.data<uint8_t>();
     view_.code2 = state_.nested_code.data<float>();
     view_.absmax2 = state_.nested_absmax.data<float>();
-    view_.nested_blocksize = state_.nested_blocksize;
+    view_.set_nested_blocksize(state_.nested_blocksize);
     view_.offset = state_.offset;
   } else {
     view_.absmax = state_.absmax.data<float>();

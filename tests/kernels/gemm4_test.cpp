@@ -42,7 +42,7 @@ Q4Weights view(const Quantized4bit& q) {
     w.absmax_q = q.state.absmax.data<uint8_t>();
     w.code2 = q.state.nested_code.data<float>();
     w.absmax2 = q.state.nested_absmax.data<float>();
-    w.nested_blocksize = q.state.nested_blocksize;
+    w.set_nested_blocksize(q.state.nested_blocksize);
     w.offset = q.state.offset;
   } else {
     w.absmax = q.state.absmax.data<float>();
@@ -128,4 +128,20 @@ TEST(Gemm4, DenseMatchesNaive) {
         }
     }
   }
+}
+
+#include "kernels/cpu/attention.h"
+
+TEST(Attention, FastPathMatchesReference) {
+  const AttentionShape s{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f};
+  const int64_t P = s.start + s.T, kvw = s.kv_heads * s.head_dim;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(static_cast<size_t>(s.T * s.heads * s.head_dim)), k(static_cast<size_t>(P * kvw)), v(k.size());
+  for (auto* vec : {&q, &k, &v})
+    for (auto& e : *vec) e = nd(rng);
+  std::vector<float> a(q.size()), b(q.size());
+  kernels::ref::attention(s, q.data(), k.data(), v.data(), a.data());
+  kernels::attention(s, q.data(), k.data(), v.data(), b.data());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
 }

@@ -22,10 +22,17 @@ struct Q4Weights {
   const float* absmax2 = nullptr;
   int64_t nested_blocksize = 256;
   float offset = 0.0f;
+  // log2 of nested_blocksize when it is a power of two (bitsandbytes always uses 256), else -1. Hot loops
+  // must not divide: an integer division costs tens of cycles, more than the 64 weights it serves.
+  int nested_shift = 8;
 
+  void set_nested_blocksize(int64_t nbs) {
+    nested_blocksize = nbs;
+    nested_shift = (nbs & (nbs - 1)) == 0 ? __builtin_ctzll(static_cast<unsigned long long>(nbs)) : -1;
+  }
   float block_absmax(int64_t b) const {
     if (absmax) return absmax[b];
-    const float v = code2[absmax_q[b]] * absmax2[b / nested_blocksize];
+    const float v = code2[absmax_q[b]] * absmax2[nested_shift >= 0 ? b >> nested_shift : b / nested_blocksize];
     return v + offset;
   }
 };

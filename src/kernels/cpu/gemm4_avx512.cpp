@@ -65,45 +65,119 @@ NB_AVX512 void gemv_f32(const Q4Weights& w, const float* x, float* y, int64_t n0
 }
 
 // --- GEMV, bfloat16 compute ----------------------------------------------------------------------------
-NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xb, float* y, int64_t n0, int64_t n1) {
+// 32 packed bytes (64 elements) per step: widened to 32 x 16-bit lanes, the high nibbles (even elements) and
+// the low ones (odd elements) each index the bfloat16 table with one vpermw. The dot product does not care
+// about element order, so x is pre-split per 64-element chunk into its 32 even and 32 odd elements.
+// Blocksize >= 64; four rows in flight; each block's partial sum starts from zero, so the only loop-carried
+// dependency is one FMA per block and row (scaling by that block's absmax).
+NB_BF16 inline __m512 dot64_bf16(const uint8_t* p, const uint16_t* xeo, __m512i table, __m512 acc) {
+  const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m512i hi = _mm512_srli_epi16(v, 4), lo = _mm512_and_si512(v, _mm512_set1_epi16(15));
+  acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(hi, table), (__m512bh)_mm512_loadu_si512(xeo));
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(lo, table), (__m512bh)_mm512_loadu_si512(xeo + 32));
+}
+
+NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xeo, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   alignas(64) uint16_t t16[32] = {};
   for (int i = 0; i < 16; ++i) t16[i] = float_to_bf16(w.code[i]);
   const __m512i table = _mm512_load_si512(t16);
-  constexpr int64_t R = 2;  // two rows at a time share each x load
+  constexpr int64_t R = 4;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) {
-    const uint8_t* r0 = w.packed + n * K / 2;
-    const uint8_t* r1 = w.packed + (n + 1) * K / 2;
-    __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nbr; ++b) {
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
-        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + c);
-        __m512i hi, lo;
-        nibbles(r0 + c / 2, hi, lo);
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table), xv);
-        nibbles(r1 + c / 2, hi, lo);
-        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table), xv);
-      }
-      t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
-      t1 = _mm512_fmadd_ps(a1, _mm512_set1_ps(w.block_absmax((n + 1) * nbr + b)), t1);
+  for (; n < n1; n += R) {
+    const int64_t rows = std::min(R, n1 - n);
+    const uint8_t* rp[R];
+    __m512 t[R];
+    #pragma GCC unroll 4
+    for (int64_t r = 0; r < R; ++r) {
+      rp[r] = w.packed + (n + std::min(r, rows - 1)) * K / 2;
+      t[r] = _mm512_setzero_ps();
     }
-    y[n] = _mm512_reduce_add_ps(t0);
-    y[n + 1] = _mm512_reduce_add_ps(t1);
+    for (int64_t b = 0; b < nbr; ++b) {
+      __m512 a[R];
+      #pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 64)
+        #pragma GCC unroll 4
+        for (int64_t r = 0; r < R; ++r) a[r] = dot64_bf16(rp[r] + c / 2, xeo + c, table, a[r]);
+      #pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r)
+        t[r] = _mm512_fmadd_ps(a[r], _mm512_set1_ps(w.block_absmax((n + std::min(r, rows - 1)) * nbr + b)), t[r]);
+    }
+    for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
   }
-  for (; n < n1; ++n) {
-    const uint8_t* r0 = w.packed + n * K / 2;
+}
+
+// 64 packed bytes (128 elements) per step, with no widening: each 16-bit lane holds bytes 2i, 2i+1, i.e.
+// elements 4i (bits 4-7), 4i+1 (bits 0-3), 4i+2 (bits 12-15), 4i+3 (bits 8-11). vpermw reads the low 5 bits
+// of each index, so with the table duplicated into entries 16-31 the lane itself, and the lane shifted by 4,
+// 8 and 12, are the four index vectors: 3 shifts + 4 vpermw + 4 vdpbf16ps per 128 weights. x is pre-split per
+// 128-chunk into the matching four groups of 32. Accumulator lane j sums elements of 16-bit lanes 2j, 2j+1,
+// i.e. elements [8j, 8j + 8): one quantization block covers 128 / blocksize... lanes, so the per-chunk scale
+// vector holds each block's absmax over its lanes.
+NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
+  alignas(64) uint16_t t16[32];
+  for (int i = 0; i < 32; ++i) t16[i] = float_to_bf16(w.code[i & 15]);
+  const __m512i table = _mm512_load_si512(t16);
+  const int64_t bpc = bs >= 128 ? 1 : 128 / bs;  // blocks per 128-element chunk
+  const int bs_shift = __builtin_ctzll(static_cast<unsigned long long>(bs));  // blocksize is a power of two
+  constexpr int64_t R = 4;
+  for (int64_t n = n0; n < n1; n += R) {
+    const int64_t rows = std::min(R, n1 - n);
+    const uint8_t* rp[R];
+    int64_t row[R];
+    __m512 t[R];
+    #pragma GCC unroll 4
+    for (int64_t r = 0; r < R; ++r) {
+      row[r] = n + std::min(r, rows - 1);
+      rp[r] = w.packed + row[r] * K / 2;
+      t[r] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < K; c += 128) {
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c), x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
+      const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64), x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
+      #pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) {
+        const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
+        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
+        __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
+        b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
+        a = _mm512_add_ps(a, b);
+        const int64_t b0 = row[r] * nbr + (c >> bs_shift);
+        __m512 scale;
+        if (bpc == 1) {
+          scale = _mm512_set1_ps(w.block_absmax(b0));
+        } else if (bpc == 2) {
+          scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(w.block_absmax(b0)), _mm512_set1_ps(w.block_absmax(b0 + 1)));
+        } else {  // blocksize 32: four blocks of 4 lanes
+          const __m128 s4 = _mm_set_ps(w.block_absmax(b0 + 3), w.block_absmax(b0 + 2), w.block_absmax(b0 + 1), w.block_absmax(b0));
+          scale = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), _mm512_castps128_ps512(s4));
+        }
+        t[r] = _mm512_fmadd_ps(a, scale, t[r]);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
+  }
+}
+
+// Blocksize 32: 16 bytes (32 elements, one block) per step, nibbles composed into natural order.
+NB_BF16 void gemv_bf16_bs32(const Q4Weights& w, const uint16_t* xb, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, nbr = K / 32;
+  alignas(64) uint16_t t16[32] = {};
+  for (int i = 0; i < 16; ++i) t16[i] = float_to_bf16(w.code[i]);
+  const __m512i table = _mm512_load_si512(t16);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.packed + n * K / 2;
     __m512 t0 = _mm512_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
-      __m512 a0 = _mm512_setzero_ps();
-      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
-        __m512i hi, lo;
-        nibbles(r0 + c / 2, hi, lo);
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table),
-                              (__m512bh)_mm512_loadu_si512(xb + c));
-      }
-      t0 = _mm512_fmadd_ps(a0, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
+      __m512i hi, lo;
+      nibbles(row + b * 16, hi, lo);
+      const __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(),
+                                        (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table),
+                                        (__m512bh)_mm512_loadu_si512(xb + b * 32));
+      t0 = _mm512_fmadd_ps(a, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
     }
     y[n] = _mm512_reduce_add_ps(t0);
   }
@@ -141,34 +215,48 @@ NB_BF16 void decode_row_bf16(const Q4Weights& w, int64_t n, uint16_t* out, float
 template <int R, int T>
 NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt, int64_t K, float* out, int64_t ldo) {
   __m512 acc[T][R];
+  #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh wv[R];
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
+    #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xt[t] + k);
+      #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], wv[r], xv);
     }
   }
+  #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
 template <int R, int T>
 NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int64_t K, float* out, int64_t ldo) {
   __m512 acc[T][R];
+  #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     __m512 wv[R];
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr[r] + k);
+    #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 xv = _mm512_loadu_ps(xt[t] + k);
+      #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[t][r] = _mm512_fmadd_ps(wv[r], xv, acc[t][r]);
     }
   }
+  #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
+    #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
@@ -224,12 +312,31 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
     if (compute == DType::BFloat16) {
       std::vector<uint16_t> xb(static_cast<size_t>(K));
       to_bf16(x, K, xb.data());
+      const bool by128 = K % 128 == 0;
+      std::vector<uint16_t> xp(static_cast<size_t>(K));
+      if (by128) {  // per 128-chunk: elements 4i+1, 4i, 4i+3, 4i+2 (see gemv_bf16_128)
+        for (int64_t c = 0; c < K; c += 128)
+          for (int64_t i = 0; i < 32; ++i) {
+            xp[static_cast<size_t>(c + i)] = xb[static_cast<size_t>(c + 4 * i + 1)];
+            xp[static_cast<size_t>(c + 32 + i)] = xb[static_cast<size_t>(c + 4 * i)];
+            xp[static_cast<size_t>(c + 64 + i)] = xb[static_cast<size_t>(c + 4 * i + 3)];
+            xp[static_cast<size_t>(c + 96 + i)] = xb[static_cast<size_t>(c + 4 * i + 2)];
+          }
+      } else if (w.blocksize >= 64) {  // per 64-chunk: 32 even elements, then 32 odd ones
+        for (int64_t c = 0; c < K; c += 64)
+          for (int64_t j = 0; j < 32; ++j) {
+            xp[static_cast<size_t>(c + j)] = xb[static_cast<size_t>(c + 2 * j)];
+            xp[static_cast<size_t>(c + 32 + j)] = xb[static_cast<size_t>(c + 2 * j + 1)];
+          }
+      }
 #pragma omp parallel
       {
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t per = (N + nt - 1) / nt;
         const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
-        gemv_bf16(w, xb.data(), y, a, b);
+        if (by128) gemv_bf16_128(w, xp.data(), y, a, b);
+        else if (w.blocksize >= 64) gemv_bf16(w, xp.data(), y, a, b);
+        else gemv_bf16_bs32(w, xb.data(), y, a, b);
       }
     } else {
 #pragma omp parallel

@@ -1,0 +1,20 @@
+// Causal grouped-query attention over a KV cache (float32): for each new token t (at position start + t) and
+// query head h, softmax(q . k_j * scale) over j <= position, then the weighted sum of v_j. Cache rows are
+// [position][kv_heads * head_dim]. A scalar reference and an AVX-512 path (head_dim % 16 == 0).
+#pragma once
+#include <cstdint>
+
+namespace nibble::kernels {
+
+struct AttentionShape {
+  int64_t T, heads, kv_heads, head_dim, start;
+  float scale;
+};
+
+void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache, float* out);
+
+namespace ref {
+void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache, float* out);
+}
+
+}  // namespace nibble::kernels

@@ -1,0 +1,150 @@
+// nibble bench MODEL | --synthetic SHAPE: prefill and decode tokens/s like llama-bench's pp512 / tg128, the
+// load/quantize speed, and the machine's read bandwidth measured in the same run.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+
+#include "commands.h"
+#include "config_flags.h"
+#include "kernels/cpu/gemm4.h"
+#include "kernels/cpu/read_bandwidth.h"
+#include "nibble/error.h"
+#include "nibble/model.h"
+#include "nibble/python_json.h"
+
+namespace nibble::cli {
+
+namespace {
+// HF config.json of well-known architectures (random weights are generated for them).
+nlohmann::json synthetic_config(const std::string& shape) {
+  struct S {
+    int64_t hidden, inter, heads, kv, layers, vocab;
+    double theta;
+  };
+  static const std::map<std::string, S> shapes{
+      {"llama-7b", {4096, 11008, 32, 32, 32, 32000, 10000.0}},
+      {"llama-13b", {5120, 13824, 40, 40, 40, 32000, 10000.0}},
+      {"llama-3-8b", {4096, 14336, 32, 8, 32, 128256, 500000.0}},
+      {"mistral-7b", {4096, 14336, 32, 8, 32, 32000, 1000000.0}},
+      {"tinyllama-1.1b", {2048, 5632, 32, 4, 22, 32000, 10000.0}},
+      {"tiny", {256, 704, 8, 4, 2, 2048, 10000.0}},
+  };
+  auto it = shapes.find(shape);
+  if (it == shapes.end()) {
+    std::string names;
+    for (const auto& [k, v] : shapes) names += (names.empty() ? "" : ", ") + k;
+    throw ValueError("--synthetic: unknown shape '" + shape + "' (known: " + names + ")");
+  }
+  const S& s = it->second;
+  return {{"model_type", "llama"},        {"architectures", {"LlamaForCausalLM"}},
+          {"hidden_size", s.hidden},      {"intermediate_size", s.inter},
+          {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv},
+          {"num_hidden_layers", s.layers}, {"vocab_size", s.vocab},
+          {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5},
+          {"rope_theta", s.theta},        {"tie_word_embeddings", false},
+          {"torch_dtype", "bfloat16"}};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  struct Args {
+    std::string model, synthetic;
+    int64_t layers = 0;
+    int p = 512, n = 128, threads = 0, reps = 1;
+    bool json = false, no_bandwidth = false;
+    QuantFlags q;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand("bench", "prefill (pp) and decode (tg) tokens/s, llama-bench style");
+  sub->add_option("MODEL", a->model, "HuggingFace model directory");
+  sub->add_option("--synthetic", a->synthetic, "random weights of a named shape: llama-7b, llama-3-8b, mistral-7b, tinyllama-1.1b, ...");
+  sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
+  sub->add_option("-p", a->p, "prompt tokens for the prefill test (default 512, 0 = skip)");
+  sub->add_option("-n", a->n, "tokens for the decode test (default 128, 0 = skip)");
+  sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
+  sub->add_option("-r,--repetitions", a->reps, "repetitions (default 1)");
+  sub->add_flag("--json", a->json, "machine-readable output");
+  sub->add_flag("--no-bandwidth", a->no_bandwidth, "skip the memory read-bandwidth probe");
+  add_quant_flags(sub, a->q, true);
+  sub->callback([a] {
+    if (a->model.empty() == a->synthetic.empty()) throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
+    if (a->threads > 0) omp_set_num_threads(a->threads);
+    const int threads = omp_get_max_threads();
+    // default for bench: the seed's NF4 + double quant + bfloat16 compute
+    BitsAndBytesConfig cfg = any_quant_flag(a->q) ? build_config(a->q, false)
+                                                  : BitsAndBytesConfig{.load_in_4bit = true, .bnb_4bit_compute_dtype = DType::BFloat16,
+                                                                       .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+    FromPretrainedOptions opt{.quantization_config = cfg, .threads = a->threads, .quiet = true};
+    auto t0 = std::chrono::steady_clock::now();
+    std::optional<AutoModelForCausalLM> model;
+    if (!a->synthetic.empty()) {
+      nlohmann::json c = synthetic_config(a->synthetic);
+      if (a->layers > 0) c["num_hidden_layers"] = a->layers;
+      opt.dtype = DType::BFloat16;
+      model = AutoModelForCausalLM::from_config(c, opt, 1);
+    } else {
+      model = AutoModelForCausalLM::from_pretrained(a->model, opt);
+    }
+    const double load_s = seconds_since(t0);
+    const ModelInfo& info = model->info();
+    const int64_t V = info.vocab_size;
+    std::mt19937 rng(0);
+    std::vector<int32_t> prompt(static_cast<size_t>(a->p));
+    for (auto& id : prompt) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(V));
+    double pp = 0, tg = 0;
+    for (int r = 0; r < a->reps; ++r) {
+      if (a->p > 0) {
+        t0 = std::chrono::steady_clock::now();
+        (void)model->forward(prompt);
+        pp += a->p / seconds_since(t0);
+      }
+      if (a->n > 0) {
+        // llama-bench tg: n tokens generated one at a time from a 1-token context
+        GenerationConfig g{.max_new_tokens = a->n, .eos_token_id = {-1}};
+        t0 = std::chrono::steady_clock::now();
+        const auto out = model->generate({prompt.empty() ? 1 : prompt[0]}, g);
+        tg += static_cast<double>(out.size() - 1) / seconds_since(t0);
+      }
+    }
+    pp /= a->reps;
+    tg /= a->reps;
+    const double bw = a->no_bandwidth ? 0 : kernels::measure_read_bandwidth();
+    const double weight_bytes = static_cast<double>(model->memory_footprint());
+    const std::string path = kernels::gemm_path_name(kernels::GemmPath::Auto, cfg.compute_dtype());
+    nlohmann::ordered_json j;
+    j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
+    j["layers"] = info.num_layers;
+    j["parameters"] = info.num_parameters;
+    j["quantization"] = cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
+    j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
+    j["kernel"] = path;
+    j["threads"] = threads;
+    j["load_seconds"] = load_s;
+    j["weights_bytes"] = model->memory_footprint();
+    j["pp" + std::to_string(a->p) + "_tok_s"] = pp;
+    j["tg" + std::to_string(a->n) + "_tok_s"] = tg;
+    if (bw > 0) {
+      j["read_bandwidth_gb_s"] = bw / 1e9;
+      // decode reads every weight once per token: the bandwidth bound on tokens/s and our fraction of it
+      j["tg_bandwidth_bound_tok_s"] = bw / weight_bytes;
+      j["tg_fraction_of_bound"] = tg / (bw / weight_bytes);
+    }
+    if (a->json) {
+      std::printf("%s\n", python_json_dumps(j, 2).c_str());
+    } else {
+      for (auto it = j.begin(); it != j.end(); ++it)
+        std::printf("%-26s %s\n", it.key().c_str(), it.value().is_string() ? it.value().get<std::string>().c_str()
+                                                                           : python_json_dumps(it.value()).c_str());
+    }
+  });
+}
+
+}  // namespace nibble::cli

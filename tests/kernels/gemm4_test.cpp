@@ -61,7 +61,7 @@ void check_fast_path(DType cd) {
           const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs));
           const Q4Weights w = view(c.q);
           const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
-          for (int64_t M : {1, 2, 5, 70}) {
+          for (int64_t M : {1, 2, 5, 70}) {  // 70: the outer-product GEMM path (M >= 32)
             SCOPED_TRACE(std::string(dtype_name(cd)) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " bs=" +
                          std::to_string(bs) + " " + std::string(quant_type_name(qt)) + (dq ? " dq" : "") +
                          " M=" + std::to_string(M));

@@ -75,11 +75,13 @@ void BM_Gemm4(benchmark::State& state) {
     i = (i + 1) % mats.size();
   }
   const double iters = static_cast<double>(state.iterations());
-  state.counters["weight_GB/s"] = benchmark::Counter(iters * static_cast<double>(mats[0].bytes) / 1e9, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(iters * 2.0 * static_cast<double>(M * N * K) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(iters * static_cast<double>(mats[0].bytes) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(iters * 2.0 * static_cast<double>(M * N * K) / 1e9, benchmark::Counter::kIsRate);
   state.counters["probe_GB/s"] = bw / 1e9;
-  state.SetLabel(gemm_path_name(GemmPath::Auto, cd) + " " + std::string(quant_type_name(qt)) + (dq ? "+dq" : "") +
-                 " working set " + std::to_string(copies * mats[0].bytes >> 20) + " MiB");
+  state.SetLabel(gemm_path_name(GemmPath::Auto, cd) + " " + std::string(quant_type_name(qt)) +
+                 (dq ? "+dq" : "") + " working set " + std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

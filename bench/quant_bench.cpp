@@ -30,7 +30,7 @@ void BM_Memcpy(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
 }
-BENCHMARK(BM_Memcpy)->Arg(kRows * kCols * 4)->Arg(kRows * kCols * 2)->UseRealTime();
+BENCHMARK(BM_Memcpy)->Arg(kRows* kCols * 4)->Arg(kRows* kCols * 2)->UseRealTime();
 
 void BM_Quantize4bit(benchmark::State& state) {
   const DType dt = state.range(0) == 0 ? DType::Float32 : DType::BFloat16;
@@ -45,8 +45,13 @@ void BM_Quantize4bit(benchmark::State& state) {
   state.SetLabel(std::string(dtype_name(dt)) + " " + std::string(quant_type_name(qt)) + (dq ? " +dq" : ""));
 }
 BENCHMARK(BM_Quantize4bit)
-    ->Args({0, 0, 0})->Args({1, 0, 0})->Args({1, 0, 1})->Args({1, 1, 0})->Args({0, 1, 1})
-    ->UseRealTime()->Unit(benchmark::kMillisecond);
+    ->Args({0, 0, 0})
+    ->Args({1, 0, 0})
+    ->Args({1, 0, 1})
+    ->Args({1, 1, 0})
+    ->Args({0, 1, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_Dequantize4bit(benchmark::State& state) {
   const DType out = state.range(0) == 0 ? DType::Float32 : DType::BFloat16;
@@ -62,6 +67,11 @@ void BM_Dequantize4bit(benchmark::State& state) {
                           static_cast<int64_t>(dtype_size(out)));
   state.SetLabel(std::string("nf4 -> ") + std::string(dtype_name(out)) + (dq ? " +dq" : ""));
 }
-BENCHMARK(BM_Dequantize4bit)->Args({0, 0})->Args({1, 0})->Args({1, 1})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Dequantize4bit)
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -33,7 +33,8 @@ inline void safetensors(const uint8_t* data, size_t size) {
 
 inline void tokenizer_json(const uint8_t* data, size_t size) {
   try {
-    const Tokenizer t = Tokenizer::from_json(std::string(reinterpret_cast<const char*>(data), size), "fuzz.json");
+    const Tokenizer t =
+        Tokenizer::from_json(std::string(reinterpret_cast<const char*>(data), size), "fuzz.json");
     const auto ids = t.encode("Hello, world! Café 模型 😀 <|x|>  \t\n");
     (void)t.decode(ids);
   } catch (const Error&) {
@@ -49,7 +50,8 @@ inline void quant_state_json(const uint8_t* data, size_t size) {
   }();
   std::map<std::string, Tensor> d;
   for (const auto& [k, v] : q.state.as_dict()) d[k] = v;
-  d["quant_state.bitsandbytes__nf4"] = Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(size)}, {data, size});
+  d["quant_state.bitsandbytes__nf4"] =
+      Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(size)}, {data, size});
   try {
     const QuantState s = QuantState::from_dict(d, "fuzz");
     (void)dequantize_4bit(q.packed, s);

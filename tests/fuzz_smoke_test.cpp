@@ -1,6 +1,6 @@
 // The fuzz targets (fuzz/targets.h) over deterministic random mutations of valid inputs, so every CTest run
-// (and the ASan+UBSan preset in CI) exercises the parsers' error paths. Coverage-guided fuzzing with libFuzzer
-// is the "fuzz" preset.
+// (and the ASan+UBSan preset in CI) exercises the parsers' error paths. Coverage-guided fuzzing with
+// libFuzzer is the "fuzz" preset.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -19,10 +19,18 @@ void mutate_and_run(const std::string& seed, int rounds, F target) {
     for (int e = 0; e < edits && !s.empty(); ++e) {
       const size_t pos = rng() % s.size();
       switch (rng() % 4) {
-        case 0: s[pos] = static_cast<char>(rng()); break;                 // flip a byte
-        case 1: s.erase(pos, 1 + rng() % 16); break;                      // delete a run
-        case 2: s.insert(pos, 1 + rng() % 4, static_cast<char>(rng())); break;  // insert bytes
-        default: s.resize(pos); break;                                    // truncate
+        case 0:
+          s[pos] = static_cast<char>(rng());
+          break;  // flip a byte
+        case 1:
+          s.erase(pos, 1 + rng() % 16);
+          break;  // delete a run
+        case 2:
+          s.insert(pos, 1 + rng() % 4, static_cast<char>(rng()));
+          break;  // insert bytes
+        default:
+          s.resize(pos);
+          break;  // truncate
       }
     }
     target(reinterpret_cast<const uint8_t*>(s.data()), s.size());
@@ -31,22 +39,26 @@ void mutate_and_run(const std::string& seed, int rounds, F target) {
 }  // namespace
 
 TEST(FuzzSmoke, Safetensors) {
-  const std::string seed = nibble::test::read_bytes(nibble::test::golden_dir() + "/checkpoints/tiny-llama-bnb-nf4-dq/model.safetensors");
+  const std::string seed = nibble::test::read_bytes(nibble::test::golden_dir() +
+                                                    "/checkpoints/tiny-llama-bnb-nf4-dq/model.safetensors");
   mutate_and_run(seed.substr(0, 4096), 3000, nibble::fuzz::safetensors);
   // also mutate only the header region of the full file, so data offsets stay meaningful
   mutate_and_run(seed, 300, nibble::fuzz::safetensors);
 }
 
 TEST(FuzzSmoke, TokenizerJson) {
-  const std::string seed = nibble::test::read_bytes(nibble::test::golden_dir() + "/bytelevel_gpt2_tokenizer.json");
+  const std::string seed =
+      nibble::test::read_bytes(nibble::test::golden_dir() + "/bytelevel_gpt2_tokenizer.json");
   mutate_and_run(seed, 400, nibble::fuzz::tokenizer_json);
 }
 
 TEST(FuzzSmoke, QuantStateJson) {
-  mutate_and_run(R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [8, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5})",
-                 5000, nibble::fuzz::quant_state_json);
+  mutate_and_run(
+      R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [8, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5})",
+      5000, nibble::fuzz::quant_state_json);
 }
 
 TEST(FuzzSmoke, QuantizationConfigJson) {
-  mutate_and_run(nibble::BitsAndBytesConfig{.load_in_4bit = true}.to_json_string(false), 5000, nibble::fuzz::config_json);
+  mutate_and_run(nibble::BitsAndBytesConfig{.load_in_4bit = true}.to_json_string(false), 5000,
+                 nibble::fuzz::config_json);
 }

@@ -39,8 +39,14 @@ inline std::string read_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), {}};
 }
 
-inline std::string shared_dir() { return NIBBLE_SHARED_DIR; }
-inline std::string golden_dir() { return NIBBLE_TEST_DATA; }
-inline std::string example_model() { return shared_dir() + "/models/tinystories-656k"; }
+inline std::string shared_dir() {
+  return NIBBLE_SHARED_DIR;
+}
+inline std::string golden_dir() {
+  return NIBBLE_TEST_DATA;
+}
+inline std::string example_model() {
+  return shared_dir() + "/models/tinystories-656k";
+}
 
 }  // namespace nibble::test

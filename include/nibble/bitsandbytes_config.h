@@ -64,7 +64,7 @@ struct BitsAndBytesConfig {
   DTypeArg bnb_4bit_compute_dtype = {};  // None -> float32
   std::string bnb_4bit_quant_type = "fp4";
   bool bnb_4bit_use_double_quant = false;
-  DTypeArg bnb_4bit_quant_storage = {};  // None -> uint8
+  DTypeArg bnb_4bit_quant_storage = {};     // None -> uint8
   detail::PostInit post_init_guard_{this};  // keep last
 
   // Validates and resolves dtype names (transformers' __init__ checks + post_init). Throws.
@@ -97,7 +97,8 @@ struct BitsAndBytesConfig {
   // transformers' messages. Keys the class does not have go to *unused (the saved-form keys
   // _load_in_4bit, _load_in_8bit and quant_method are accepted silently).
   static BitsAndBytesConfig from_dict(const nlohmann::json& d, std::vector<std::string>* unused = nullptr);
-  static BitsAndBytesConfig from_json_file(const std::string& path, std::vector<std::string>* unused = nullptr);
+  static BitsAndBytesConfig from_json_file(const std::string& path,
+                                           std::vector<std::string>* unused = nullptr);
   // Sets the known keys, re-validates (leaving *this unchanged on error), returns the unknown ones.
   nlohmann::json update(const nlohmann::json& kwargs);
 

@@ -25,7 +25,9 @@ bool dtype_is_float(DType t);
 std::string_view safetensors_code(DType t);
 std::optional<DType> dtype_from_safetensors_code(std::string_view code);
 
-inline float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+inline float bf16_to_float(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 inline uint16_t float_to_bf16(float f) {
   uint32_t u = std::bit_cast<uint32_t>(f);

@@ -17,8 +17,8 @@ namespace nibble {
 struct FromPretrainedOptions {
   std::optional<BitsAndBytesConfig> quantization_config = std::nullopt;
   std::optional<DType> dtype = std::nullopt;  // unquantized parameters; default: the checkpoint's torch_dtype
-  int threads = 0;             // 0 = all cores
-  bool quiet = false;          // no progress bar / warnings on stderr
+  int threads = 0;                            // 0 = all cores
+  bool quiet = false;                         // no progress bar / warnings on stderr
 };
 
 struct GenerationConfig {

@@ -1,5 +1,5 @@
-// JSON text exactly as Python's json module writes it, so files and strings nibble produces diff clean against
-// transformers/bitsandbytes output: json.dumps(obj, indent=2, sort_keys=True) and the compact default
+// JSON text exactly as Python's json module writes it, so files and strings nibble produces diff clean
+// against transformers/bitsandbytes output: json.dumps(obj, indent=2, sort_keys=True) and the compact default
 // json.dumps(obj) with separators ", " and ": " (ensure_ascii=True, floats in Python repr).
 #pragma once
 #include <nlohmann/json.hpp>

@@ -14,6 +14,8 @@ QuantType parse_quant_type(std::string_view name);
 // bitsandbytes' get_4bit_type: index = 4-bit code.
 const std::array<float, 16>& nf4_code();
 const std::array<float, 16>& fp4_code();
-inline const std::array<float, 16>& code_table(QuantType t) { return t == QuantType::NF4 ? nf4_code() : fp4_code(); }
+inline const std::array<float, 16>& code_table(QuantType t) {
+  return t == QuantType::NF4 ? nf4_code() : fp4_code();
+}
 
 }  // namespace nibble

@@ -21,8 +21,8 @@ bool valid_4bit_blocksize(int64_t blocksize);  // 32, 64, ..., 4096
 
 // State needed to dequantize a 4-bit tensor (bitsandbytes.functional.QuantState).
 struct QuantState {
-  Tensor absmax;  // float32 [nb]; uint8 [nb] codes when nested (double quantization)
-  Shape shape;    // shape of the original tensor
+  Tensor absmax;                 // float32 [nb]; uint8 [nb] codes when nested (double quantization)
+  Shape shape;                   // shape of the original tensor
   DType dtype = DType::Float32;  // dtype of the original tensor
   int64_t blocksize = 64;
   Tensor code;  // float32 [16], the quant_map
@@ -70,7 +70,8 @@ struct Quantized8bit {
   int64_t blocksize = 4096;
 };
 // A: float32. code: 256 sorted entries (default: create_dynamic_map()).
-Quantized8bit quantize_blockwise(const Tensor& A, int64_t blocksize = 4096, const std::vector<float>& code = {});
+Quantized8bit quantize_blockwise(const Tensor& A, int64_t blocksize = 4096,
+                                 const std::vector<float>& code = {});
 Tensor dequantize_blockwise(const Quantized8bit& q, DType out_dtype = DType::Float32);
 
 }  // namespace nibble

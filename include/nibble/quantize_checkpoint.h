@@ -27,6 +27,7 @@ struct QuantizeReport {
 
 // Streams in_dir's tensors (one full-precision tensor in memory at a time) into out_dir, which appears only
 // when complete and must not already hold files.
-QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& opt);
+QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
+                                   const QuantizeOptions& opt);
 
 }  // namespace nibble

@@ -60,9 +60,13 @@ class Tensor {
   uint8_t* mutable_raw() { return storage_->mutable_data() + offset_; }
   std::span<const uint8_t> bytes() const { return {raw(), nbytes()}; }
   template <typename T>
-  const T* data() const { return reinterpret_cast<const T*>(raw()); }
+  const T* data() const {
+    return reinterpret_cast<const T*>(raw());
+  }
   template <typename T>
-  T* mutable_data() { return reinterpret_cast<T*>(mutable_raw()); }
+  T* mutable_data() {
+    return reinterpret_cast<T*>(mutable_raw());
+  }
 
   // Same bytes, other dtype/shape (a torch .view(dtype)); the byte count must match.
   Tensor view(DType dtype, Shape shape) const;

@@ -25,20 +25,30 @@ constexpr std::array<DTypeInfo, 9> kInfo{{
     {DType::Int64, "int64", "I64", 8, false},
     {DType::Bool, "bool", "BOOL", 1, false},
 }};
-const DTypeInfo& info(DType t) { return kInfo.at(static_cast<size_t>(t)); }
+const DTypeInfo& info(DType t) {
+  return kInfo.at(static_cast<size_t>(t));
+}
 }  // namespace
 
-std::string_view dtype_name(DType t) { return info(t).name; }
-size_t dtype_size(DType t) { return info(t).size; }
-bool dtype_is_float(DType t) { return info(t).is_float; }
-std::string_view safetensors_code(DType t) { return info(t).st_code; }
+std::string_view dtype_name(DType t) {
+  return info(t).name;
+}
+size_t dtype_size(DType t) {
+  return info(t).size;
+}
+bool dtype_is_float(DType t) {
+  return info(t).is_float;
+}
+std::string_view safetensors_code(DType t) {
+  return info(t).st_code;
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
   if (name.starts_with("torch.")) name.remove_prefix(6);
   for (const auto& i : kInfo)
     if (i.name == name) return i.type;
   // torch aliases
-  if (name == "float" ) return DType::Float32;
+  if (name == "float") return DType::Float32;
   if (name == "half") return DType::Float16;
   if (name == "double") return DType::Float64;
   return std::nullopt;

@@ -11,7 +11,9 @@ Progress::Progress(std::string label, int64_t total, bool quiet)
   start_ = last_ = std::chrono::steady_clock::now();
 }
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::advance(int64_t n, const std::string& item) {
   done_ += n;
@@ -39,7 +41,8 @@ void Progress::draw(bool final) {
   bar.resize(kWidth, ' ');
   std::string item = item_.size() > 40 ? "..." + item_.substr(item_.size() - 37) : item_;
   std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1fs %-40s", label_.c_str(), bar.c_str(),
-               static_cast<long long>(done_), static_cast<long long>(total_), secs, final ? "" : item.c_str());
+               static_cast<long long>(done_), static_cast<long long>(total_), secs,
+               final ? "" : item.c_str());
   if (final) std::fputc('\n', stderr);
   std::fflush(stderr);
 }

@@ -40,7 +40,8 @@ std::string python_float_repr(double v) {
   } else if (exp10 + 1 >= nd) {
     out = digits + std::string(static_cast<size_t>(exp10 + 1 - nd), '0') + ".0";
   } else {
-    out = digits.substr(0, static_cast<size_t>(exp10 + 1)) + "." + digits.substr(static_cast<size_t>(exp10 + 1));
+    out = digits.substr(0, static_cast<size_t>(exp10 + 1)) + "." +
+          digits.substr(static_cast<size_t>(exp10 + 1));
   }
   return sign + out;
 }
@@ -69,13 +70,27 @@ void dump_string(const std::string& s, std::string& out) {
     i += static_cast<size_t>(len);
     char buf[16];
     switch (cp) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (cp >= 0x20 && cp < 0x7f) {
           out += static_cast<char>(cp);
@@ -103,12 +118,24 @@ void dump(const Json& j, int indent, bool sort_keys, int level, std::string& out
   };
   const char* item_sep = pretty ? "," : ", ";
   switch (j.type()) {
-    case nlohmann::json::value_t::null: out += "null"; break;
-    case nlohmann::json::value_t::boolean: out += j.template get<bool>() ? "true" : "false"; break;
-    case nlohmann::json::value_t::number_integer: out += std::to_string(j.template get<int64_t>()); break;
-    case nlohmann::json::value_t::number_unsigned: out += std::to_string(j.template get<uint64_t>()); break;
-    case nlohmann::json::value_t::number_float: out += python_float_repr(j.template get<double>()); break;
-    case nlohmann::json::value_t::string: dump_string(j.template get_ref<const std::string&>(), out); break;
+    case nlohmann::json::value_t::null:
+      out += "null";
+      break;
+    case nlohmann::json::value_t::boolean:
+      out += j.template get<bool>() ? "true" : "false";
+      break;
+    case nlohmann::json::value_t::number_integer:
+      out += std::to_string(j.template get<int64_t>());
+      break;
+    case nlohmann::json::value_t::number_unsigned:
+      out += std::to_string(j.template get<uint64_t>());
+      break;
+    case nlohmann::json::value_t::number_float:
+      out += python_float_repr(j.template get<double>());
+      break;
+    case nlohmann::json::value_t::string:
+      dump_string(j.template get_ref<const std::string&>(), out);
+      break;
     case nlohmann::json::value_t::array: {
       if (j.empty()) {
         out += "[]";
@@ -148,7 +175,9 @@ void dump(const Json& j, int indent, bool sort_keys, int level, std::string& out
       out += '}';
       break;
     }
-    default: out += "null"; break;
+    default:
+      out += "null";
+      break;
   }
 }
 

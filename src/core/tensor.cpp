@@ -56,7 +56,9 @@ class MappedStorage final : public Storage {
 
 }  // namespace
 
-std::shared_ptr<Storage> Storage::allocate(size_t nbytes) { return std::make_shared<OwnedStorage>(nbytes); }
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes) {
+  return std::make_shared<OwnedStorage>(nbytes);
+}
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::make_shared<MappedStorage>(path);
 }
@@ -114,9 +116,13 @@ Tensor Tensor::view(DType dtype, Shape shape) const {
   return t;
 }
 
-Tensor Tensor::reshape(Shape shape) const { return view(dtype_, std::move(shape)); }
+Tensor Tensor::reshape(Shape shape) const {
+  return view(dtype_, std::move(shape));
+}
 
-Tensor Tensor::clone() const { return from_bytes(dtype_, shape_, bytes()); }
+Tensor Tensor::clone() const {
+  return from_bytes(dtype_, shape_, bytes());
+}
 
 Tensor Tensor::to(DType dtype) const {
   Tensor out = empty(dtype, shape_);

@@ -16,14 +16,18 @@ int32_t argmax(const float* logits, int64_t n) {
 }
 
 int32_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng) {
-  if (p.temperature <= 0) throw ValueError("temperature must be strictly positive, got " + std::to_string(p.temperature));
-  if (p.top_p <= 0 || p.top_p > 1) throw ValueError("top_p must be in (0, 1], got " + std::to_string(p.top_p));
+  if (p.temperature <= 0)
+    throw ValueError("temperature must be strictly positive, got " + std::to_string(p.temperature));
+  if (p.top_p <= 0 || p.top_p > 1)
+    throw ValueError("top_p must be in (0, 1], got " + std::to_string(p.top_p));
   if (p.top_k < 0) throw ValueError("top_k must be >= 0");
   std::vector<double> l(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) l[static_cast<size_t>(i)] = static_cast<double>(logits[i]) / p.temperature;
   std::vector<int32_t> idx(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return l[static_cast<size_t>(a)] > l[static_cast<size_t>(b)]; });
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+    return l[static_cast<size_t>(a)] > l[static_cast<size_t>(b)];
+  });
   size_t keep = idx.size();
   if (p.top_k > 0) keep = std::min(keep, static_cast<size_t>(p.top_k));
   // top-p: the smallest prefix (by descending probability) whose mass reaches top_p, at least one token

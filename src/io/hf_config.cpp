@@ -23,7 +23,8 @@ DType checkpoint_dtype(const nlohmann::json& config, const std::string& config_p
     const auto name = config[key].get<std::string>();
     auto t = dtype_from_name(name);
     if (!t || !dtype_is_float(*t))
-      throw FormatError(config_path + ": '" + key + "' is '" + name + "', expected float32, float16 or bfloat16");
+      throw FormatError(config_path + ": '" + key + "' is '" + name +
+                        "', expected float32, float16 or bfloat16");
     return *t;
   }
   return DType::Float32;
@@ -31,8 +32,9 @@ DType checkpoint_dtype(const nlohmann::json& config, const std::string& config_p
 
 void copy_side_files(const std::string& from_dir, const std::string& to_dir) {
   namespace fs = std::filesystem;
-  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                        "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}) {
+  for (const char* f :
+       {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}) {
     const fs::path src = fs::path(from_dir) / f;
     if (fs::exists(src)) fs::copy_file(src, fs::path(to_dir) / f);
   }

@@ -1,16 +1,15 @@
 #include "nibble/safetensors.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <limits>
-#include <set>
-
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "io/atomic_file.h"
 #include "nibble/error.h"
@@ -34,14 +33,17 @@ uint64_t read_le64(const uint8_t* p) {
 
 }  // namespace
 
-SafetensorsFile SafetensorsFile::open(const std::string& path) { return parse(Storage::map_file(path), path); }
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  return parse(Storage::map_file(path), path);
+}
 
 SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std::string& label) {
   SafetensorsFile f;
   f.path_ = label;
   f.storage_ = std::move(bytes);
   const size_t size = f.storage_->size();
-  if (size < 8) bad(label, "file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  if (size < 8)
+    bad(label, "file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   const uint64_t n = read_le64(f.storage_->data());
   if (n > kMaxSafetensorsHeader)
     bad(label, "header length " + std::to_string(n) + " exceeds the 100 MB limit");
@@ -105,7 +107,8 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std
       if (!o.is_number_unsigned()) bad(label, where + ": data_offsets must be non-negative integers");
     const uint64_t b = v["data_offsets"][0].get<uint64_t>();
     const uint64_t e = v["data_offsets"][1].get<uint64_t>();
-    if (b > e) bad(label, where + ": data_offsets begin " + std::to_string(b) + " > end " + std::to_string(e));
+    if (b > e)
+      bad(label, where + ": data_offsets begin " + std::to_string(b) + " > end " + std::to_string(e));
     if (e > data_size)
       bad(label, where + ": data_offsets end " + std::to_string(e) + " is past the data section (" +
                      std::to_string(data_size) + " bytes)");
@@ -117,8 +120,8 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std
       expect *= static_cast<uint64_t>(d);
     }
     if (expect != e - b)
-      bad(label, where + ": shape " + shape_str(ti.shape) + " of " + code + " needs " + std::to_string(expect) +
-                     " bytes but data_offsets span " + std::to_string(e - b));
+      bad(label, where + ": shape " + shape_str(ti.shape) + " of " + code + " needs " +
+                     std::to_string(expect) + " bytes but data_offsets span " + std::to_string(e - b));
     ti.begin = static_cast<size_t>(b);
     ti.end = static_cast<size_t>(e);
     f.tensors_.push_back(std::move(ti));
@@ -130,8 +133,9 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std
   for (const auto& t : f.tensors_) {
     if (t.begin < pos) bad(label, "tensor '" + t.name + "' overlaps the previous tensor's data");
     if (t.begin > pos)
-      bad(label, "tensor '" + t.name + "' starts at " + std::to_string(t.begin) + ", leaving a hole after byte " +
-                     std::to_string(pos) + " (data_offsets must be contiguous)");
+      bad(label, "tensor '" + t.name + "' starts at " + std::to_string(t.begin) +
+                     ", leaving a hole after byte " + std::to_string(pos) +
+                     " (data_offsets must be contiguous)");
     pos = t.end;
   }
   if (pos != data_size)
@@ -150,7 +154,8 @@ const TensorInfo& SafetensorsFile::info(const std::string& name) const {
 Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& ti = info(name);
   Tensor t(ti.dtype, ti.shape, storage_, data_start_ + ti.begin);
-  // Files written elsewhere may leave a tensor misaligned for its element type; hand out an aligned copy then.
+  // Files written elsewhere may leave a tensor misaligned for its element type; hand out an aligned copy
+  // then.
   if (reinterpret_cast<uintptr_t>(t.raw()) % dtype_size(ti.dtype) != 0) return t.clone();
   return t;
 }
@@ -166,7 +171,8 @@ struct HeaderEntry {
 
 // Header JSON as the Rust safetensors writer lays it out: __metadata__ first, then tensors, padded with
 // spaces so the data section starts 8-byte aligned.
-std::string make_header(const std::vector<HeaderEntry>& entries, const std::map<std::string, std::string>& meta) {
+std::string make_header(const std::vector<HeaderEntry>& entries,
+                        const std::map<std::string, std::string>& meta) {
   nlohmann::ordered_json h;
   if (!meta.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
@@ -248,10 +254,12 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       throw FormatError(index.string() + ": missing object 'weight_map'");
     std::set<std::string> seen;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) throw FormatError(index.string() + ": weight_map['" + it.key() + "'] is not a string");
+      if (!it.value().is_string())
+        throw FormatError(index.string() + ": weight_map['" + it.key() + "'] is not a string");
       const auto shard = it.value().get<std::string>();
       if (shard.find('/') != std::string::npos || shard == "..")
-        throw FormatError(index.string() + ": shard name '" + shard + "' must be a file in the same directory");
+        throw FormatError(index.string() + ": shard name '" + shard +
+                          "' must be a file in the same directory");
       expected[it.key()] = shard;
       if (seen.insert(shard).second) files.push_back(shard);
     }
@@ -264,7 +272,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     auto f = std::make_shared<SafetensorsFile>(SafetensorsFile::open((d / name).string()));
     for (const auto& t : f->tensors()) {
       if (c.where_.count(t.name))
-        throw FormatError(f->path() + ": tensor '" + t.name + "' also appears in " + c.files_[c.where_[t.name]]->path());
+        throw FormatError(f->path() + ": tensor '" + t.name + "' also appears in " +
+                          c.files_[c.where_[t.name]]->path());
       c.where_[t.name] = c.files_.size();
       c.names_.push_back(t.name);
     }
@@ -273,7 +282,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   for (const auto& [tensor, shard] : expected) {
     auto it = c.where_.find(tensor);
     if (it == c.where_.end())
-      throw FormatError(index.string() + ": tensor '" + tensor + "' is listed in " + shard + " but not found there");
+      throw FormatError(index.string() + ": tensor '" + tensor + "' is listed in " + shard +
+                        " but not found there");
   }
   return c;
 }
@@ -340,7 +350,8 @@ void CheckpointWriter::add(const std::string& name, const Tensor& t) {
   if (finished_) throw Error("internal: CheckpointWriter::add after finish");
   if (!seen_.emplace(name, 0).second) throw ValueError(dir_ + ": duplicate tensor name '" + name + "'");
   const uint64_t n = t.nbytes();
-  if (shards_.empty() || (shards_.back().bytes > 0 && shards_.back().bytes + n > max_shard_bytes_)) open_shard();
+  if (shards_.empty() || (shards_.back().bytes > 0 && shards_.back().bytes + n > max_shard_bytes_))
+    open_shard();
   Shard& s = shards_.back();
   s.tensors.push_back({name, t.dtype(), t.shape(), s.bytes, s.bytes + n});
   write_all(spool_, t.raw(), n, s.spool);
@@ -403,9 +414,14 @@ uint64_t parse_size(const std::string& s) {
   const uint64_t v = std::stoull(s.substr(0, i));
   std::string unit = s.substr(i);
   for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  static const std::map<std::string, uint64_t> units{
-      {"", 1},          {"B", 1},           {"KB", 1000},          {"MB", 1000000},
-      {"GB", 1000000000}, {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}};
+  static const std::map<std::string, uint64_t> units{{"", 1},
+                                                     {"B", 1},
+                                                     {"KB", 1000},
+                                                     {"MB", 1000000},
+                                                     {"GB", 1000000000},
+                                                     {"KIB", 1ull << 10},
+                                                     {"MIB", 1ull << 20},
+                                                     {"GIB", 1ull << 30}};
   auto it = units.find(unit);
   if (it == units.end()) throw ValueError("size '" + s + "': unknown unit '" + s.substr(i) + "'");
   return v * it->second;

@@ -36,7 +36,8 @@ namespace {
 void fill_info(AutoModelForCausalLM::Impl& im, DType dtype);
 }  // namespace
 
-AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& dir, const FromPretrainedOptions& opt) {
+AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& dir,
+                                                           const FromPretrainedOptions& opt) {
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
   AutoModelForCausalLM m;
   Impl& im = *m.impl_;
@@ -47,10 +48,11 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   const std::string gpath = (fs::path(dir) / "generation_config.json").string();
   if (fs::exists(gpath)) im.generation_config = read_json_file(gpath);
   if (im.config.contains("quantization_config") && opt.quantization_config && !opt.quiet)
-    std::fprintf(stderr,
-                 "nibble: warning: You passed `quantization_config` or equivalent parameters to `from_pretrained` but "
-                 "the model you're loading already has a `quantization_config` attribute. The `quantization_config` "
-                 "from the model will be used.\n");
+    std::fprintf(
+        stderr,
+        "nibble: warning: You passed `quantization_config` or equivalent parameters to `from_pretrained` but "
+        "the model you're loading already has a `quantization_config` attribute. The `quantization_config` "
+        "from the model will be used.\n");
   models::LlamaModel::LoadOptions lo;
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(im.config, cpath));
@@ -60,8 +62,8 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   return m;
 }
 
-AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& config, const FromPretrainedOptions& opt,
-                                                       uint64_t seed) {
+AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& config,
+                                                       const FromPretrainedOptions& opt, uint64_t seed) {
   if (opt.threads > 0) omp_set_num_threads(opt.threads);
   AutoModelForCausalLM m;
   Impl& im = *m.impl_;
@@ -80,7 +82,8 @@ namespace {
 void fill_info(AutoModelForCausalLM::Impl& im, DType dtype) {
   const auto& c = im.model->config();
   im.info.model_type = c.model_type;
-  if (im.config.contains("architectures") && im.config["architectures"].is_array() && !im.config["architectures"].empty())
+  if (im.config.contains("architectures") && im.config["architectures"].is_array() &&
+      !im.config["architectures"].empty())
     im.info.architecture = im.config["architectures"][0].get<std::string>();
   im.info.num_layers = c.layers;
   im.info.hidden_size = c.hidden;
@@ -110,7 +113,8 @@ std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
   return eos;
 }
 
-std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& input_ids, const GenerationConfig& cfg,
+std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& input_ids,
+                                                    const GenerationConfig& cfg,
                                                     const std::function<void(int32_t)>& on_token) const {
   if (input_ids.empty()) throw ValueError("generate: input_ids is empty");
   if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
@@ -123,8 +127,9 @@ std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& 
   std::vector<float> logits;
   model.forward(input_ids, cache, false, logits);
   for (int i = 0; i < cfg.max_new_tokens; ++i) {
-    const int32_t next = cfg.do_sample ? gen::sample(logits.data(), V, {cfg.temperature, cfg.top_k, cfg.top_p}, rng)
-                                       : gen::argmax(logits.data(), V);
+    const int32_t next = cfg.do_sample
+                             ? gen::sample(logits.data(), V, {cfg.temperature, cfg.top_k, cfg.top_p}, rng)
+                             : gen::argmax(logits.data(), V);
     if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
     out.push_back(next);
     if (on_token) on_token(next);
@@ -144,7 +149,8 @@ void AutoModelForCausalLM::save_pretrained(const std::string& dir) const {
   }
   json config = im.config;
   config.erase("quantization_config");
-  if (const auto& q = im.model->quantization_config(); q && im.model->quantized()) config["quantization_config"] = q->to_dict();
+  if (const auto& q = im.model->quantization_config(); q && im.model->quantized())
+    config["quantization_config"] = q->to_dict();
   config[config.contains("dtype") ? "dtype" : "torch_dtype"] = std::string(dtype_name(im.info.dtype));
   write_text_file((fs::path(out.path()) / "config.json").string(), python_json_dumps(config, 2, true) + "\n");
   copy_side_files(im.dir, out.path());
@@ -157,8 +163,14 @@ void AutoModelForCausalLM::dequantize() {
   impl_->refresh_info();
 }
 
-size_t AutoModelForCausalLM::memory_footprint() const { return impl_->model->memory_footprint(); }
-const ModelInfo& AutoModelForCausalLM::info() const { return impl_->info; }
-int64_t AutoModelForCausalLM::max_position_embeddings() const { return impl_->model->config().max_positions; }
+size_t AutoModelForCausalLM::memory_footprint() const {
+  return impl_->model->memory_footprint();
+}
+const ModelInfo& AutoModelForCausalLM::info() const {
+  return impl_->info;
+}
+int64_t AutoModelForCausalLM::max_position_embeddings() const {
+  return impl_->model->config().max_positions;
+}
 
 }  // namespace nibble

@@ -37,7 +37,9 @@ void rms_norm(const float* x, const std::vector<float>& w, double eps, int64_t n
   for (int64_t i = 0; i < n; ++i) out[i] = w[static_cast<size_t>(i)] * (x[i] * r);
 }
 
-std::vector<float> as_floats(const Tensor& t) { return t.to_float_vector(); }
+std::vector<float> as_floats(const Tensor& t) {
+  return t.to_float_vector();
+}
 
 }  // namespace
 
@@ -54,11 +56,14 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   if (c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0)
     throw FormatError(path + ": num_attention_heads must be a positive multiple of num_key_value_heads");
   c.head_dim = get_int(j, "head_dim", path, c.hidden / c.heads);
-  if (c.head_dim == 0 || c.head_dim % 2 != 0) throw FormatError(path + ": head_dim must be a positive even number");
+  if (c.head_dim == 0 || c.head_dim % 2 != 0)
+    throw FormatError(path + ": head_dim must be a positive even number");
   c.rms_eps = get_num(j, "rms_norm_eps", 1e-6, path);
   c.rope_theta = get_num(j, "rope_theta", 10000.0, path);
-  // transformers 5 writes rope_parameters {rope_theta, rope_type, factor, ...}; 4.x writes rope_theta + rope_scaling
-  const json rp = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : json();
+  // transformers 5 writes rope_parameters {rope_theta, rope_type, factor, ...}; 4.x writes rope_theta +
+  // rope_scaling
+  const json rp =
+      j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : json();
   if (rp.is_object()) c.rope_theta = get_num(rp, "rope_theta", c.rope_theta, path);
   c.tie_word_embeddings = j.value("tie_word_embeddings", false);
   c.attention_bias = c.model_type == "qwen2" || j.value("attention_bias", false);
@@ -71,13 +76,15 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     c.high_freq_factor = get_num(rs, "high_freq_factor", 4.0, path);
     c.original_max_positions = get_int(rs, "original_max_position_embeddings", path, 8192);
     if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3")
-      throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type + "' is not supported (default, linear, llama3)");
+      throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
+                              "' is not supported (default, linear, llama3)");
   }
   return c;
 }
 
-std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, const std::string& prefix, bool bias,
-                                                        const LoadOptions& opt, bool prequantized) const {
+std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, const std::string& prefix,
+                                                        bool bias, const LoadOptions& opt,
+                                                        bool prequantized) const {
   std::optional<Tensor> b;
   if (bias) {
     const Tensor t = ck.get(prefix + ".bias");
@@ -87,7 +94,8 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, 
     const std::string qs = prefix + ".weight.quant_state.bitsandbytes__" + qt;
     if (!ck.contains(qs)) continue;
     if (!prequantized)
-      throw FormatError(ck.where(qs) + ": tensor '" + qs + "' is quantized but config.json has no quantization_config");
+      throw FormatError(ck.where(qs) + ": tensor '" + qs +
+                        "' is quantized but config.json has no quantization_config");
     std::map<std::string, Tensor> d;
     for (const char* k : {"absmax", "quant_map", "nested_absmax", "nested_quant_map"})
       if (ck.contains(prefix + ".weight." + k)) d[prefix + ".weight." + k] = ck.get(prefix + ".weight." + k);
@@ -102,7 +110,8 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, 
     throw FormatError(ck.where(wname) + ": tensor '" + wname + "' must be a 2-D float weight, got " +
                       std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()));
   const Tensor wd = w.dtype() == dtype_ ? w : w.to(dtype_);
-  if (!prequantized && opt.quant && opt.quant->load_in_4bit && should_quantize(c_.model_type, wname, *opt.quant)) {
+  if (!prequantized && opt.quant && opt.quant->load_in_4bit &&
+      should_quantize(c_.model_type, wname, *opt.quant)) {
     const BitsAndBytesConfig& q = *opt.quant;
     auto lin = nn::Linear4bit::quantize(wd, std::move(b), 64, parse_quant_type(q.bnb_4bit_quant_type),
                                         q.bnb_4bit_use_double_quant, q.quant_storage(), q.compute_dtype());
@@ -112,7 +121,8 @@ std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, 
   return std::make_unique<nn::Linear>(wd, std::move(b));
 }
 
-LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt) : dtype_(opt.dtype) {
+LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt)
+    : dtype_(opt.dtype) {
   const std::string dir = ck.label();
   const std::string cpath = dir + "/config.json";
   c_ = LlamaConfig::from_json(config, cpath);
@@ -120,13 +130,14 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   if (prequantized) {
     qcfg_ = AutoQuantizationConfig::from_dict(config["quantization_config"]);
   } else if (opt.quant && opt.quant->is_quantizable()) {
-    if (opt.quant->load_in_8bit) throw NotSupportedError("load_in_8bit (LLM.int8) is not implemented in nibble; use load_in_4bit");
+    if (opt.quant->load_in_8bit)
+      throw NotSupportedError("load_in_8bit (LLM.int8) is not implemented in nibble; use load_in_4bit");
     qcfg_ = opt.quant;
   }
   auto expect_shape = [&](const Tensor& t, const std::string& name, const Shape& s) {
     if (t.shape() != s)
-      throw FormatError(ck.where(name) + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
-                        shape_str(s));
+      throw FormatError(ck.where(name) + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                        ", expected " + shape_str(s));
   };
   auto dense = [&](const std::string& name, const Shape& s) {
     const Tensor t = ck.get(name);
@@ -136,7 +147,8 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   // embeddings, possibly stored only as lm_head.weight (tied)
   if (ck.contains("model.embed_tokens.weight")) {
     embed_ = dense("model.embed_tokens.weight", {c_.vocab, c_.hidden});
-  } else if (c_.tie_word_embeddings && ck.contains("lm_head.weight") && !ck.contains("lm_head.weight.absmax")) {
+  } else if (c_.tie_word_embeddings && ck.contains("lm_head.weight") &&
+             !ck.contains("lm_head.weight.absmax")) {
     embed_ = dense("lm_head.weight", {c_.vocab, c_.hidden});
     embed_is_lm_head_ = true;
   } else {
@@ -154,20 +166,21 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     L.q = load_linear(ck, p + ".self_attn.q_proj", c_.attention_bias, opt, prequantized);
     L.k = load_linear(ck, p + ".self_attn.k_proj", c_.attention_bias, opt, prequantized);
     L.v = load_linear(ck, p + ".self_attn.v_proj", c_.attention_bias, opt, prequantized);
-    L.o = load_linear(ck, p + ".self_attn.o_proj", c_.model_type != "qwen2" && c_.attention_bias, opt, prequantized);
+    L.o = load_linear(ck, p + ".self_attn.o_proj", c_.model_type != "qwen2" && c_.attention_bias, opt,
+                      prequantized);
     L.gate = load_linear(ck, p + ".mlp.gate_proj", c_.mlp_bias, opt, prequantized);
     L.up = load_linear(ck, p + ".mlp.up_proj", c_.mlp_bias, opt, prequantized);
     L.down = load_linear(ck, p + ".mlp.down_proj", c_.mlp_bias, opt, prequantized);
     const std::pair<nn::LinearBase*, std::pair<int64_t, int64_t>> shapes[] = {
-        {L.q.get(), {c_.heads * D, H}},         {L.k.get(), {c_.kv_heads * D, H}},
-        {L.v.get(), {c_.kv_heads * D, H}},      {L.o.get(), {H, c_.heads * D}},
-        {L.gate.get(), {c_.intermediate, H}},   {L.up.get(), {c_.intermediate, H}},
+        {L.q.get(), {c_.heads * D, H}},       {L.k.get(), {c_.kv_heads * D, H}},
+        {L.v.get(), {c_.kv_heads * D, H}},    {L.o.get(), {H, c_.heads * D}},
+        {L.gate.get(), {c_.intermediate, H}}, {L.up.get(), {c_.intermediate, H}},
         {L.down.get(), {H, c_.intermediate}}};
     for (const auto& [lin, s] : shapes)
       if (lin->out_features != s.first || lin->in_features != s.second)
         throw FormatError(dir + ": layer " + std::to_string(i) + " has a linear weight of shape [" +
-                          std::to_string(lin->out_features) + ", " + std::to_string(lin->in_features) + "], expected [" +
-                          std::to_string(s.first) + ", " + std::to_string(s.second) + "]");
+                          std::to_string(lin->out_features) + ", " + std::to_string(lin->in_features) +
+                          "], expected [" + std::to_string(s.first) + ", " + std::to_string(s.second) + "]");
     layers_.push_back(std::move(L));
     bar.advance(1, p);
   }
@@ -178,9 +191,9 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   } else if (qcfg_ && !prequantized && opt.quant->llm_int8_skip_modules &&
              should_quantize(c_.model_type, "lm_head.weight", *opt.quant)) {
     // the user's skip list leaves the (tied) output embedding quantizable: quantize a copy
-    lm_head_ = nn::Linear4bit::quantize(embed_, std::nullopt, 64, parse_quant_type(opt.quant->bnb_4bit_quant_type),
-                                        opt.quant->bnb_4bit_use_double_quant, opt.quant->quant_storage(),
-                                        opt.quant->compute_dtype());
+    lm_head_ = nn::Linear4bit::quantize(
+        embed_, std::nullopt, 64, parse_quant_type(opt.quant->bnb_4bit_quant_type),
+        opt.quant->bnb_4bit_use_double_quant, opt.quant->quant_storage(), opt.quant->compute_dtype());
   }
   bar.finish();
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
@@ -197,7 +210,8 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       if (wl > low_wl) {
         f = static_cast<float>(f / c_.rope_factor);
       } else if (wl >= high_wl) {
-        const double smooth = (old_ctx / wl - c_.low_freq_factor) / (c_.high_freq_factor - c_.low_freq_factor);
+        const double smooth =
+            (old_ctx / wl - c_.low_freq_factor) / (c_.high_freq_factor - c_.low_freq_factor);
         f = static_cast<float>((1 - smooth) * f / c_.rope_factor + smooth * f);
       }
     }
@@ -220,9 +234,12 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
   std::vector<float> h(static_cast<size_t>(T * H));
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = ids[static_cast<size_t>(t)];
-    if (id < 0 || id >= V) throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
-    convert_floats(embed_.dtype(), embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
-                   DType::Float32, h.data() + t * H, static_cast<size_t>(H));
+    if (id < 0 || id >= V)
+      throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
+    convert_floats(
+        embed_.dtype(),
+        embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
+        DType::Float32, h.data() + t * H, static_cast<size_t>(H));
   }
   // cos/sin per new position
   std::vector<float> cosv(static_cast<size_t>(T * D / 2)), sinv(cosv.size());
@@ -240,12 +257,14 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
       v[i + D / 2] = b * c + a * s;
     }
   };
-  std::vector<float> xn(static_cast<size_t>(T * H)), q(static_cast<size_t>(T * NQ * D)), k(static_cast<size_t>(T * NKV * D)),
-      v(k.size()), att(q.size()), o(h.size()), g(static_cast<size_t>(T * I)), u(g.size());
+  std::vector<float> xn(static_cast<size_t>(T * H)), q(static_cast<size_t>(T * NQ * D)),
+      k(static_cast<size_t>(T * NKV * D)), v(k.size()), att(q.size()), o(h.size()),
+      g(static_cast<size_t>(T * I)), u(g.size());
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
-    for (int64_t t = 0; t < T; ++t) rms_norm(h.data() + t * H, L.input_norm_f, c_.rms_eps, H, xn.data() + t * H);
+    for (int64_t t = 0; t < T; ++t)
+      rms_norm(h.data() + t * H, L.input_norm_f, c_.rms_eps, H, xn.data() + t * H);
     L.q->forward(xn.data(), T, q.data());
     L.k->forward(xn.data(), T, k.data());
     L.v->forward(xn.data(), T, v.data());
@@ -260,7 +279,8 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
     kernels::attention({T, NQ, NKV, D, start, scale}, q.data(), kc.data(), vc.data(), att.data());
     L.o->forward(att.data(), T, o.data());
     for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
-    for (int64_t t = 0; t < T; ++t) rms_norm(h.data() + t * H, L.post_norm_f, c_.rms_eps, H, xn.data() + t * H);
+    for (int64_t t = 0; t < T; ++t)
+      rms_norm(h.data() + t * H, L.post_norm_f, c_.rms_eps, H, xn.data() + t * H);
     L.gate->forward(xn.data(), T, g.data());
     L.up->forward(xn.data(), T, u.data());
     for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
@@ -269,7 +289,8 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
   }
   cache.length += T;
   const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-  for (int64_t t = first; t < T; ++t) rms_norm(h.data() + t * H, norm_f_, c_.rms_eps, H, xn.data() + (t - first) * H);
+  for (int64_t t = first; t < T; ++t)
+    rms_norm(h.data() + t * H, norm_f_, c_.rms_eps, H, xn.data() + (t - first) * H);
   logits.resize(static_cast<size_t>(rows * V));
   if (lm_head_) {
     lm_head_->forward(xn.data(), rows, logits.data());
@@ -308,7 +329,8 @@ size_t LlamaModel::memory_footprint() const {
   size_t n = embed_.nbytes() + norm_.nbytes() + 2 * inv_freq_.size() * sizeof(float);
   for (const auto& L : layers_) {
     n += L.input_norm.nbytes() + L.post_norm.nbytes();
-    for (const auto* lin : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
+    for (const auto* lin :
+         {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
       n += lin->parameter_bytes();
   }
   if (lm_head_) n += lm_head_->parameter_bytes();
@@ -321,7 +343,8 @@ int64_t LlamaModel::num_parameters() const {
   for (const auto& L : layers_) {
     n += L.input_norm.numel() + L.post_norm.numel();
     for (const auto* l : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
-      n += lin(*l) + (c_.attention_bias && (l == L.q.get() || l == L.k.get() || l == L.v.get()) ? l->out_features : 0);
+      n += lin(*l) +
+           (c_.attention_bias && (l == L.q.get() || l == L.k.get() || l == L.v.get()) ? l->out_features : 0);
   }
   if (lm_head_ && !c_.tie_word_embeddings) n += lin(*lm_head_);
   return n;

@@ -3,15 +3,14 @@
 // SiLU-gated MLP, tied embeddings.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "models/tensor_source.h"
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/safetensors.h"
-#include "models/tensor_source.h"
 #include "nn/linear.h"
 
 namespace nibble::models {
@@ -30,7 +29,7 @@ struct LlamaConfig {
 };
 
 struct LlamaLayer {
-  Tensor input_norm, post_norm;  // stored tensors (for save) ...
+  Tensor input_norm, post_norm;                  // stored tensors (for save) ...
   std::vector<float> input_norm_f, post_norm_f;  // ... and as float32 for compute
   std::unique_ptr<nn::LinearBase> q, k, v, o, gate, up, down;
 };
@@ -51,7 +50,8 @@ class LlamaModel {
 
   // Runs ids at positions cache.length.. and appends to the cache. Writes logits for every position
   // (all_logits) or only the last one into `logits`.
-  void forward(const std::vector<int32_t>& ids, KVCache& cache, bool all_logits, std::vector<float>& logits) const;
+  void forward(const std::vector<int32_t>& ids, KVCache& cache, bool all_logits,
+               std::vector<float>& logits) const;
   KVCache new_cache() const;
 
   NamedTensors state_dict() const;

@@ -15,11 +15,13 @@
 namespace nibble {
 namespace fs = std::filesystem;
 
-QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& opt) {
+QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
+                                   const QuantizeOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   const BitsAndBytesConfig& cfg = opt.config;
   if (!cfg.load_in_4bit)
-    throw NotSupportedError("nibble quantize writes 4-bit checkpoints; the config must have load_in_4bit=true");
+    throw NotSupportedError(
+        "nibble quantize writes 4-bit checkpoints; the config must have load_in_4bit=true");
   if (!valid_4bit_blocksize(opt.blocksize))
     throw ValueError("blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096; got " +
                      std::to_string(opt.blocksize));
@@ -27,7 +29,8 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   nlohmann::json config = read_json_file(config_path);
   check_model_type(config, config_path);
   if (config.contains("quantization_config"))
-    throw ValueError(config_path + ": the checkpoint is already quantized (config.json has quantization_config)");
+    throw ValueError(config_path +
+                     ": the checkpoint is already quantized (config.json has quantization_config)");
   const std::string model_type = config["model_type"].get<std::string>();
   const DType dtype = opt.dtype.value_or(checkpoint_dtype(config, config_path));
   const QuantType qt = parse_quant_type(cfg.bnb_4bit_quant_type);
@@ -51,10 +54,11 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
         throw FormatError(in.file_of(name) + ": tensor '" + name + "' is a Linear weight but has shape " +
                           shape_str(t.shape()) + " (expected 2-D)");
       if (!dtype_is_float(t.dtype()))
-        throw FormatError(in.file_of(name) + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                          ", expected a float dtype");
+        throw FormatError(in.file_of(name) + ": tensor '" + name + "' has dtype " +
+                          std::string(dtype_name(t.dtype())) + ", expected a float dtype");
       const Tensor w = t.dtype() == dtype ? t : t.to(dtype);
-      Quantized4bit q = quantize_4bit(w, opt.blocksize, qt, cfg.bnb_4bit_use_double_quant, cfg.quant_storage());
+      Quantized4bit q =
+          quantize_4bit(w, opt.blocksize, qt, cfg.bnb_4bit_use_double_quant, cfg.quant_storage());
       writer.add(name, q.packed);
       rep.output_bytes += q.packed.nbytes();
       for (const auto& [k, v] : q.state.as_dict()) {

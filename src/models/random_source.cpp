@@ -11,7 +11,8 @@ RandomSource::RandomSource(const nlohmann::json& config, DType dtype, uint64_t s
     : config_(config), dtype_(dtype), seed_(seed) {}
 
 Shape RandomSource::shape_of(const std::string& n) const {
-  const int64_t H = config_.at("hidden_size"), I = config_.at("intermediate_size"), V = config_.at("vocab_size");
+  const int64_t H = config_.at("hidden_size"), I = config_.at("intermediate_size"),
+                V = config_.at("vocab_size");
   const int64_t NQ = config_.at("num_attention_heads");
   const int64_t NKV = config_.value("num_key_value_heads", NQ);
   const int64_t D = config_.value("head_dim", H / NQ);
@@ -26,7 +27,9 @@ Shape RandomSource::shape_of(const std::string& n) const {
   return {};
 }
 
-bool RandomSource::contains(const std::string& n) const { return !shape_of(n).empty(); }
+bool RandomSource::contains(const std::string& n) const {
+  return !shape_of(n).empty();
+}
 
 Tensor RandomSource::get(const std::string& n) const {
   const Shape s = shape_of(n);

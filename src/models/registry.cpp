@@ -16,7 +16,8 @@ void check_model_type(const nlohmann::json& config, const std::string& config_pa
   const auto t = config["model_type"].get<std::string>();
   const auto& ok = supported_model_types();
   if (std::find(ok.begin(), ok.end(), t) == ok.end())
-    throw NotSupportedError(config_path + ": model_type '" + t + "' is not supported (supported: llama, mistral, qwen2)");
+    throw NotSupportedError(config_path + ": model_type '" + t +
+                            "' is not supported (supported: llama, mistral, qwen2)");
 }
 
 bool is_linear_weight(const std::string& model_type, const std::string& name) {
@@ -27,7 +28,8 @@ bool is_linear_weight(const std::string& model_type, const std::string& name) {
                                     ".mlp.down_proj.weight"};
   if (name == "lm_head.weight") return true;
   if (name.rfind("model.layers.", 0) != 0) return false;
-  return std::any_of(std::begin(kSuffixes), std::end(kSuffixes), [&](const char* s) { return name.ends_with(s); });
+  return std::any_of(std::begin(kSuffixes), std::end(kSuffixes),
+                     [&](const char* s) { return name.ends_with(s); });
 }
 
 bool module_matches(const std::string& module, const std::string& entry) {

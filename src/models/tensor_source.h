@@ -2,9 +2,8 @@
 // (AutoModelForCausalLM::from_config, used by `nibble bench --synthetic`).
 #pragma once
 #include <cstdint>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "nibble/safetensors.h"
 
@@ -27,7 +26,9 @@ class CheckpointSource final : public TensorSource {
   explicit CheckpointSource(const std::string& dir) : ck_(Checkpoint::open(dir)) {}
   bool contains(const std::string& n) const override { return ck_.contains(n); }
   Tensor get(const std::string& n) const override { return ck_.get(n); }
-  std::string where(const std::string& n) const override { return ck_.contains(n) ? ck_.file_of(n) : ck_.dir(); }
+  std::string where(const std::string& n) const override {
+    return ck_.contains(n) ? ck_.file_of(n) : ck_.dir();
+  }
   std::string label() const override { return ck_.dir(); }
   void release(const std::string& n) const override { ck_.release(n); }
 

@@ -1,7 +1,5 @@
 #include "nn/linear.h"
 
-
-
 #include "kernels/cpu/gemm4.h"
 #include "nibble/error.h"
 
@@ -9,24 +7,30 @@ namespace nibble::nn {
 
 float round_to(DType dt, float v) {
   switch (dt) {
-    case DType::BFloat16: return bf16_to_float(float_to_bf16(v));
-    case DType::Float16: return fp16_to_float(float_to_fp16(v));
-    default: return v;
+    case DType::BFloat16:
+      return bf16_to_float(float_to_bf16(v));
+    case DType::Float16:
+      return fp16_to_float(float_to_fp16(v));
+    default:
+      return v;
   }
 }
 
 namespace {
 std::vector<float> bias_floats(const std::optional<Tensor>& b, int64_t out, const char* what) {
   if (!b) return {};
-  if (b->numel() != out) throw FormatError(std::string(what) + ": bias has " + std::to_string(b->numel()) +
-                                           " elements, expected " + std::to_string(out));
+  if (b->numel() != out)
+    throw FormatError(std::string(what) + ": bias has " + std::to_string(b->numel()) +
+                      " elements, expected " + std::to_string(out));
   return b->to_float_vector();
 }
 
 }  // namespace
 
-Linear::Linear(Tensor weight, std::optional<Tensor> bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
-  if (weight_.shape().size() != 2) throw FormatError("Linear weight must be 2-D, got " + shape_str(weight_.shape()));
+Linear::Linear(Tensor weight, std::optional<Tensor> bias)
+    : weight_(std::move(weight)), bias_(std::move(bias)) {
+  if (weight_.shape().size() != 2)
+    throw FormatError("Linear weight must be 2-D, got " + shape_str(weight_.shape()));
   out_features = weight_.dim(0);
   in_features = weight_.dim(1);
   bias_f_ = bias_floats(bias_, out_features, "Linear");
@@ -45,11 +49,14 @@ NamedTensors Linear::state_dict() const {
   return d;
 }
 
-size_t Linear::parameter_bytes() const { return weight_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
+size_t Linear::parameter_bytes() const {
+  return weight_.nbytes() + (bias_ ? bias_->nbytes() : 0);
+}
 
 Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bias, DType compute_dtype)
     : packed_(std::move(packed)), state_(std::move(state)), bias_(std::move(bias)), compute_(compute_dtype) {
-  if (state_.shape.size() != 2) throw FormatError("Linear4bit: quant_state shape must be 2-D, got " + shape_str(state_.shape));
+  if (state_.shape.size() != 2)
+    throw FormatError("Linear4bit: quant_state shape must be 2-D, got " + shape_str(state_.shape));
   out_features = state_.shape[0];
   in_features = state_.shape[1];
   state_.check_packed(packed_, "Linear4bit");
@@ -70,11 +77,12 @@ Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bi
   }
 }
 
-std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::optional<Tensor> bias, int64_t blocksize,
-                                                 QuantType qt, bool double_quant, DType quant_storage,
-                                                 DType compute_dtype) {
+std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::optional<Tensor> bias,
+                                                 int64_t blocksize, QuantType qt, bool double_quant,
+                                                 DType quant_storage, DType compute_dtype) {
   Quantized4bit q = quantize_4bit(weight, blocksize, qt, double_quant, quant_storage);
-  return std::make_unique<Linear4bit>(std::move(q.packed), std::move(q.state), std::move(bias), compute_dtype);
+  return std::make_unique<Linear4bit>(std::move(q.packed), std::move(q.state), std::move(bias),
+                                      compute_dtype);
 }
 
 void Linear4bit::forward(const float* x, int64_t T, float* y) const {

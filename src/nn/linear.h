@@ -45,8 +45,9 @@ class Linear4bit final : public LinearBase {
  public:
   Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bias, DType compute_dtype);
   // Quantizes a dense weight (quantize-on-load).
-  static std::unique_ptr<Linear4bit> quantize(const Tensor& weight, std::optional<Tensor> bias, int64_t blocksize,
-                                              QuantType qt, bool double_quant, DType quant_storage, DType compute_dtype);
+  static std::unique_ptr<Linear4bit> quantize(const Tensor& weight, std::optional<Tensor> bias,
+                                              int64_t blocksize, QuantType qt, bool double_quant,
+                                              DType quant_storage, DType compute_dtype);
   void forward(const float* x, int64_t T, float* y) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }

@@ -19,7 +19,8 @@ constexpr const char* kBothMsg =
 constexpr const char* kStorageMsg =
     "`bnb_4bit_quant_storage` must be a valid string (one of 'float16', 'float32', 'int8', 'uint8', "
     "'float64', 'bfloat16') ";
-constexpr std::array<const char*, 6> kStorageNames{"float16", "float32", "int8", "uint8", "float64", "bfloat16"};
+constexpr std::array<const char*, 6> kStorageNames{"float16", "float32", "int8",
+                                                   "uint8",   "float64", "bfloat16"};
 
 // Python-style list repr of strings: ['a', 'b'].
 std::string py_list(const std::vector<std::string>& v) {
@@ -39,8 +40,8 @@ DTypeArg resolve_compute(const DTypeArg& a) {
 
 DTypeArg resolve_storage(const DTypeArg& a) {
   if (a.is_none() || a.is_resolved()) return a;
-  if (std::find_if(kStorageNames.begin(), kStorageNames.end(), [&](const char* n) { return a.name() == n; }) ==
-      kStorageNames.end())
+  if (std::find_if(kStorageNames.begin(), kStorageNames.end(),
+                   [&](const char* n) { return a.name() == n; }) == kStorageNames.end())
     throw ValueError(kStorageMsg);
   return DTypeArg(*dtype_from_name(a.name()));
 }
@@ -48,22 +49,34 @@ DTypeArg resolve_storage(const DTypeArg& a) {
 // Python truthiness of a JSON value (for the mutual-exclusion check transformers runs before type checks).
 bool truthy(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return false;
-    case json::value_t::boolean: return v.get<bool>();
+    case json::value_t::null:
+      return false;
+    case json::value_t::boolean:
+      return v.get<bool>();
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return v.get<int64_t>() != 0;
-    case json::value_t::number_float: return v.get<double>() != 0.0;
+    case json::value_t::number_unsigned:
+      return v.get<int64_t>() != 0;
+    case json::value_t::number_float:
+      return v.get<double>() != 0.0;
     case json::value_t::string:
     case json::value_t::array:
-    case json::value_t::object: return !v.empty();
-    default: return false;
+    case json::value_t::object:
+      return !v.empty();
+    default:
+      return false;
   }
 }
 
-constexpr std::array<const char*, 10> kFields{
-    "load_in_8bit", "load_in_4bit", "llm_int8_threshold", "llm_int8_skip_modules",
-    "llm_int8_enable_fp32_cpu_offload", "llm_int8_has_fp16_weight", "bnb_4bit_compute_dtype",
-    "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage"};
+constexpr std::array<const char*, 10> kFields{"load_in_8bit",
+                                              "load_in_4bit",
+                                              "llm_int8_threshold",
+                                              "llm_int8_skip_modules",
+                                              "llm_int8_enable_fp32_cpu_offload",
+                                              "llm_int8_has_fp16_weight",
+                                              "bnb_4bit_compute_dtype",
+                                              "bnb_4bit_quant_type",
+                                              "bnb_4bit_use_double_quant",
+                                              "bnb_4bit_quant_storage"};
 
 bool is_field(const std::string& k) {
   return std::find_if(kFields.begin(), kFields.end(), [&](const char* f) { return k == f; }) != kFields.end();
@@ -79,14 +92,20 @@ void apply_kwargs(BitsAndBytesConfig& c, const json& d) {
   const bool t8 = l8 ? truthy(*l8) : c.load_in_8bit;
   if (t4 && t8) throw ValueError(kBothMsg);
   if (const json* v = get("bnb_4bit_compute_dtype")) {
-    if (v->is_null()) c.bnb_4bit_compute_dtype = {};
-    else if (v->is_string()) c.bnb_4bit_compute_dtype = resolve_compute(DTypeArg(v->get<std::string>()));
-    else throw ValueError("bnb_4bit_compute_dtype must be a string or a torch.dtype");
+    if (v->is_null())
+      c.bnb_4bit_compute_dtype = {};
+    else if (v->is_string())
+      c.bnb_4bit_compute_dtype = resolve_compute(DTypeArg(v->get<std::string>()));
+    else
+      throw ValueError("bnb_4bit_compute_dtype must be a string or a torch.dtype");
   }
   if (const json* v = get("bnb_4bit_quant_storage")) {
-    if (v->is_null()) c.bnb_4bit_quant_storage = {};
-    else if (v->is_string()) c.bnb_4bit_quant_storage = resolve_storage(DTypeArg(v->get<std::string>()));
-    else throw ValueError("bnb_4bit_quant_storage must be a string or a torch.dtype");
+    if (v->is_null())
+      c.bnb_4bit_quant_storage = {};
+    else if (v->is_string())
+      c.bnb_4bit_quant_storage = resolve_storage(DTypeArg(v->get<std::string>()));
+    else
+      throw ValueError("bnb_4bit_quant_storage must be a string or a torch.dtype");
   }
   auto boolean = [&](const char* k, bool& field) {
     if (const json* v = get(k)) {
@@ -124,7 +143,9 @@ void apply_kwargs(BitsAndBytesConfig& c, const json& d) {
 
 }  // namespace
 
-detail::PostInit::PostInit(BitsAndBytesConfig* self) { self->post_init(); }
+detail::PostInit::PostInit(BitsAndBytesConfig* self) {
+  self->post_init();
+}
 
 void BitsAndBytesConfig::post_init() {
   if (load_in_4bit && load_in_8bit) throw ValueError(kBothMsg);
@@ -183,7 +204,9 @@ std::string BitsAndBytesConfig::to_json_string(bool use_diff) const {
   return python_json_dumps(use_diff ? to_diff_dict() : to_dict(), 2, true) + "\n";
 }
 
-void BitsAndBytesConfig::to_json_file(const std::string& path) const { write_text_file(path, to_json_string(false)); }
+void BitsAndBytesConfig::to_json_file(const std::string& path) const {
+  write_text_file(path, to_json_string(false));
+}
 
 std::string BitsAndBytesConfig::repr() const {
   return "BitsAndBytesConfig " + python_json_dumps(to_dict(), 2, true) + "\n";
@@ -211,7 +234,8 @@ BitsAndBytesConfig BitsAndBytesConfig::from_dict(const json& d, std::vector<std:
   return c;
 }
 
-BitsAndBytesConfig BitsAndBytesConfig::from_json_file(const std::string& path, std::vector<std::string>* unused) {
+BitsAndBytesConfig BitsAndBytesConfig::from_json_file(const std::string& path,
+                                                      std::vector<std::string>* unused) {
   json d;
   try {
     d = json::parse(read_text_file(path));
@@ -229,7 +253,8 @@ json BitsAndBytesConfig::update(const json& kwargs) {
   if (!kwargs.is_object()) throw TypeError("update expects a JSON object");
   BitsAndBytesConfig next = *this;
   json known = json::object(), rest = json::object();
-  for (auto it = kwargs.begin(); it != kwargs.end(); ++it) (is_field(it.key()) ? known : rest)[it.key()] = it.value();
+  for (auto it = kwargs.begin(); it != kwargs.end(); ++it)
+    (is_field(it.key()) ? known : rest)[it.key()] = it.value();
   // setattr semantics: a key set to the other flag's value is checked against the current state
   apply_kwargs(next, known);
   next.post_init();
@@ -237,16 +262,20 @@ json BitsAndBytesConfig::update(const json& kwargs) {
   return rest;
 }
 
-std::ostream& operator<<(std::ostream& os, const BitsAndBytesConfig& c) { return os << c.repr(); }
+std::ostream& operator<<(std::ostream& os, const BitsAndBytesConfig& c) {
+  return os << c.repr();
+}
 
 std::string unused_kwargs_message(const std::vector<std::string>& unused) {
-  return "Unused kwargs: " + py_list(unused) + ". These kwargs are not used in " + kBitsAndBytesConfigClass + ".";
+  return "Unused kwargs: " + py_list(unused) + ". These kwargs are not used in " + kBitsAndBytesConfigClass +
+         ".";
 }
 
 BitsAndBytesConfig AutoQuantizationConfig::from_dict(const json& d, std::vector<std::string>* unused) {
   if (!d.is_object()) throw FormatError("quantization_config must be a JSON object");
   if (!d.contains("quant_method"))
-    throw FormatError("quantization_config has no 'quant_method'; the checkpoint was not saved by a quantizer");
+    throw FormatError(
+        "quantization_config has no 'quant_method'; the checkpoint was not saved by a quantizer");
   const json& m = d["quant_method"];
   const std::string method = m.is_string() ? m.get<std::string>() : m.dump();
   if (method != "bitsandbytes")

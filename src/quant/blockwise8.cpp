@@ -45,7 +45,8 @@ std::vector<float> create_dynamic_map(bool is_signed, int max_exponent_bits, int
   if (additional_items > 0) add(additional_items + 1, i - 1);
   data.push_back(0.0f);
   data.push_back(1.0f);
-  if (data.size() > static_cast<size_t>(1 << total_bits)) throw ValueError("create_dynamic_map: too many values");
+  if (data.size() > static_cast<size_t>(1 << total_bits))
+    throw ValueError("create_dynamic_map: too many values");
   data.resize(static_cast<size_t>(1 << total_bits), 0.0f);
   std::sort(data.begin(), data.end());
   return data;
@@ -70,7 +71,8 @@ Quantized8bit quantize_blockwise(const Tensor& A, int64_t blocksize, const std::
   float* am = q.absmax.mutable_data<float>();
   uint8_t* out = q.codes.mutable_data<uint8_t>();
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t b = 0; b < nb; ++b) kernels::ref::quantize_blockwise(src, n, blocksize, map.data(), am, out, b, b + 1);
+  for (int64_t b = 0; b < nb; ++b)
+    kernels::ref::quantize_blockwise(src, n, blocksize, map.data(), am, out, b, b + 1);
   return q;
 }
 

@@ -59,14 +59,16 @@ namespace {
   throw FormatError(where + ": invalid quant_state: " + what);
 }
 
-void expect_tensor(const Tensor& t, DType dt, const Shape& shape, const std::string& where, const std::string& key) {
+void expect_tensor(const Tensor& t, DType dt, const Shape& shape, const std::string& where,
+                   const std::string& key) {
   if (t.dtype() != dt || t.shape() != shape)
     bad(where, key + " must be " + std::string(dtype_name(dt)) + " " + shape_str(shape) + ", got " +
                    std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()));
 }
 
 int64_t get_int(const nlohmann::json& j, const char* key, const std::string& where) {
-  if (!j.contains(key) || !j[key].is_number_integer()) bad(where, std::string("JSON needs integer '") + key + "'");
+  if (!j.contains(key) || !j[key].is_number_integer())
+    bad(where, std::string("JSON needs integer '") + key + "'");
   return j[key].get<int64_t>();
 }
 
@@ -97,7 +99,8 @@ QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, cons
   const std::string prefix = "quant_state.bitsandbytes__";
   if (qs_key.rfind(prefix, 0) != 0) bad(where, "unexpected quant_state key '" + qs_key + "'");
   const std::string key_type = qs_key.substr(prefix.size());
-  if (qs.dtype() != DType::UInt8 || qs.shape().size() != 1) bad(where, qs_key + " must be a 1-D uint8 tensor");
+  if (qs.dtype() != DType::UInt8 || qs.shape().size() != 1)
+    bad(where, qs_key + " must be a 1-D uint8 tensor");
   nlohmann::json j;
   try {
     const auto* p = reinterpret_cast<const char*>(qs.raw());
@@ -113,7 +116,8 @@ QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, cons
   if (qt != key_type) bad(where, "quant_type '" + qt + "' does not match the key " + qs_key);
   s.quant_type = parse_quant_type(qt);
   s.blocksize = get_int(j, "blocksize", where);
-  if (!valid_4bit_blocksize(s.blocksize)) bad(where, "blocksize " + std::to_string(s.blocksize) + " is not 32..4096");
+  if (!valid_4bit_blocksize(s.blocksize))
+    bad(where, "blocksize " + std::to_string(s.blocksize) + " is not 32..4096");
   const std::string dts = get_str(j, "dtype", where);
   auto dt = dtype_from_name(dts);
   if (!dt || !dtype_is_float(*dt)) bad(where, "dtype '" + dts + "' is not a float dtype");
@@ -142,8 +146,8 @@ QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, cons
     s.nested_absmax = d["nested_absmax"];
     s.nested_code = d["nested_quant_map"];
     expect_tensor(s.absmax, DType::UInt8, {nb}, where, "absmax");
-    expect_tensor(s.nested_absmax, DType::Float32, {(nb + s.nested_blocksize - 1) / s.nested_blocksize}, where,
-                  "nested_absmax");
+    expect_tensor(s.nested_absmax, DType::Float32, {(nb + s.nested_blocksize - 1) / s.nested_blocksize},
+                  where, "nested_absmax");
     expect_tensor(s.nested_code, DType::Float32, {256}, where, "nested_quant_map");
   } else {
     if (d.count("nested_quant_map")) bad(where, "nested_quant_map without nested_absmax");
@@ -156,7 +160,8 @@ void QuantState::check_packed(const Tensor& packed, const std::string& where) co
   const auto expect = static_cast<size_t>((numel() + 1) / 2);
   if (packed.nbytes() != expect)
     throw FormatError(where + ": packed 4-bit weight has " + std::to_string(packed.nbytes()) +
-                      " bytes but its quant_state shape " + shape_str(shape) + " needs " + std::to_string(expect));
+                      " bytes but its quant_state shape " + shape_str(shape) + " needs " +
+                      std::to_string(expect));
 }
 
 }  // namespace nibble

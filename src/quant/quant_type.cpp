@@ -6,7 +6,9 @@
 
 namespace nibble {
 
-std::string_view quant_type_name(QuantType t) { return t == QuantType::NF4 ? "nf4" : "fp4"; }
+std::string_view quant_type_name(QuantType t) {
+  return t == QuantType::NF4 ? "nf4" : "fp4";
+}
 
 QuantType parse_quant_type(std::string_view name) {
   if (name == "nf4") return QuantType::NF4;
@@ -15,11 +17,22 @@ QuantType parse_quant_type(std::string_view name) {
 }
 
 const std::array<float, 16>& nf4_code() {
-  static constexpr std::array<float, 16> k{
-      -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
-      -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
-      0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-      0.7229568362236023f, 1.0f};
+  static constexpr std::array<float, 16> k{-1.0f,
+                                           -0.6961928009986877f,
+                                           -0.5250730514526367f,
+                                           -0.39491748809814453f,
+                                           -0.28444138169288635f,
+                                           -0.18477343022823334f,
+                                           -0.09105003625154495f,
+                                           0.0f,
+                                           0.07958029955625534f,
+                                           0.16093020141124725f,
+                                           0.24611230194568634f,
+                                           0.33791524171829224f,
+                                           0.44070982933044434f,
+                                           0.5626170039176941f,
+                                           0.7229568362236023f,
+                                           1.0f};
   return k;
 }
 

@@ -6,7 +6,9 @@
 
 namespace nibble {
 
-bool valid_4bit_blocksize(int64_t b) { return b >= 32 && b <= 4096 && (b & (b - 1)) == 0; }
+bool valid_4bit_blocksize(int64_t b) {
+  return b >= 32 && b <= 4096 && (b & (b - 1)) == 0;
+}
 
 namespace {
 void check_quant_storage(DType t) {
@@ -25,11 +27,12 @@ void check_quant_storage(DType t) {
 }
 }  // namespace
 
-Quantized4bit quantize_4bit(const Tensor& A, int64_t blocksize, QuantType quant_type, bool compress_statistics,
-                            DType quant_storage) {
+Quantized4bit quantize_4bit(const Tensor& A, int64_t blocksize, QuantType quant_type,
+                            bool compress_statistics, DType quant_storage) {
   const DType dt = A.dtype();
   if (dt != DType::Float32 && dt != DType::Float16 && dt != DType::BFloat16)
-    throw ValueError("quantize_4bit: input must be float32, float16 or bfloat16, got " + std::string(dtype_name(dt)));
+    throw ValueError("quantize_4bit: input must be float32, float16 or bfloat16, got " +
+                     std::string(dtype_name(dt)));
   if (!valid_4bit_blocksize(blocksize))
     throw ValueError("quantize_4bit: blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096; got " +
                      std::to_string(blocksize));
@@ -84,8 +87,8 @@ Tensor dequantize_4bit(const Tensor& packed, const QuantState& state, std::optio
                      std::string(dtype_name(out)));
   const std::vector<float> absmax = state.float_absmax();
   Tensor result = Tensor::empty(out, state.shape);
-  kernels::dequantize_4bit(packed.raw(), absmax.data(), state.numel(), state.blocksize, state.code.data<float>(),
-                           out, result.mutable_raw());
+  kernels::dequantize_4bit(packed.raw(), absmax.data(), state.numel(), state.blocksize,
+                           state.code.data<float>(), out, result.mutable_raw());
   return result;
 }
 

@@ -34,15 +34,18 @@ std::vector<std::string> utf8_chars(const std::string& s) {
 Bpe::Bpe(const nlohmann::json& model, const std::string& label) {
   auto bad = [&](const std::string& what) { throw FormatError(label + ": model: " + what); };
   if (!model.is_object()) bad("not an object");
-  if (model.value("type", "BPE") != "BPE") bad("type '" + model.value("type", "") + "' is not supported (only BPE)");
+  if (model.value("type", "BPE") != "BPE")
+    bad("type '" + model.value("type", "") + "' is not supported (only BPE)");
   if (!model.contains("vocab") || !model["vocab"].is_object()) bad("missing object 'vocab'");
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 || it.value().get<int64_t>() > (1 << 30))
+    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
+        it.value().get<int64_t>() > (1 << 30))
       bad("vocab['" + it.key() + "'] is not a valid id");
     add_token(it.key(), it.value().get<int32_t>());
   }
   for (size_t i = 0; i < id_to_token_.size(); ++i)
-    if (id_to_token_[i].empty() && vocab_.count("") == 0) bad("vocab ids are not contiguous (no id " + std::to_string(i) + ")");
+    if (id_to_token_[i].empty() && vocab_.count("") == 0)
+      bad("vocab ids are not contiguous (no id " + std::to_string(i) + ")");
   if (model.contains("unk_token") && model["unk_token"].is_string()) {
     auto u = token_to_id(model["unk_token"].get<std::string>());
     if (u) unk_ = *u;
@@ -147,7 +150,8 @@ void Bpe::encode_word(const std::string& word, std::vector<int32_t>& out) const 
     const uint64_t key = (static_cast<uint64_t>(sym[static_cast<size_t>(i)]) << 32) |
                          static_cast<uint32_t>(sym[static_cast<size_t>(j)]);
     auto it = merges_.find(key);
-    if (it != merges_.end()) heap.push({it->second.rank, i, sym[static_cast<size_t>(i)], sym[static_cast<size_t>(j)]});
+    if (it != merges_.end())
+      heap.push({it->second.rank, i, sym[static_cast<size_t>(i)], sym[static_cast<size_t>(j)]});
   };
   for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int>(i));
   while (!heap.empty()) {

@@ -1,12 +1,11 @@
 // The BPE model of tokenizer.json: vocab, ranked merges, byte fallback, unk.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace nibble::tok {
 

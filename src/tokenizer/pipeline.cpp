@@ -14,7 +14,9 @@ using nlohmann::json;
 
 namespace {
 
-[[noreturn]] void bad(const std::string& label, const std::string& what) { throw FormatError(label + ": " + what); }
+[[noreturn]] void bad(const std::string& label, const std::string& what) {
+  throw FormatError(label + ": " + what);
+}
 
 std::string str_field(const json& j, const char* key, const std::string& label, const std::string& where) {
   if (!j.contains(key) || !j[key].is_string()) bad(label, where + ": missing string '" + key + "'");
@@ -102,8 +104,10 @@ std::vector<std::string> split_words(const std::string& s, const std::vector<std
       if (!p.match) out.push_back(p.text);
   } else if (behavior == "MergedWithPrevious") {
     for (auto& p : pieces) {
-      if (p.match && !out.empty()) out.back() += p.text;
-      else out.push_back(p.text);
+      if (p.match && !out.empty())
+        out.back() += p.text;
+      else
+        out.push_back(p.text);
     }
   } else if (behavior == "MergedWithNext") {
     std::string carry;
@@ -118,8 +122,10 @@ std::vector<std::string> split_words(const std::string& s, const std::vector<std
     if (!carry.empty()) out.push_back(carry);
   } else {  // Contiguous
     for (auto& p : pieces) {
-      if (!out.empty() && p.match && pieces.size() > 1) out.back() += p.text;
-      else out.push_back(p.text);
+      if (!out.empty() && p.match && pieces.size() > 1)
+        out.back() += p.text;
+      else
+        out.push_back(p.text);
     }
   }
   return out;
@@ -212,7 +218,8 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
   const std::string type = str_field(j, "type", label, "pre_tokenizer");
   if (type == "Sequence") {
     std::vector<PreTokenizer> parts;
-    for (const auto& p : j.value("pretokenizers", json::array())) parts.push_back(make_pre_tokenizer(p, label));
+    for (const auto& p : j.value("pretokenizers", json::array()))
+      parts.push_back(make_pre_tokenizer(p, label));
     return [parts](const std::vector<std::string>& w) {
       std::vector<std::string> r = w;
       for (const auto& p : parts) r = p(r);
@@ -252,7 +259,8 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
   }
   if (type == "Metaspace") {
     const std::string rep = j.value("replacement", "\xe2\x96\x81");
-    const std::string scheme = j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
+    const std::string scheme =
+        j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
     const bool split = j.value("split", true);
     return [rep, scheme, split](const std::vector<std::string>& words) {
       std::vector<std::string> out;
@@ -319,7 +327,9 @@ Decoder make_decoder(const json& j, const std::string& label) {
         bool valid = true;
         for (const auto& c : chars)
           if (c.size() != static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0])))) valid = false;
-        if (valid && !chars.empty() && chars.back().size() == static_cast<size_t>(utf8_len(static_cast<unsigned char>(chars.back()[0])))) {
+        if (valid && !chars.empty() &&
+            chars.back().size() ==
+                static_cast<size_t>(utf8_len(static_cast<unsigned char>(chars.back()[0])))) {
           out.push_back(bytes);
         } else {
           for (size_t i = 0; i < bytes.size(); ++i) out.push_back("\xef\xbf\xbd");
@@ -328,7 +338,8 @@ Decoder make_decoder(const json& j, const std::string& label) {
       };
       for (auto& s : t) {
         unsigned v;
-        if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>' && std::sscanf(s.c_str() + 3, "%2X", &v) == 1) {
+        if (s.size() == 6 && s.rfind("<0x", 0) == 0 && s[5] == '>' &&
+            std::sscanf(s.c_str() + 3, "%2X", &v) == 1) {
           bytes.push_back(static_cast<char>(v));
         } else {
           flush();
@@ -369,19 +380,23 @@ Decoder make_decoder(const json& j, const std::string& label) {
       for (const auto& s : t)
         for (const auto& c : utf8_chars(s)) {
           auto it = inv.find(c);
-          if (it != inv.end()) bytes.push_back(it->second);
-          else bytes += c;
+          if (it != inv.end())
+            bytes.push_back(it->second);
+          else
+            bytes += c;
         }
       // invalid UTF-8 from a cut sequence becomes U+FFFD per broken character (from_utf8_lossy)
       std::string out;
       for (const auto& c : utf8_chars(bytes))
-        out += c.size() == static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0]))) ? c : "\xef\xbf\xbd";
+        out +=
+            c.size() == static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0]))) ? c : "\xef\xbf\xbd";
       return std::vector<std::string>{out};
     };
   }
   if (type == "Metaspace") {
     const std::string rep = j.value("replacement", "\xe2\x96\x81");
-    const std::string scheme = j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
+    const std::string scheme =
+        j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
     return [rep, scheme](std::vector<std::string> t) {
       for (size_t i = 0; i < t.size(); ++i) {
         t[i] = replace_all(t[i], rep, " ");

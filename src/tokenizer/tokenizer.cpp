@@ -47,8 +47,10 @@ void parse_template(const json& pp, const std::string& label, Tokenizer::Impl& i
     return;
   }
   if (type == "ByteLevel") return;  // only adjusts offsets
-  if (type != "TemplateProcessing") throw FormatError(label + ": post_processor type '" + type + "' is not supported");
-  if (!pp.contains("single") || !pp["single"].is_array()) throw FormatError(label + ": TemplateProcessing needs 'single'");
+  if (type != "TemplateProcessing")
+    throw FormatError(label + ": post_processor type '" + type + "' is not supported");
+  if (!pp.contains("single") || !pp["single"].is_array())
+    throw FormatError(label + ": TemplateProcessing needs 'single'");
   const json& specials = pp.value("special_tokens", json::object());
   bool seen_seq = false;
   for (const auto& piece : pp["single"]) {
@@ -61,7 +63,8 @@ void parse_template(const json& pp, const std::string& label, Tokenizer::Impl& i
     const std::string name = piece["SpecialToken"]["id"].get<std::string>();
     if (!specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
       throw FormatError(label + ": TemplateProcessing special token '" + name + "' has no ids");
-    for (const auto& id : specials[name]["ids"]) (seen_seq ? im.suffix_ids : im.prefix_ids).push_back(id.get<int32_t>());
+    for (const auto& id : specials[name]["ids"])
+      (seen_seq ? im.suffix_ids : im.prefix_ids).push_back(id.get<int32_t>());
   }
 }
 
@@ -93,9 +96,12 @@ Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label
         !a["content"].is_string())
       throw FormatError(label + ": added_tokens entries need integer 'id' and string 'content'");
     const int32_t id = a["id"].get<int32_t>();
-    if (id < 0 || id > (1 << 30)) throw FormatError(label + ": added token id " + std::to_string(id) + " out of range");
-    AddedToken at{a["content"].get<std::string>(), id, a.value("special", false), a.value("normalized", !a.value("special", false)), ""};
-    if (at.content.empty()) throw FormatError(label + ": added token " + std::to_string(id) + " has empty content");
+    if (id < 0 || id > (1 << 30))
+      throw FormatError(label + ": added token id " + std::to_string(id) + " out of range");
+    AddedToken at{a["content"].get<std::string>(), id, a.value("special", false),
+                  a.value("normalized", !a.value("special", false)), ""};
+    if (at.content.empty())
+      throw FormatError(label + ": added token " + std::to_string(id) + " has empty content");
     im.added.push_back(at);
   }
   im.normalizer = tok::make_normalizer(j.value("normalizer", json()), label);
@@ -162,11 +168,17 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
   auto emit = [&](int32_t id) { ids.push_back(id); };
   // HF order: split the raw text on non-normalized added tokens; normalize each stretch; split that on the
   // normalized added tokens; pre-tokenize and BPE what remains.
-  split_added(im.added, false, text, [&](const std::string& raw) {
-    split_added(im.added, true, im.normalizer(raw), [&](const std::string& norm) {
-      for (const auto& w : im.pre({norm})) im.bpe->encode_word(w, ids);
-    }, emit);
-  }, emit);
+  split_added(
+      im.added, false, text,
+      [&](const std::string& raw) {
+        split_added(
+            im.added, true, im.normalizer(raw),
+            [&](const std::string& norm) {
+              for (const auto& w : im.pre({norm})) im.bpe->encode_word(w, ids);
+            },
+            emit);
+      },
+      emit);
   if (add_special_tokens) ids.insert(ids.end(), im.suffix_ids.begin(), im.suffix_ids.end());
   return ids;
 }
@@ -175,7 +187,8 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   const Impl& im = *impl_;
   std::vector<std::string> toks;
   for (int32_t id : ids) {
-    if (id < 0 || id >= im.bpe->size()) throw ValueError("decode: token id " + std::to_string(id) + " out of range");
+    if (id < 0 || id >= im.bpe->size())
+      throw ValueError("decode: token id " + std::to_string(id) + " out of range");
     if (skip_special_tokens && im.is_special[static_cast<size_t>(id)]) continue;
     toks.push_back(im.bpe->id_to_token(id));
   }
@@ -184,11 +197,21 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   return out;
 }
 
-int32_t Tokenizer::vocab_size() const { return impl_->bpe->size(); }
-std::optional<int32_t> Tokenizer::token_to_id(const std::string& t) const { return impl_->bpe->token_to_id(t); }
-std::string Tokenizer::id_to_token(int32_t id) const { return impl_->bpe->id_to_token(id); }
-std::optional<int32_t> Tokenizer::bos_token_id() const { return impl_->bos; }
-std::optional<int32_t> Tokenizer::eos_token_id() const { return impl_->eos; }
+int32_t Tokenizer::vocab_size() const {
+  return impl_->bpe->size();
+}
+std::optional<int32_t> Tokenizer::token_to_id(const std::string& t) const {
+  return impl_->bpe->token_to_id(t);
+}
+std::string Tokenizer::id_to_token(int32_t id) const {
+  return impl_->bpe->id_to_token(id);
+}
+std::optional<int32_t> Tokenizer::bos_token_id() const {
+  return impl_->bos;
+}
+std::optional<int32_t> Tokenizer::eos_token_id() const {
+  return impl_->eos;
+}
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, std::vector<int32_t> prompt_ids, bool skip)
     : tok_(tok), ids_(std::move(prompt_ids)), skip_(skip) {

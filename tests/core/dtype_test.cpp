@@ -1,12 +1,13 @@
 // float16/bfloat16 <-> float32 conversion, exhaustively over all 65,536 bit patterns, against the hardware
 // (F16C via _Float16 casts where the compiler has them) and against exact arithmetic.
+#include "nibble/dtype.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
-#include "nibble/dtype.h"
 #include "nibble/error.h"
 
 using namespace nibble;
@@ -16,9 +17,12 @@ namespace {
 double fp16_exact(uint16_t h) {
   const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
   double v;
-  if (e == 0) v = std::ldexp(m, -24);
-  else if (e == 31) v = m ? NAN : INFINITY;
-  else v = std::ldexp(1024 + m, e - 25);
+  if (e == 0)
+    v = std::ldexp(m, -24);
+  else if (e == 31)
+    v = m ? NAN : INFINITY;
+  else
+    v = std::ldexp(1024 + m, e - 25);
   return s ? -v : v;
 }
 }  // namespace

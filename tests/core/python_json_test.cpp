@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "nibble/python_json.h"
+
+#include <gtest/gtest.h>
 
 using namespace nibble;
 
@@ -13,7 +13,8 @@ TEST(PythonJson, FloatRepr) {
   EXPECT_EQ(python_float_repr(1234567890123456.0), "1234567890123456.0");
   EXPECT_EQ(python_float_repr(0.1), "0.1");
   EXPECT_EQ(python_float_repr(-2.5e-7), "-2.5e-07");
-  EXPECT_EQ(python_float_repr(static_cast<double>(0.012345679f)), "0.012345679104328156");  // repr(float(np.float32(0.012345679)))
+  EXPECT_EQ(python_float_repr(static_cast<double>(0.012345679f)),
+            "0.012345679104328156");  // repr(float(np.float32(0.012345679)))
   EXPECT_EQ(python_float_repr(1e20), "1e+20");
   EXPECT_EQ(python_float_repr(123.456), "123.456");
   EXPECT_EQ(python_float_repr(-0.0), "-0.0");

@@ -1,9 +1,10 @@
+#include "nibble/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 
 #include "nibble/error.h"
-#include "nibble/safetensors.h"
 #include "test_util.h"
 
 using namespace nibble;
@@ -88,18 +89,24 @@ TEST(Safetensors, Malformed) {
     expect_bad(s, {"not valid JSON"});
   }
   expect_bad(raw_file(R"([1,2])", ""), {"not a JSON object"});
-  expect_bad(raw_file(R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", "xx"), {"tensor 'a'", "unknown dtype 'F8'"});
+  expect_bad(raw_file(R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", "xx"),
+             {"tensor 'a'", "unknown dtype 'F8'"});
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')),
              {"tensor 'a'", "needs 12 bytes"});
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-                      std::string(12, '\0')),
-             {"overlaps"});
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0')), {"hole"});
+  expect_bad(
+      raw_file(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+          std::string(12, '\0')),
+      {"overlaps"});
+  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0')),
+             {"hole"});
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(8, '\0')),
              {"tensors cover 4"});
-  expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                      std::string(8, '\0')),
-             {"duplicate tensor name 'a'"});
+  expect_bad(
+      raw_file(
+          R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          std::string(8, '\0')),
+      {"duplicate tensor name 'a'"});
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0')),
              {"tensor 'a'", "non-negative"});
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", std::string(8, '\0')),
@@ -120,7 +127,8 @@ TEST(Safetensors, ShardedWriteAndRead) {
   std::vector<std::pair<std::string, Tensor>> ts;
   for (int i = 0; i < 7; ++i) {
     std::vector<float> v(100, static_cast<float>(i));
-    ts.emplace_back("layer." + std::to_string(i) + ".weight", Tensor::from_vector(DType::Float32, {10, 10}, v));
+    ts.emplace_back("layer." + std::to_string(i) + ".weight",
+                    Tensor::from_vector(DType::Float32, {10, 10}, v));
   }
   {
     CheckpointWriter w(dir, 1000);  // 400-byte tensors: two per shard
@@ -145,7 +153,8 @@ TEST(Safetensors, ShardedWriteAndRead) {
 TEST(Safetensors, IndexNamingMissingTensorIsError) {
   TempDir d;
   save_safetensors(d / "a.safetensors", {{"x", Tensor::empty(DType::Float32, {2})}});
-  test::write_bytes(d / "model.safetensors.index.json", R"({"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}})");
+  test::write_bytes(d / "model.safetensors.index.json",
+                    R"({"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}})");
   try {
     Checkpoint::open(d.str());
     FAIL();

@@ -3,12 +3,13 @@
 // code * absmax per weight, and sum in another order. Per output the difference is bounded by
 // eps * sum_k |x_k * w_k| with eps = 1e-5 (float32) and 2^-7 (bfloat16: one rounding of each weight and of
 // the result, 2^-8 each).
+#include "kernels/cpu/gemm4.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
-#include "kernels/cpu/gemm4.h"
 #include "nibble/quantize.h"
 
 using namespace nibble;
@@ -54,17 +55,20 @@ Q4Weights view(const Quantized4bit& q) {
 namespace {
 void check_fast_path(DType cd) {
   {
-    for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64}, {64, 128, 32}, {5, 4096, 4096},
-                            {130, 512, 128}, {3, 2048, 256}}) {
+    for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64},
+                            {64, 128, 32},
+                            {5, 4096, 4096},
+                            {130, 512, 128},
+                            {3, 2048, 256}}) {
       for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
         for (bool dq : {false, true}) {
           const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs));
           const Q4Weights w = view(c.q);
           const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
           for (int64_t M : {1, 2, 5, 70}) {  // 70: the outer-product GEMM path (M >= 32)
-            SCOPED_TRACE(std::string(dtype_name(cd)) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " bs=" +
-                         std::to_string(bs) + " " + std::string(quant_type_name(qt)) + (dq ? " dq" : "") +
-                         " M=" + std::to_string(M));
+            SCOPED_TRACE(std::string(dtype_name(cd)) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                         " bs=" + std::to_string(bs) + " " + std::string(quant_type_name(qt)) +
+                         (dq ? " dq" : "") + " M=" + std::to_string(M));
             std::mt19937 rng(static_cast<unsigned>(M));
             std::normal_distribution<float> nd;
             std::vector<float> x(static_cast<size_t>(M * K));
@@ -76,7 +80,8 @@ void check_fast_path(DType cd) {
             for (int64_t m = 0; m < M; ++m)
               for (int64_t n = 0; n < N; ++n) {
                 double mag = 0;
-                for (int64_t k = 0; k < K; ++k) mag += std::fabs(x[static_cast<size_t>(m * K + k)] * deq.data<float>()[n * K + k]);
+                for (int64_t k = 0; k < K; ++k)
+                  mag += std::fabs(x[static_cast<size_t>(m * K + k)] * deq.data<float>()[n * K + k]);
                 const size_t i = static_cast<size_t>(m * N + n);
                 ASSERT_LE(std::fabs(yf[i] - yr[i]), eps * mag + 1e-30) << "m=" << m << " n=" << n;
               }
@@ -119,8 +124,9 @@ TEST(Gemm4, DenseMatchesNaive) {
           double want = 0, mag = 0;
           for (int64_t k = 0; k < K; ++k) {
             // bfloat16 weights meet x rounded to bfloat16 (vdpbf16ps); float32 weights meet float32 x
-            const float xv = dt == DType::BFloat16 ? bf16_to_float(float_to_bf16(x[static_cast<size_t>(m * K + k)]))
-                                                   : x[static_cast<size_t>(m * K + k)];
+            const float xv = dt == DType::BFloat16
+                                 ? bf16_to_float(float_to_bf16(x[static_cast<size_t>(m * K + k)]))
+                                 : x[static_cast<size_t>(m * K + k)];
             want += static_cast<double>(xv) * ww[static_cast<size_t>(n * K + k)];
             mag += std::fabs(static_cast<double>(xv) * ww[static_cast<size_t>(n * K + k)]);
           }
@@ -137,7 +143,8 @@ TEST(Attention, FastPathMatchesReference) {
   const int64_t P = s.start + s.T, kvw = s.kv_heads * s.head_dim;
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
-  std::vector<float> q(static_cast<size_t>(s.T * s.heads * s.head_dim)), k(static_cast<size_t>(P * kvw)), v(k.size());
+  std::vector<float> q(static_cast<size_t>(s.T * s.heads * s.head_dim)), k(static_cast<size_t>(P * kvw)),
+      v(k.size());
   for (auto* vec : {&q, &k, &v})
     for (auto& e : *vec) e = nd(rng);
   std::vector<float> a(q.size()), b(q.size());

@@ -1,11 +1,12 @@
 // Every SIMD target this CPU runs, bit-exact against the scalar reference, for 4-bit quantize and dequantize.
+#include "kernels/cpu/quant4.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
-#include "kernels/cpu/quant4.h"
 #include "kernels/cpu/reference.h"
 #include "nibble/quant_type.h"
 #include "nibble/tensor.h"
@@ -48,8 +49,9 @@ TEST(Quant4Kernels, SimdMatchesReferenceBitExact) {
       for (int64_t n : {bs * 3, bs * 5 + 1, bs * 2 + 33, int64_t{7}}) {
         for (DType dt : {DType::Float32, DType::Float16, DType::BFloat16}) {
           for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
-            SCOPED_TRACE(targets[static_cast<size_t>(ti)] + " bs=" + std::to_string(bs) + " n=" + std::to_string(n) +
-                         " " + std::string(dtype_name(dt)) + " " + std::string(quant_type_name(qt)));
+            SCOPED_TRACE(targets[static_cast<size_t>(ti)] + " bs=" + std::to_string(bs) +
+                         " n=" + std::to_string(n) + " " + std::string(dtype_name(dt)) + " " +
+                         std::string(quant_type_name(qt)));
             std::vector<float> v = test_values(n, static_cast<int>(bs + n));
             if (n > bs) std::fill(v.begin() + bs, v.begin() + 2 * bs, 0.0f);  // an all-zero block
             const Tensor src = Tensor::from_vector(DType::Float32, {n}, v).to(dt);

@@ -17,12 +17,15 @@ using namespace nibble;
 namespace fs = std::filesystem;
 
 namespace {
-std::string ckpt(const std::string& name) { return test::golden_dir() + "/checkpoints/" + name; }
+std::string ckpt(const std::string& name) {
+  return test::golden_dir() + "/checkpoints/" + name;
+}
 
 double max_abs_diff(const std::vector<float>& a, const Tensor& b) {
   EXPECT_EQ(static_cast<int64_t>(a.size()), b.numel());
   double m = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) m = std::max(m, static_cast<double>(std::fabs(a[static_cast<size_t>(i)] - b.data<float>()[i])));
+  for (int64_t i = 0; i < b.numel(); ++i)
+    m = std::max(m, static_cast<double>(std::fabs(a[static_cast<size_t>(i)] - b.data<float>()[i])));
   return m;
 }
 
@@ -54,8 +57,10 @@ TEST(Checkpoints, QuantizeOnLoadSaveReloadIdentical) {
   test::TempDir d;
   for (bool dq : {false, true}) {
     const std::string out = d / (dq ? "dq" : "nodq");
-    const BitsAndBytesConfig q{.load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = dq};
-    const auto m = AutoModelForCausalLM::from_pretrained(test::example_model(), {.quantization_config = q, .quiet = true});
+    const BitsAndBytesConfig q{
+        .load_in_4bit = true, .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = dq};
+    const auto m = AutoModelForCausalLM::from_pretrained(test::example_model(),
+                                                         {.quantization_config = q, .quiet = true});
     const std::vector<int32_t> ids{1, 80, 147, 201, 282, 57, 313, 598};
     const auto before = m.forward(ids);
     m.save_pretrained(out);
@@ -79,7 +84,8 @@ TEST(Checkpoints, DequantizeGivesFloatModel) {
   EXPECT_EQ(m.info().num_parameters, info["num_parameters"].get<int64_t>());
   m.dequantize();
   EXPECT_FALSE(m.info().quantization_config.has_value());
-  EXPECT_EQ(m.memory_footprint(), read_json_file(ckpt("tiny-llama-fp32") + "/info.json")["memory_footprint"].get<size_t>());
+  EXPECT_EQ(m.memory_footprint(),
+            read_json_file(ckpt("tiny-llama-fp32") + "/info.json")["memory_footprint"].get<size_t>());
   EXPECT_LT(max_abs_diff(m.forward(ids_of(f)), f.get("logits")), 1e-4);
   m.save_pretrained(d / "deq");
   const auto cfg = read_json_file(d / "deq/config.json");
@@ -94,7 +100,8 @@ TEST(Checkpoints, PrequantizedConfigWinsOverUsers) {
 }
 
 namespace {
-// Copies a golden checkpoint, lets `edit` change its tensors, and expects from_pretrained to fail naming `what`.
+// Copies a golden checkpoint, lets `edit` change its tensors, and expects from_pretrained to fail naming
+// `what`.
 void expect_load_error(const std::function<void(NamedTensors&)>& edit, const std::string& what) {
   test::TempDir d;
   const std::string src = ckpt("tiny-llama-bnb-nf4-dq"), dst = d / "m";
@@ -122,18 +129,25 @@ TEST(Checkpoints, MalformedAreClearErrors) {
   expect_load_error([](NamedTensors& ts) { drop(ts, "model.norm.weight"); }, "model.norm.weight");
   expect_load_error([&](NamedTensors& ts) { drop(ts, p + ".absmax"); }, "model.layers.1.self_attn.q_proj");
   expect_load_error([&](NamedTensors& ts) { drop(ts, p + ".nested_quant_map"); }, "nested_quant_map");
-  expect_load_error([](NamedTensors& ts) {
-    for (auto& [n, t] : ts)
-      if (n == "model.norm.weight") t = Tensor::empty(DType::Float32, {3});
-  }, "model.norm.weight' has shape [3]");
-  expect_load_error([&](NamedTensors& ts) {
-    for (auto& [n, t] : ts)
-      if (n == p + ".quant_state.bitsandbytes__nf4") t = Tensor::from_vector(DType::UInt8, {3}, std::vector<uint8_t>{'{', '"', 'x'});
-  }, "valid JSON");
-  expect_load_error([&](NamedTensors& ts) {
-    for (auto& [n, t] : ts)
-      if (n == p) t = Tensor::empty(DType::UInt8, {7, 1});
-  }, "packed 4-bit weight has 7 bytes");
+  expect_load_error(
+      [](NamedTensors& ts) {
+        for (auto& [n, t] : ts)
+          if (n == "model.norm.weight") t = Tensor::empty(DType::Float32, {3});
+      },
+      "model.norm.weight' has shape [3]");
+  expect_load_error(
+      [&](NamedTensors& ts) {
+        for (auto& [n, t] : ts)
+          if (n == p + ".quant_state.bitsandbytes__nf4")
+            t = Tensor::from_vector(DType::UInt8, {3}, std::vector<uint8_t>{'{', '"', 'x'});
+      },
+      "valid JSON");
+  expect_load_error(
+      [&](NamedTensors& ts) {
+        for (auto& [n, t] : ts)
+          if (n == p) t = Tensor::empty(DType::UInt8, {7, 1});
+      },
+      "packed 4-bit weight has 7 bytes");
 }
 
 TEST(Checkpoints, UnsupportedQuantMethodIsError) {

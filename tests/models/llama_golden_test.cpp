@@ -14,7 +14,8 @@ using namespace nibble;
 
 namespace {
 const AutoModelForCausalLM& fp32_model() {
-  static const AutoModelForCausalLM m = AutoModelForCausalLM::from_pretrained(test::example_model(), {.quiet = true});
+  static const AutoModelForCausalLM m =
+      AutoModelForCausalLM::from_pretrained(test::example_model(), {.quiet = true});
   return m;
 }
 }  // namespace
@@ -27,7 +28,8 @@ TEST(LlamaGolden, LogitsMatchTo1e4) {
   ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
   double max_err = 0;
   for (int64_t i = 0; i < want.numel(); ++i)
-    max_err = std::max(max_err, static_cast<double>(std::fabs(got[static_cast<size_t>(i)] - want.data<float>()[i])));
+    max_err = std::max(max_err,
+                       static_cast<double>(std::fabs(got[static_cast<size_t>(i)] - want.data<float>()[i])));
   EXPECT_LT(max_err, 1e-4);
   RecordProperty("max_abs_logit_error", std::to_string(max_err));
 }

@@ -16,8 +16,10 @@ namespace {
 void write_llama(const std::string& dir, int64_t hidden, int64_t inter, int64_t layers, int64_t vocab) {
   std::filesystem::create_directories(dir);
   test::write_bytes(dir + "/config.json", R"({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-    "hidden_size": )" + std::to_string(hidden) + R"(, "intermediate_size": )" + std::to_string(inter) +
-    R"(, "num_hidden_layers": )" + std::to_string(layers) + R"(, "num_attention_heads": 8, "num_key_value_heads": 8,
+    "hidden_size": )" + std::to_string(hidden) +
+                                              R"(, "intermediate_size": )" + std::to_string(inter) +
+                                              R"(, "num_hidden_layers": )" + std::to_string(layers) +
+                                              R"(, "num_attention_heads": 8, "num_key_value_heads": 8,
     "vocab_size": )" + std::to_string(vocab) + R"(, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
     "tie_word_embeddings": false, "torch_dtype": "float32"})");
   std::mt19937 rng(5);
@@ -33,7 +35,8 @@ void write_llama(const std::string& dir, int64_t hidden, int64_t inter, int64_t 
     const std::string p = "model.layers." + std::to_string(i);
     w.add(p + ".input_layernorm.weight", rnd({hidden}));
     w.add(p + ".post_attention_layernorm.weight", rnd({hidden}));
-    for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"}) w.add(p + ".self_attn." + n + ".weight", rnd({hidden, hidden}));
+    for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"})
+      w.add(p + ".self_attn." + n + ".weight", rnd({hidden, hidden}));
     w.add(p + ".mlp.gate_proj.weight", rnd({inter, hidden}));
     w.add(p + ".mlp.up_proj.weight", rnd({inter, hidden}));
     w.add(p + ".mlp.down_proj.weight", rnd({hidden, inter}));
@@ -52,10 +55,12 @@ double number_after(const std::string& text, const std::string& pattern) {
 
 TEST(LoadMemory, QuantizeOnLoadPeakRssNearQuantizedSize) {
   test::TempDir d;
-  const int64_t H = 1024, I = 2816, L = 4, V = 1024;  // 4 x 12.6 M linear weights + embeddings: 214 MB float32
+  const int64_t H = 1024, I = 2816, L = 4,
+                V = 1024;  // 4 x 12.6 M linear weights + embeddings: 214 MB float32
   write_llama(d / "m", H, I, L, V);
   const double float_mb = static_cast<double>(std::filesystem::file_size(d / "m/model.safetensors")) / 1e6;
-  const std::string cmd = std::string(NIBBLE_CLI) + " info " + (d / "m") + " --load-in-4bit --quant-type nf4 > " + (d / "out");
+  const std::string cmd =
+      std::string(NIBBLE_CLI) + " info " + (d / "m") + " --load-in-4bit --quant-type nf4 > " + (d / "out");
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   const std::string out = test::read_bytes(d / "out");
   const double rss = number_after(out, "peak RSS after load: ");

@@ -1,10 +1,11 @@
 // nibble::BitsAndBytesConfig against transformers' own outputs (tests/golden/make_config_golden.py).
+#include "nibble/bitsandbytes_config.h"
+
 #include <gtest/gtest.h>
 
 #include <sstream>
 
 #include "io/atomic_file.h"
-#include "nibble/bitsandbytes_config.h"
 #include "nibble/error.h"
 #include "test_util.h"
 
@@ -38,16 +39,20 @@ TEST(BitsAndBytesConfig, Defaults) {
 }
 
 TEST(BitsAndBytesConfig, SeedExampleDesignatedInitializers) {
-  const BitsAndBytesConfig q{.load_in_4bit = true, .bnb_4bit_compute_dtype = DType::BFloat16,
-                             .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+  const BitsAndBytesConfig q{.load_in_4bit = true,
+                             .bnb_4bit_compute_dtype = DType::BFloat16,
+                             .bnb_4bit_quant_type = "nf4",
+                             .bnb_4bit_use_double_quant = true};
   const json diff = q.to_diff_dict();
   EXPECT_EQ(diff.size(), 5u);
   EXPECT_EQ(diff, json::parse(R"({"_load_in_4bit": true, "bnb_4bit_compute_dtype": "bfloat16",
       "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": true, "load_in_4bit": true})"));
   EXPECT_EQ(q.quantization_method(), "nf4");
   // dtype by name works the same
-  const BitsAndBytesConfig by_name{.load_in_4bit = true, .bnb_4bit_compute_dtype = "bfloat16",
-                                   .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+  const BitsAndBytesConfig by_name{.load_in_4bit = true,
+                                   .bnb_4bit_compute_dtype = "bfloat16",
+                                   .bnb_4bit_quant_type = "nf4",
+                                   .bnb_4bit_use_double_quant = true};
   EXPECT_EQ(by_name, q);
   EXPECT_EQ(by_name.compute_dtype(), DType::BFloat16);
 }
@@ -57,15 +62,17 @@ TEST(BitsAndBytesConfig, ValidationOnConstruction) {
     BitsAndBytesConfig c{.load_in_8bit = true, .load_in_4bit = true};
     FAIL();
   } catch (const ValueError& e) {
-    EXPECT_STREQ(e.what(), "load_in_4bit and load_in_8bit are both True, but only one can be used at the same time");
+    EXPECT_STREQ(e.what(),
+                 "load_in_4bit and load_in_8bit are both True, but only one can be used at the same time");
   }
   try {
     BitsAndBytesConfig c{.load_in_4bit = true, .bnb_4bit_quant_storage = "int4"};
     FAIL();
   } catch (const ValueError& e) {
-    EXPECT_STREQ(e.what(),
-                 "`bnb_4bit_quant_storage` must be a valid string (one of 'float16', 'float32', 'int8', 'uint8', "
-                 "'float64', 'bfloat16') ");
+    EXPECT_STREQ(
+        e.what(),
+        "`bnb_4bit_quant_storage` must be a valid string (one of 'float16', 'float32', 'int8', 'uint8', "
+        "'float64', 'bfloat16') ");
   }
   EXPECT_THROW((BitsAndBytesConfig{.bnb_4bit_compute_dtype = "float8"}), ValueError);
   // nibble's improvement over transformers: the quant type is checked at once
@@ -126,8 +133,12 @@ TEST(BitsAndBytesConfig, FromDictOfSavedBlock) {
 }
 
 TEST(BitsAndBytesConfig, AutoQuantizationConfig) {
-  EXPECT_EQ(AutoQuantizationConfig::from_dict({{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}}).load_in_4bit, true);
-  EXPECT_EQ(AutoQuantizationConfig::from_dict({{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}}).load_in_8bit, true);
+  EXPECT_EQ(AutoQuantizationConfig::from_dict({{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}})
+                .load_in_4bit,
+            true);
+  EXPECT_EQ(AutoQuantizationConfig::from_dict({{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}})
+                .load_in_8bit,
+            true);
   try {
     AutoQuantizationConfig::from_dict({{"quant_method", "gptq"}, {"bits", 4}});
     FAIL();

@@ -49,10 +49,16 @@ TEST(QuantState, RoundTripThroughDict) {
 
 TEST(QuantState, PackedJsonFormat) {
   const auto q = quantize_4bit(randn({4, 64}, DType::Float32), 64, QuantType::NF4, false);
-  EXPECT_EQ(q.state.packed_json(), R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [4, 64]})");
+  EXPECT_EQ(q.state.packed_json(),
+            R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [4, 64]})");
   const auto q2 = quantize_4bit(randn({4, 64}, DType::Float16), 32, QuantType::FP4, true);
   const std::string j = q2.state.packed_json();
-  EXPECT_EQ(j.rfind(R"({"quant_type": "fp4", "blocksize": 32, "dtype": "float16", "shape": [4, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": )", 0), 0u) << j;
+  EXPECT_EQ(
+      j.rfind(
+          R"({"quant_type": "fp4", "blocksize": 32, "dtype": "float16", "shape": [4, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": )",
+          0),
+      0u)
+      << j;
 }
 
 TEST(QuantState, QuantStorageViews) {
@@ -66,7 +72,8 @@ TEST(QuantState, QuantStorageViews) {
     const Tensor d = dequantize_4bit(q.packed, q.state);
     EXPECT_EQ(d.shape(), w.shape());
   }
-  EXPECT_THROW(quantize_4bit(randn({1, 3}, DType::Float32), 64, QuantType::NF4, false, DType::Float32), ValueError);
+  EXPECT_THROW(quantize_4bit(randn({1, 3}, DType::Float32), 64, QuantType::NF4, false, DType::Float32),
+               ValueError);
   EXPECT_THROW(quantize_4bit(w, 64, QuantType::NF4, false, DType::Int32), ValueError);
   EXPECT_THROW(quantize_4bit(w, 48), ValueError);
   EXPECT_THROW(quantize_4bit(w.view(DType::Int32, {64, 64}), 64), ValueError);
@@ -108,21 +115,24 @@ TEST(QuantState, MalformedDictsAreClearErrors) {
   }
   {
     auto d = good;
-    d[p + "quant_state.bitsandbytes__nf4"] = Tensor::from_vector(DType::UInt8, {5}, std::vector<uint8_t>{'{', '"', 'a', 'b', 'c'});
+    d[p + "quant_state.bitsandbytes__nf4"] =
+        Tensor::from_vector(DType::UInt8, {5}, std::vector<uint8_t>{'{', '"', 'a', 'b', 'c'});
     expect_error(d, "valid JSON");
   }
   {
     auto d = good;
     const std::string js = R"({"quant_type": "fp4", "blocksize": 64, "dtype": "float32", "shape": [8, 64]})";
     d[p + "quant_state.bitsandbytes__nf4"] =
-        Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())}, {reinterpret_cast<const uint8_t*>(js.data()), js.size()});
+        Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())},
+                           {reinterpret_cast<const uint8_t*>(js.data()), js.size()});
     expect_error(d, "does not match");
   }
   {
     auto d = good;
     const std::string js = R"({"quant_type": "nf4", "blocksize": 48, "dtype": "float32", "shape": [8, 64]})";
     d[p + "quant_state.bitsandbytes__nf4"] =
-        Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())}, {reinterpret_cast<const uint8_t*>(js.data()), js.size()});
+        Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())},
+                           {reinterpret_cast<const uint8_t*>(js.data()), js.size()});
     expect_error(d, "blocksize 48");
   }
   EXPECT_THROW(dequantize_4bit(Tensor::empty(DType::UInt8, {10, 1}), q.state), FormatError);

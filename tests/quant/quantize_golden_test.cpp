@@ -57,7 +57,9 @@ class Bnb4bitGolden : public ::testing::TestWithParam<int> {};
 
 }  // namespace
 
-TEST(Bnb4bitGoldenSuite, HasCases) { EXPECT_GE(golden().meta["cases"].size(), 20u); }
+TEST(Bnb4bitGoldenSuite, HasCases) {
+  EXPECT_GE(golden().meta["cases"].size(), 20u);
+}
 
 TEST_P(Bnb4bitGolden, MatchesBitsandbytes) {
   const auto& c = golden().meta["cases"][static_cast<size_t>(GetParam())];
@@ -84,13 +86,16 @@ TEST_P(Bnb4bitGolden, MatchesBitsandbytes) {
     EXPECT_TRUE(same_bytes(q.state.absmax, bnb_state.absmax)) << "absmax";
   } else {
     // offset = torch's float32 mean on the golden device vs our exactly-rounded mean: within one ulp
-    EXPECT_LE(ulp_distance(q.state.offset, bnb_state.offset), 1) << q.state.offset << " vs " << bnb_state.offset;
+    EXPECT_LE(ulp_distance(q.state.offset, bnb_state.offset), 1)
+        << q.state.offset << " vs " << bnb_state.offset;
     // the dynamic map's last bits depend on torch.linspace's evaluation: within one ulp per entry
     for (int i = 0; i < 256; ++i)
-      EXPECT_LE(ulp_distance(q.state.nested_code.data<float>()[i], bnb_state.nested_code.data<float>()[i]), 1) << i;
+      EXPECT_LE(ulp_distance(q.state.nested_code.data<float>()[i], bnb_state.nested_code.data<float>()[i]), 1)
+          << i;
     // nested codes: bitsandbytes' CPU 8-bit quantizer rounds through a lookup table and misses the nearest
     // code for a few values; CUDA (and nibble) take the exact nearest. Re-quantize the golden absmax with the
-    // golden map and offset through nibble's CUDA-rule quantizer: each code must be bnb's, or strictly nearer.
+    // golden map and offset through nibble's CUDA-rule quantizer: each code must be bnb's, or strictly
+    // nearer.
     const int64_t nb = bnb_state.num_blocks();
     Tensor bnb_fp_absmax = f.get(name + ".absmax");  // uint8 codes
     int differ = 0;
@@ -108,7 +113,8 @@ TEST_P(Bnb4bitGolden, MatchesBitsandbytes) {
     const float* map = q.state.nested_code.data<float>();
     for (int64_t b = 0; b < nb; ++b) {
       float amax = 0.0f;
-      for (int64_t i = b * bs; i < std::min(n, (b + 1) * bs); ++i) amax = std::max(amax, std::fabs(x[static_cast<size_t>(i)]));
+      for (int64_t i = b * bs; i < std::min(n, (b + 1) * bs); ++i)
+        amax = std::max(amax, std::fabs(x[static_cast<size_t>(i)]));
       const float y = (amax - q.state.offset) * (1.0f / q.state.nested_absmax.data<float>()[b / 256]);
       const float d = std::fabs(map[q.state.absmax.data<uint8_t>()[b]] - y);
       for (int k = 0; k < 256; ++k) ASSERT_LE(d, std::fabs(map[k] - y)) << "block " << b;

@@ -1,9 +1,10 @@
+#include "nibble/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
 #include "nibble/error.h"
-#include "nibble/tokenizer.h"
 #include "test_util.h"
 
 using namespace nibble;
@@ -34,15 +35,18 @@ TEST(Tokenizer, MatchesHfTokenizersGolden) {
   const json g = read_json_file(test::golden_dir() + "/tokenizer_golden.json");
   for (const auto& tk : g["tokenizers"]) {
     const std::string path = test::golden_dir() + "/" + tk["file"].get<std::string>();
-    const std::string src = tk["file"].get<std::string>() == "example" ? test::example_model() + "/tokenizer.json" : path;
+    const std::string src =
+        tk["file"].get<std::string>() == "example" ? test::example_model() + "/tokenizer.json" : path;
     const Tokenizer t = Tokenizer::from_json(read_text_file(src), src);
     int n = 0;
     for (const auto& c : tk["cases"]) {
       SCOPED_TRACE(tk["file"].get<std::string>() + ": " + c["text"].get<std::string>());
       EXPECT_EQ(t.encode(c["text"].get<std::string>(), true), c["ids"].get<std::vector<int32_t>>());
-      EXPECT_EQ(t.encode(c["text"].get<std::string>(), false), c["ids_no_special"].get<std::vector<int32_t>>());
+      EXPECT_EQ(t.encode(c["text"].get<std::string>(), false),
+                c["ids_no_special"].get<std::vector<int32_t>>());
       EXPECT_EQ(t.decode(c["ids"].get<std::vector<int32_t>>(), true), c["decoded"].get<std::string>());
-      EXPECT_EQ(t.decode(c["ids"].get<std::vector<int32_t>>(), false), c["decoded_with_special"].get<std::string>());
+      EXPECT_EQ(t.decode(c["ids"].get<std::vector<int32_t>>(), false),
+                c["decoded_with_special"].get<std::string>());
       ++n;
     }
     EXPECT_GE(n, 20);
@@ -74,10 +78,11 @@ TEST(Tokenizer, SpecialTokens) {
 }
 
 TEST(Tokenizer, MalformedJsonIsClearError) {
-  for (const char* bad : {"{", "[]", R"({"model": {"type": "WordPiece", "vocab": {}}})",
-                          R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})",
-                          R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
-                          R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "Bogus"}})"}) {
+  for (const char* bad :
+       {"{", "[]", R"({"model": {"type": "WordPiece", "vocab": {}}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "Bogus"}})"}) {
     try {
       Tokenizer::from_json(bad, "my/tokenizer.json");
       ADD_FAILURE() << bad;

@@ -19,7 +19,8 @@ struct Out {
 };
 Out nibble_cli(const std::string& args) {
   test::TempDir d;
-  const int rc = std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
+  const int rc =
+      std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
   return {WEXITSTATUS(rc), test::read_bytes(d / "o"), test::read_bytes(d / "e")};
 }
 double field(const std::string& text, const std::string& name) {
@@ -30,26 +31,34 @@ double field(const std::string& text, const std::string& name) {
   }
   return std::stod(m[1]);
 }
-std::string model() { return test::example_model(); }
-std::string story() { return std::string(NIBBLE_SOURCE_DIR) + "/tests/data/eval_story.txt"; }
+std::string model() {
+  return test::example_model();
+}
+std::string story() {
+  return std::string(NIBBLE_SOURCE_DIR) + "/tests/data/eval_story.txt";
+}
 }  // namespace
 
 TEST(GenerateCli, GreedyMatchesGoldenText) {
   const auto g = read_json_file(test::shared_dir() + "/golden/tinystories-656k.json");
   const auto& c = g["cases"][0];
-  const Out r = nibble_cli("generate " + model() + " --prompt \"" + c["prompt"].get<std::string>() + "\" -n 40 -q");
+  const Out r =
+      nibble_cli("generate " + model() + " --prompt \"" + c["prompt"].get<std::string>() + "\" -n 40 -q");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, c["greedy_text"].get<std::string>() + "\n");  // prompt, then the streamed continuation
 }
 
 TEST(GenerateCli, FourBitDemoCommandAndStats) {
-  const Out r = nibble_cli("generate " + model() + " --load-in-4bit --quant-type nf4 --double-quant --prompt \"Once upon a time\"");
+  const Out r = nibble_cli("generate " + model() +
+                           " --load-in-4bit --quant-type nf4 --double-quant --prompt \"Once upon a time\"");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
   EXPECT_GT(r.out.size(), 60u);
   EXPECT_NE(r.err.find("tok/s"), std::string::npos) << r.err;
   // sampling with a seed is reproducible, and differs from greedy
-  const std::string s = "generate " + model() + " --prompt \"Once upon a time\" -n 30 -q --do-sample --top-k 20 --top-p 0.9 --temperature 1.2 --seed ";
+  const std::string s =
+      "generate " + model() +
+      " --prompt \"Once upon a time\" -n 30 -q --do-sample --top-k 20 --top-p 0.9 --temperature 1.2 --seed ";
   const Out a = nibble_cli(s + "7"), b = nibble_cli(s + "7"), c = nibble_cli(s + "8");
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
@@ -79,7 +88,8 @@ TEST(GenerateCli, PerplexityMatchesGoldenLogits) {
 }
 
 TEST(GenerateCli, Nf4BeatsFp4AgainstFloat) {
-  const std::string base = "perplexity " + model() + " --file " + story() + " --reference " + model() + " --load-in-4bit";
+  const std::string base =
+      "perplexity " + model() + " --file " + story() + " --reference " + model() + " --load-in-4bit";
   const Out nf4 = nibble_cli(base + " --quant-type nf4"), fp4 = nibble_cli(base + " --quant-type fp4");
   ASSERT_EQ(nf4.code, 0) << nf4.err;
   ASSERT_EQ(fp4.code, 0) << fp4.err;
@@ -92,7 +102,8 @@ TEST(GenerateCli, Nf4BeatsFp4AgainstFloat) {
 }
 
 TEST(GenerateCli, InfoReportsFootprintAndRss) {
-  const Out f = nibble_cli("info " + model()), q = nibble_cli("info " + model() + " --load-in-4bit --quant-type nf4");
+  const Out f = nibble_cli("info " + model()),
+            q = nibble_cli("info " + model() + " --load-in-4bit --quant-type nf4");
   ASSERT_EQ(f.code, 0) << f.err;
   ASSERT_EQ(q.code, 0) << q.err;
   EXPECT_EQ(field(f.out, "parameters"), 656000);  // 2048*128 tied embedding + 2 layers + norm

@@ -1,10 +1,9 @@
 // `nibble quantize` end to end on the example model: the output loads back, dequantizes close to the
 // original weights, and bad input gives one clear line and a non-zero exit without leaving partial output.
 #include <gtest/gtest.h>
-
-#include <cmath>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -25,7 +24,8 @@ struct CliResult {
 };
 CliResult run(const std::string& args, const test::TempDir& d) {
   const std::string errf = d / "stderr.txt";
-  const int rc = std::system((std::string(NIBBLE_CLI) + " " + args + " 2>" + errf + " >" + (d / "stdout.txt")).c_str());
+  const int rc =
+      std::system((std::string(NIBBLE_CLI) + " " + args + " 2>" + errf + " >" + (d / "stdout.txt")).c_str());
   return {WEXITSTATUS(rc), test::read_bytes(errf)};
 }
 }  // namespace
@@ -33,7 +33,8 @@ CliResult run(const std::string& args, const test::TempDir& d) {
 TEST(QuantizeCli, Nf4DoubleQuantExampleModel) {
   test::TempDir d;
   const std::string out = d / "out";
-  const CliResult r = run("quantize " + test::example_model() + " " + out + " --quant-type nf4 --double-quant --quiet", d);
+  const CliResult r =
+      run("quantize " + test::example_model() + " " + out + " --quant-type nf4 --double-quant --quiet", d);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"})
     EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
@@ -52,7 +53,8 @@ TEST(QuantizeCli, Nf4DoubleQuantExampleModel) {
     if (got.contains(name + ".quant_state.bitsandbytes__nf4")) {
       ++quantized;
       std::map<std::string, Tensor> d;
-      for (const char* k : {"absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state.bitsandbytes__nf4"})
+      for (const char* k :
+           {"absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state.bitsandbytes__nf4"})
         d[name + "." + k] = got.get(name + "." + k);
       const QuantState s = QuantState::from_dict(d, name);
       EXPECT_EQ(s.shape, w.shape());
@@ -78,10 +80,11 @@ TEST(QuantizeCli, Nf4DoubleQuantExampleModel) {
 TEST(QuantizeCli, FlagsAndSkipModules) {
   test::TempDir d;
   const std::string out = d / "out";
-  const CliResult r = run("quantize " + test::example_model() + " " + out +
-                        " --quant-type fp4 --blocksize 128 --quant-storage bfloat16 --skip-modules lm_head,down_proj"
-                        " --dtype bfloat16 -q --max-shard-size 100KB",
-                    d);
+  const CliResult r =
+      run("quantize " + test::example_model() + " " + out +
+              " --quant-type fp4 --blocksize 128 --quant-storage bfloat16 --skip-modules lm_head,down_proj"
+              " --dtype bfloat16 -q --max-shard-size 100KB",
+          d);
   ASSERT_EQ(r.code, 0) << r.err;
   const Checkpoint got = Checkpoint::open(out);
   EXPECT_TRUE(fs::exists(out + "/model.safetensors.index.json"));
@@ -100,12 +103,15 @@ TEST(QuantizeCli, ConfigFileAndConfigCommand) {
   test::write_bytes(d / "q.json", R"({"load_in_4bit": true, "bnb_4bit_quant_type": "nf4", "bogus": 1})");
   CliResult r = run("config --config " + (d / "q.json") + " --diff", d);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(test::read_bytes(d / "stdout.txt"),
-            "{\n  \"_load_in_4bit\": true,\n  \"bnb_4bit_quant_type\": \"nf4\",\n  \"load_in_4bit\": true\n}\n");
+  EXPECT_EQ(
+      test::read_bytes(d / "stdout.txt"),
+      "{\n  \"_load_in_4bit\": true,\n  \"bnb_4bit_quant_type\": \"nf4\",\n  \"load_in_4bit\": true\n}\n");
   EXPECT_NE(r.err.find("Unused kwargs: ['bogus']"), std::string::npos) << r.err;
   r = run("config --load-in-4bit --load-in-8bit", d);
   EXPECT_NE(r.code, 0);
-  EXPECT_EQ(r.err, "nibble: error: load_in_4bit and load_in_8bit are both True, but only one can be used at the same time\n");
+  EXPECT_EQ(r.err,
+            "nibble: error: load_in_4bit and load_in_8bit are both True, but only one can be used at the "
+            "same time\n");
 }
 
 TEST(QuantizeCli, ClearErrorsAndNoPartialOutput) {

@@ -40,12 +40,12 @@ nlohmann::json synthetic_config(const std::string& shape) {
     throw ValueError("--synthetic: unknown shape '" + shape + "' (known: " + names + ")");
   }
   const S& s = it->second;
-  return {{"model_type", "llama"},        {"architectures", {"LlamaForCausalLM"}},
-          {"hidden_size", s.hidden},      {"intermediate_size", s.inter},
-          {"num_attention_heads", s.heads}, {"num_key_value_heads", s.kv},
-          {"num_hidden_layers", s.layers}, {"vocab_size", s.vocab},
+  return {{"model_type", "llama"},           {"architectures", {"LlamaForCausalLM"}},
+          {"hidden_size", s.hidden},         {"intermediate_size", s.inter},
+          {"num_attention_heads", s.heads},  {"num_key_value_heads", s.kv},
+          {"num_hidden_layers", s.layers},   {"vocab_size", s.vocab},
           {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5},
-          {"rope_theta", s.theta},        {"tie_word_embeddings", false},
+          {"rope_theta", s.theta},           {"tie_word_embeddings", false},
           {"torch_dtype", "bfloat16"}};
 }
 
@@ -65,7 +65,8 @@ void add_bench(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("bench", "prefill (pp) and decode (tg) tokens/s, llama-bench style");
   sub->add_option("MODEL", a->model, "HuggingFace model directory");
-  sub->add_option("--synthetic", a->synthetic, "random weights of a named shape: llama-7b, llama-3-8b, mistral-7b, tinyllama-1.1b, ...");
+  sub->add_option("--synthetic", a->synthetic,
+                  "random weights of a named shape: llama-7b, llama-3-8b, mistral-7b, tinyllama-1.1b, ...");
   sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
   sub->add_option("-p", a->p, "prompt tokens for the prefill test (default 512, 0 = skip)");
   sub->add_option("-n", a->n, "tokens for the decode test (default 128, 0 = skip)");
@@ -75,13 +76,17 @@ void add_bench(CLI::App& app) {
   sub->add_flag("--no-bandwidth", a->no_bandwidth, "skip the memory read-bandwidth probe");
   add_quant_flags(sub, a->q, true);
   sub->callback([a] {
-    if (a->model.empty() == a->synthetic.empty()) throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
+    if (a->model.empty() == a->synthetic.empty())
+      throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
     if (a->threads > 0) omp_set_num_threads(a->threads);
     const int threads = omp_get_max_threads();
     // default for bench: the seed's NF4 + double quant + bfloat16 compute
-    BitsAndBytesConfig cfg = any_quant_flag(a->q) ? build_config(a->q, false)
-                                                  : BitsAndBytesConfig{.load_in_4bit = true, .bnb_4bit_compute_dtype = DType::BFloat16,
-                                                                       .bnb_4bit_quant_type = "nf4", .bnb_4bit_use_double_quant = true};
+    BitsAndBytesConfig cfg = any_quant_flag(a->q)
+                                 ? build_config(a->q, false)
+                                 : BitsAndBytesConfig{.load_in_4bit = true,
+                                                      .bnb_4bit_compute_dtype = DType::BFloat16,
+                                                      .bnb_4bit_quant_type = "nf4",
+                                                      .bnb_4bit_use_double_quant = true};
     FromPretrainedOptions opt{.quantization_config = cfg, .threads = a->threads, .quiet = true};
     auto t0 = std::chrono::steady_clock::now();
     std::optional<AutoModelForCausalLM> model;
@@ -123,7 +128,8 @@ void add_bench(CLI::App& app) {
     j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
     j["layers"] = info.num_layers;
     j["parameters"] = info.num_parameters;
-    j["quantization"] = cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
+    j["quantization"] =
+        cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
     j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
     j["kernel"] = path;
     j["threads"] = threads;
@@ -141,8 +147,9 @@ void add_bench(CLI::App& app) {
       std::printf("%s\n", python_json_dumps(j, 2).c_str());
     } else {
       for (auto it = j.begin(); it != j.end(); ++it)
-        std::printf("%-26s %s\n", it.key().c_str(), it.value().is_string() ? it.value().get<std::string>().c_str()
-                                                                           : python_json_dumps(it.value()).c_str());
+        std::printf("%-26s %s\n", it.key().c_str(),
+                    it.value().is_string() ? it.value().get<std::string>().c_str()
+                                           : python_json_dumps(it.value()).c_str());
     }
   });
 }

@@ -11,10 +11,13 @@ void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags) {
     f.l4_opt = app->add_flag("--load-in-4bit", f.load_in_4bit, "quantize linear layers to 4-bit on load");
     f.l8_opt = app->add_flag("--load-in-8bit", f.load_in_8bit, "LLM.int8 (8-bit) quantization");
   }
-  f.quant_type_opt = app->add_option("--quant-type", f.quant_type, "bnb_4bit_quant_type: fp4 (default) or nf4");
+  f.quant_type_opt =
+      app->add_option("--quant-type", f.quant_type, "bnb_4bit_quant_type: fp4 (default) or nf4");
   f.double_opt = app->add_flag("--double-quant", f.double_quant, "bnb_4bit_use_double_quant");
-  f.compute_opt = app->add_option("--compute-dtype", f.compute_dtype, "bnb_4bit_compute_dtype (float32, bfloat16, float16)");
-  f.storage_opt = app->add_option("--quant-storage", f.quant_storage, "bnb_4bit_quant_storage (uint8 default)");
+  f.compute_opt = app->add_option("--compute-dtype", f.compute_dtype,
+                                  "bnb_4bit_compute_dtype (float32, bfloat16, float16)");
+  f.storage_opt =
+      app->add_option("--quant-storage", f.quant_storage, "bnb_4bit_quant_storage (uint8 default)");
   f.skip_opt = app->add_option("--skip-modules", f.skip_modules,
                                "llm_int8_skip_modules, comma-separated (replaces the default: lm_head)");
 }

@@ -21,7 +21,8 @@ void add_generate(CLI::App& app) {
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("generate", "generate text from a prompt (optionally quantizing to 4-bit on load)");
+  CLI::App* sub =
+      app.add_subcommand("generate", "generate text from a prompt (optionally quantizing to 4-bit on load)");
   sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
   sub->add_option("-p,--prompt", a->prompt, "prompt text")->required();
   sub->add_option("-n,--max-new-tokens", a->max_new_tokens, "tokens to generate (default 50)");
@@ -46,8 +47,12 @@ void add_generate(CLI::App& app) {
     std::fputs(tok.decode(ids).c_str(), stdout);
     std::fflush(stdout);
     StreamDecoder stream(tok, ids);
-    GenerationConfig g{.max_new_tokens = a->max_new_tokens, .do_sample = a->do_sample, .temperature = a->temperature,
-                       .top_k = a->top_k, .top_p = a->top_p, .seed = a->seed};
+    GenerationConfig g{.max_new_tokens = a->max_new_tokens,
+                       .do_sample = a->do_sample,
+                       .temperature = a->temperature,
+                       .top_k = a->top_k,
+                       .top_p = a->top_p,
+                       .seed = a->seed};
     int64_t n = 0;
     auto first = std::chrono::steady_clock::now();
     const auto out = model.generate(ids, g, [&](int32_t id) {
@@ -62,9 +67,10 @@ void add_generate(CLI::App& app) {
       const double load = std::chrono::duration<double>(t1 - t0).count();
       const double prefill = std::chrono::duration<double>(first - t1).count();
       const double decode = std::chrono::duration<double>(t2 - first).count();
-      std::fprintf(stderr, "load %.2fs | prompt %zu tokens %.1f tok/s | generated %lld tokens, decode %.1f tok/s\n", load,
-                   ids.size(), prefill > 0 ? static_cast<double>(ids.size()) / prefill : 0.0, static_cast<long long>(n),
-                   n > 1 && decode > 0 ? static_cast<double>(n - 1) / decode : 0.0);
+      std::fprintf(
+          stderr, "load %.2fs | prompt %zu tokens %.1f tok/s | generated %lld tokens, decode %.1f tok/s\n",
+          load, ids.size(), prefill > 0 ? static_cast<double>(ids.size()) / prefill : 0.0,
+          static_cast<long long>(n), n > 1 && decode > 0 ? static_cast<double>(n - 1) / decode : 0.0);
     }
   });
 }

@@ -32,7 +32,8 @@ void add_info(CLI::App& app) {
     std::printf("layers: %lld, hidden size: %lld, vocab: %lld\n", static_cast<long long>(i.num_layers),
                 static_cast<long long>(i.hidden_size), static_cast<long long>(i.vocab_size));
     std::printf("dtype: %s\n", std::string(dtype_name(i.dtype)).c_str());
-    std::printf("memory footprint: %zu bytes (%.2f MB)\n", m.memory_footprint(), static_cast<double>(m.memory_footprint()) / 1e6);
+    std::printf("memory footprint: %zu bytes (%.2f MB)\n", m.memory_footprint(),
+                static_cast<double>(m.memory_footprint()) / 1e6);
     std::printf("peak RSS after load: %.2f MB\n", static_cast<double>(ru.ru_maxrss) / 1e3);
     if (i.quantization_config) {
       std::cout << "quantization_config: " << i.quantization_config->to_json_string(false);

@@ -21,7 +21,8 @@ void add_perplexity(CLI::App& app) {
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("perplexity", "perplexity of a text; KL divergence against a reference model");
+  CLI::App* sub =
+      app.add_subcommand("perplexity", "perplexity of a text; KL divergence against a reference model");
   sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
   sub->add_option("-f,--file", a->file, "text file")->required();
   sub->add_option("--reference", a->reference, "reference model (e.g. the float checkpoint) for KL / top-1");

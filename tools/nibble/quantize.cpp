@@ -18,7 +18,8 @@ void add_quantize(CLI::App& app) {
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("quantize", "quantize a HuggingFace checkpoint to a bnb-4bit checkpoint");
+  CLI::App* sub =
+      app.add_subcommand("quantize", "quantize a HuggingFace checkpoint to a bnb-4bit checkpoint");
   sub->add_option("IN_DIR", a->in, "HuggingFace model directory")->required();
   sub->add_option("OUT_DIR", a->out, "output directory (must not exist, or be empty)")->required();
   add_quant_flags(sub, a->q, false);
@@ -40,10 +41,11 @@ void add_quantize(CLI::App& app) {
     opt.quiet = a->quiet;
     const QuantizeReport r = quantize_checkpoint(a->in, a->out, opt);
     if (!a->quiet)
-      std::fprintf(stderr, "quantized %lld linear weights, copied %lld tensors: %.2f MB -> %.2f MB in %.2fs (%s)\n",
+      std::fprintf(stderr,
+                   "quantized %lld linear weights, copied %lld tensors: %.2f MB -> %.2f MB in %.2fs (%s)\n",
                    static_cast<long long>(r.quantized_tensors), static_cast<long long>(r.copied_tensors),
-                   static_cast<double>(r.input_bytes) / 1e6, static_cast<double>(r.output_bytes) / 1e6, r.seconds,
-                   a->out.c_str());
+                   static_cast<double>(r.input_bytes) / 1e6, static_cast<double>(r.output_bytes) / 1e6,
+                   r.seconds, a->out.c_str());
   });
 }
 

@@ -13,8 +13,8 @@ namespace nibble::kernels {
 namespace {
 // One (token, head): scores, softmax, weighted sum. Dot/axpy are the only parts that differ by path.
 template <typename Dot, typename Axpy>
-void one_head(const AttentionShape& s, const float* qv, const float* kc, const float* vc, int64_t hk, int64_t pos,
-              float* out, std::vector<float>& sc, Dot dot, Axpy axpy) {
+void one_head(const AttentionShape& s, const float* qv, const float* kc, const float* vc, int64_t hk,
+              int64_t pos, float* out, std::vector<float>& sc, Dot dot, Axpy axpy) {
   const int64_t D = s.head_dim, stride = s.kv_heads * D;
   sc.resize(static_cast<size_t>(pos + 1));
   float mx = -INFINITY;
@@ -56,7 +56,8 @@ __attribute__((target("avx512f"))) void axpy_avx512(float p, const float* v, flo
 }
 
 template <typename Dot, typename Axpy>
-void run(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out, Dot dot, Axpy axpy) {
+void run(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out, Dot dot,
+         Axpy axpy) {
   const int64_t group = s.heads / s.kv_heads, D = s.head_dim;
 #pragma omp parallel
   {
@@ -64,7 +65,8 @@ void run(const AttentionShape& s, const float* q, const float* kc, const float* 
 #pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t t = 0; t < s.T; ++t)
       for (int64_t h = 0; h < s.heads; ++h)
-        one_head(s, q + (t * s.heads + h) * D, kc, vc, h / group, s.start + t, out + (t * s.heads + h) * D, sc, dot, axpy);
+        one_head(s, q + (t * s.heads + h) * D, kc, vc, h / group, s.start + t, out + (t * s.heads + h) * D,
+                 sc, dot, axpy);
   }
 }
 }  // namespace

@@ -11,10 +11,12 @@ struct AttentionShape {
   float scale;
 };
 
-void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache, float* out);
+void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,
+               float* out);
 
 namespace ref {
-void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache, float* out);
+void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,
+               float* out);
 }
 
 }  // namespace nibble::kernels

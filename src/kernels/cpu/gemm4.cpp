@@ -1,10 +1,11 @@
 // Dispatch and threading for the fused 4-bit GEMM and the dense GEMM.
+#include "kernels/cpu/gemm4.h"
+
 #include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "kernels/cpu/gemm4.h"
 #include "nibble/error.h"
 #include "nibble/tensor.h"
 
@@ -17,7 +18,9 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
 }  // namespace avx512
 
 namespace {
-bool fast_shape(const Q4Weights& w) { return w.K % w.blocksize == 0 && w.K % 32 == 0; }
+bool fast_shape(const Q4Weights& w) {
+  return w.K % w.blocksize == 0 && w.K % 32 == 0;
+}
 }  // namespace
 
 bool gemm_path_available(GemmPath p, DType compute) {
@@ -32,10 +35,12 @@ std::string gemm_path_name(GemmPath p, DType compute) {
 }
 
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
-  if (path == GemmPath::Auto) path = avx512::supported(compute) && fast_shape(w) ? GemmPath::Avx512 : GemmPath::Reference;
+  if (path == GemmPath::Auto)
+    path = avx512::supported(compute) && fast_shape(w) ? GemmPath::Avx512 : GemmPath::Reference;
   if (path == GemmPath::Avx512) {
     if (!avx512::supported(compute) || !fast_shape(w))
-      throw NotSupportedError("gemm_4bit: the AVX-512 path needs AVX-512 (and BF16 for bfloat16) and K % blocksize == 0");
+      throw NotSupportedError(
+          "gemm_4bit: the AVX-512 path needs AVX-512 (and BF16 for bfloat16) and K % blocksize == 0");
     avx512::gemm_4bit(w, x, M, y, compute);
     return;
   }
@@ -61,8 +66,8 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
     std::vector<float> row(static_cast<size_t>(K));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      convert_floats(wdt, static_cast<const uint8_t*>(w) + static_cast<size_t>(n * K) * dtype_size(wdt), DType::Float32,
-                     row.data(), static_cast<size_t>(K));
+      convert_floats(wdt, static_cast<const uint8_t*>(w) + static_cast<size_t>(n * K) * dtype_size(wdt),
+                     DType::Float32, row.data(), static_cast<size_t>(K));
       for (int64_t m = 0; m < M; ++m) {
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         const float* xm = x + m * K;

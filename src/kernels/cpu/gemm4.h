@@ -32,7 +32,8 @@ struct Q4Weights {
   }
   float block_absmax(int64_t b) const {
     if (absmax) return absmax[b];
-    const float v = code2[absmax_q[b]] * absmax2[nested_shift >= 0 ? b >> nested_shift : b / nested_blocksize];
+    const float v =
+        code2[absmax_q[b]] * absmax2[nested_shift >= 0 ? b >> nested_shift : b / nested_blocksize];
     return v + offset;
   }
 };
@@ -43,13 +44,15 @@ std::string gemm_path_name(GemmPath p, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 
 // compute: Float32, BFloat16 or Float16 (float16 runs the reference rounding on the float32 path).
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path = GemmPath::Auto);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute,
+               GemmPath path = GemmPath::Auto);
 
 // Dense y = x @ W^T for float32 / bfloat16 weights (the unquantized lm_head and friends), threaded.
 void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 
 namespace ref {
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0, int64_t n1);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0,
+               int64_t n1);
 }
 
 }  // namespace nibble::kernels

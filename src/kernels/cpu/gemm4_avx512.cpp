@@ -6,9 +6,9 @@
 // vpermps on even/odd elements against a de-interleaved x; bfloat16: vpermw on the natural order, then
 // vdpbf16ps against x in bfloat16). Partial sums per quantization block are scaled by that block's absmax
 // (decoded on the fly when nested). GEMM (M > 1): a tile of 4 rows is decoded once into L1 (code * absmax in
-// the compute dtype) and multiplied with 4 tokens at a time (16 accumulators), over token chunks sized for L2.
-// GCC 12's AVX-512 headers trip -Wuninitialized inside their own _mm512_undefined_* helpers (a known false
-// positive); silence it for this file only.
+// the compute dtype) and multiplied with 4 tokens at a time (16 accumulators), over token chunks sized for
+// L2. GCC 12's AVX-512 headers trip -Wuninitialized inside their own _mm512_undefined_* helpers (a known
+// false positive); silence it for this file only.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -73,8 +73,10 @@ NB_AVX512 void gemv_f32(const Q4Weights& w, const float* x, float* y, int64_t n0
 NB_BF16 inline __m512 dot64_bf16(const uint8_t* p, const uint16_t* xeo, __m512i table, __m512 acc) {
   const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   const __m512i hi = _mm512_srli_epi16(v, 4), lo = _mm512_and_si512(v, _mm512_set1_epi16(15));
-  acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(hi, table), (__m512bh)_mm512_loadu_si512(xeo));
-  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(lo, table), (__m512bh)_mm512_loadu_si512(xeo + 32));
+  acc =
+      _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(hi, table), (__m512bh)_mm512_loadu_si512(xeo));
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_permutexvar_epi16(lo, table),
+                          (__m512bh)_mm512_loadu_si512(xeo + 32));
 }
 
 NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xeo, float* y, int64_t n0, int64_t n1) {
@@ -88,21 +90,22 @@ NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xeo, float* y, int64_
     const int64_t rows = std::min(R, n1 - n);
     const uint8_t* rp[R];
     __m512 t[R];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int64_t r = 0; r < R; ++r) {
       rp[r] = w.packed + (n + std::min(r, rows - 1)) * K / 2;
       t[r] = _mm512_setzero_ps();
     }
     for (int64_t b = 0; b < nbr; ++b) {
       __m512 a[R];
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int64_t r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 64)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int64_t r = 0; r < R; ++r) a[r] = dot64_bf16(rp[r] + c / 2, xeo + c, table, a[r]);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int64_t r = 0; r < R; ++r)
-        t[r] = _mm512_fmadd_ps(a[r], _mm512_set1_ps(w.block_absmax((n + std::min(r, rows - 1)) * nbr + b)), t[r]);
+        t[r] = _mm512_fmadd_ps(a[r], _mm512_set1_ps(w.block_absmax((n + std::min(r, rows - 1)) * nbr + b)),
+                               t[r]);
     }
     for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
   }
@@ -120,7 +123,7 @@ NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int
   alignas(64) uint16_t t16[32];
   for (int i = 0; i < 32; ++i) t16[i] = float_to_bf16(w.code[i & 15]);
   const __m512i table = _mm512_load_si512(t16);
-  const int64_t bpc = bs >= 128 ? 1 : 128 / bs;  // blocks per 128-element chunk
+  const int64_t bpc = bs >= 128 ? 1 : 128 / bs;                               // blocks per 128-element chunk
   const int bs_shift = __builtin_ctzll(static_cast<unsigned long long>(bs));  // blocksize is a power of two
   constexpr int64_t R = 4;
   for (int64_t n = n0; n < n1; n += R) {
@@ -128,20 +131,23 @@ NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int
     const uint8_t* rp[R];
     int64_t row[R];
     __m512 t[R];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int64_t r = 0; r < R; ++r) {
       row[r] = n + std::min(r, rows - 1);
       rp[r] = w.packed + row[r] * K / 2;
       t[r] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < K; c += 128) {
-      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c), x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
-      const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64), x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
-      #pragma GCC unroll 4
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c),
+                     x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
+      const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64),
+                     x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
+#pragma GCC unroll 4
       for (int64_t r = 0; r < R; ++r) {
         const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
         __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
-        __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
+        __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
+                                    (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
         a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
         b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
         a = _mm512_add_ps(a, b);
@@ -150,10 +156,13 @@ NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int
         if (bpc == 1) {
           scale = _mm512_set1_ps(w.block_absmax(b0));
         } else if (bpc == 2) {
-          scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(w.block_absmax(b0)), _mm512_set1_ps(w.block_absmax(b0 + 1)));
+          scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(w.block_absmax(b0)),
+                                       _mm512_set1_ps(w.block_absmax(b0 + 1)));
         } else {  // blocksize 32: four blocks of 4 lanes
-          const __m128 s4 = _mm_set_ps(w.block_absmax(b0 + 3), w.block_absmax(b0 + 2), w.block_absmax(b0 + 1), w.block_absmax(b0));
-          scale = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), _mm512_castps128_ps512(s4));
+          const __m128 s4 = _mm_set_ps(w.block_absmax(b0 + 3), w.block_absmax(b0 + 2), w.block_absmax(b0 + 1),
+                                       w.block_absmax(b0));
+          scale = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                        _mm512_castps128_ps512(s4));
         }
         t[r] = _mm512_fmadd_ps(a, scale, t[r]);
       }
@@ -174,9 +183,10 @@ NB_BF16 void gemv_bf16_bs32(const Q4Weights& w, const uint16_t* xb, float* y, in
     for (int64_t b = 0; b < nbr; ++b) {
       __m512i hi, lo;
       nibbles(row + b * 16, hi, lo);
-      const __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(),
-                                        (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table),
-                                        (__m512bh)_mm512_loadu_si512(xb + b * 32));
+      const __m512 a = _mm512_dpbf16_ps(
+          _mm512_setzero_ps(),
+          (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(hi, _mm512_slli_epi32(lo, 16)), table),
+          (__m512bh)_mm512_loadu_si512(xb + b * 32));
       t0 = _mm512_fmadd_ps(a, _mm512_set1_ps(w.block_absmax(n * nbr + b)), t0);
     }
     y[n] = _mm512_reduce_add_ps(t0);
@@ -213,57 +223,59 @@ NB_BF16 void decode_row_bf16(const Q4Weights& w, int64_t n, uint16_t* out, float
 
 // --- micro-kernels: R weight rows x T tokens, full K -------------------------------------------------------
 template <int R, int T>
-NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt, int64_t K, float* out, int64_t ldo) {
+NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt, int64_t K, float* out,
+                            int64_t ldo) {
   __m512 acc[T][R];
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh wv[R];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xt[t] + k);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], wv[r], xv);
     }
   }
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
 template <int R, int T>
-NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int64_t K, float* out, int64_t ldo) {
+NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int64_t K, float* out,
+                             int64_t ldo) {
   __m512 acc[T][R];
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     __m512 wv[R];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr[r] + k);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 xv = _mm512_loadu_ps(xt[t] + k);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[t][r] = _mm512_fmadd_ps(wv[r], xv, acc[t][r]);
     }
   }
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) out[t * ldo + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
 // y[m, n0..n0+rows) for tokens [m0, m1) given `rows` decoded weight rows.
 template <typename E>
-void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, int64_t m1, float* y, int64_t N,
-          int64_t n0) {
+void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, int64_t m1, float* y,
+          int64_t N, int64_t n0) {
   for (int64_t m = m0; m < m1;) {
     const E* xt[kTokTile];
     const int64_t tcount = std::min<int64_t>(kTokTile, m1 - m);
@@ -291,7 +303,8 @@ void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, i
 NB_BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
-    _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+    _mm512_storeu_si512(out + i,
+                        (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
   for (; i < n; ++i) out[i] = float_to_bf16(x[i]);
 }
 
@@ -305,8 +318,10 @@ constexpr int64_t kPanel = 32, kMt = 12;
 NB_BF16 void pack_panel(const Q4Weights& w, int64_t n0, uint32_t* P, uint16_t* rows, float* tmp) {
   const int64_t K = w.K;
   for (int64_t r = 0; r < kPanel; ++r) {
-    if (n0 + r < w.N) decode_row_bf16(w, n0 + r, rows + r * K, tmp);
-    else std::memset(rows + r * K, 0, static_cast<size_t>(K) * 2);
+    if (n0 + r < w.N)
+      decode_row_bf16(w, n0 + r, rows + r * K, tmp);
+    else
+      std::memset(rows + r * K, 0, static_cast<size_t>(K) * 2);
   }
   for (int64_t kp = 0; kp < K / 2; ++kp)
     for (int64_t r = 0; r < kPanel; ++r) std::memcpy(P + kp * kPanel + r, rows + r * K + 2 * kp, 4);
@@ -360,7 +375,8 @@ NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, 
         if (!full || tc < kMt)
           for (int64_t t = 0; t < tc; ++t)
             if (!full)
-              for (int64_t r = 0; r < N - n0; ++r) y[(m + t) * N + n0 + r] = spill[static_cast<size_t>(t * kPanel + r)];
+              for (int64_t r = 0; r < N - n0; ++r)
+                y[(m + t) * N + n0 + r] = spill[static_cast<size_t>(t * kPanel + r)];
       }
     }
   }
@@ -405,9 +421,12 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t per = (N + nt - 1) / nt;
         const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
-        if (by128) gemv_bf16_128(w, xp.data(), y, a, b);
-        else if (w.blocksize >= 64) gemv_bf16(w, xp.data(), y, a, b);
-        else gemv_bf16_bs32(w, xb.data(), y, a, b);
+        if (by128)
+          gemv_bf16_128(w, xp.data(), y, a, b);
+        else if (w.blocksize >= 64)
+          gemv_bf16(w, xp.data(), y, a, b);
+        else
+          gemv_bf16_bs32(w, xb.data(), y, a, b);
       }
     } else {
 #pragma omp parallel

@@ -14,7 +14,8 @@ float round_to(DType dt, float v) {
 }
 }  // namespace
 
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0, int64_t n1) {
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0,
+               int64_t n1) {
   const int64_t K = w.K, N = w.N;
   std::vector<float> row(static_cast<size_t>(K));
   std::vector<float> xc(static_cast<size_t>(M * K));

@@ -27,7 +27,8 @@ HWY_INLINE hn::Vec<D> LoadF(D df, DType dt, const void* src, int64_t i) {
   }
 #if HWY_TARGET >= HWY_SSE4  // no F16C: Highway's emulated PromoteTo mishandles inf/NaN; use the scalar one
   alignas(64) float tmp[hn::MaxLanes(df)];
-  for (size_t k = 0; k < hn::Lanes(df); ++k) tmp[k] = fp16_to_float(static_cast<const uint16_t*>(src)[i + static_cast<int64_t>(k)]);
+  for (size_t k = 0; k < hn::Lanes(df); ++k)
+    tmp[k] = fp16_to_float(static_cast<const uint16_t*>(src)[i + static_cast<int64_t>(k)]);
   return hn::Load(df, tmp);
 #else
   const hn::Rebind<hwy::float16_t, D> dh;
@@ -40,11 +41,11 @@ template <class D>
 HWY_INLINE hn::Vec<hn::RebindToSigned<D>> Codes(D df, QuantType qt, hn::Vec<D> x) {
   const hn::RebindToSigned<D> di;
   if (qt == QuantType::NF4) {
-    static constexpr float kT[15] = {
-        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
-        -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-        0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
-        0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+    static constexpr float kT[15] = {-0.8480964004993439f,   -0.6106329262256622f,  -0.4599952697753906f,
+                                     -0.33967943489551544f,  -0.23460740596055984f, -0.13791173323988914f,
+                                     -0.045525018125772476f, 0.03979014977812767f,  0.1202552504837513f,
+                                     0.2035212516784668f,    0.2920137718319893f,   0.3893125355243683f,
+                                     0.5016634166240692f,    0.6427869200706482f,   0.8614784181118011f};
     auto c = hn::Zero(di);
     for (float t : kT) c = hn::Sub(c, hn::VecFromMask(di, hn::RebindMask(di, hn::Gt(x, hn::Set(df, t)))));
     return c;
@@ -56,7 +57,8 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<D>> Codes(D df, QuantType qt, hn::Vec<D> x
   const auto a = hn::Abs(x);
   auto c = hn::Zero(di);
   for (int k = 0; k < 7; ++k)
-    c = hn::Add(c, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(a, hn::Set(df, kT[k]))), hn::Set(di, kStep[k])));
+    c = hn::Add(c,
+                hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(a, hn::Set(df, kT[k]))), hn::Set(di, kStep[k])));
   const auto neg = hn::RebindMask(di, hn::Lt(x, hn::Zero(df)));
   return hn::Add(c, hn::IfThenElseZero(neg, hn::Set(di, 8)));
 }
@@ -117,15 +119,18 @@ void Dequantize4bitRange(const uint8_t* packed, const float* absmax, int64_t blo
   const hn::Rebind<hwy::float16_t, DF> df16;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   int64_t k = e0;
-  for (; k + N <= e1 && (k % blocksize) + N <= blocksize; ) {
+  for (; k + N <= e1 && (k % blocksize) + N <= blocksize;) {
     // N elements inside one block
-    const auto idx = hn::BitCast(di64, hn::PromoteTo(du64, hn::PromoteTo(du32h, hn::LoadU(du8, packed + k / 2))));
-    const auto v = hn::Mul(hn::BitCast(df, hn::GatherIndex(du64, pair, idx)), hn::Set(df, absmax[k / blocksize]));
+    const auto idx =
+        hn::BitCast(di64, hn::PromoteTo(du64, hn::PromoteTo(du32h, hn::LoadU(du8, packed + k / 2))));
+    const auto v =
+        hn::Mul(hn::BitCast(df, hn::GatherIndex(du64, pair, idx)), hn::Set(df, absmax[k / blocksize]));
     if (out_dt == DType::Float32) {
       hn::StoreU(v, df, static_cast<float*>(out) + k);
     } else if (out_dt == DType::BFloat16) {
       const auto u = hn::BitCast(du32, v);
-      const auto rounded = hn::Add(u, hn::Add(hn::Set(du32, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du32, 1u))));
+      const auto rounded =
+          hn::Add(u, hn::Add(hn::Set(du32, 0x7fffu), hn::And(hn::ShiftRight<16>(u), hn::Set(du32, 1u))));
       const auto nan = hn::Or(u, hn::Set(du32, 0x400000u));
       const auto r = hn::ShiftRight<16>(hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(v)), nan, rounded));
       hn::StoreU(hn::DemoteTo(du16, hn::BitCast(hn::RebindToSigned<DF>(), r)), du16,
@@ -183,7 +188,8 @@ void quantize_4bit(const void* src, DType dtype, int64_t n, int64_t blocksize, Q
   auto* f = &HWY_DYNAMIC_DISPATCH(Quantize4bitBlocks);
   const int64_t chunk = std::max<int64_t>(1, (1 << 16) / blocksize);
 #pragma omp parallel for schedule(static) if (nb > chunk)
-  for (int64_t b = 0; b < nb; b += chunk) f(src, dtype, n, blocksize, qt, absmax, packed, b, std::min(nb, b + chunk));
+  for (int64_t b = 0; b < nb; b += chunk)
+    f(src, dtype, n, blocksize, qt, absmax, packed, b, std::min(nb, b + chunk));
 }
 
 void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
@@ -192,7 +198,8 @@ void dequantize_4bit(const uint8_t* packed, const float* absmax, int64_t n, int6
   auto* f = &HWY_DYNAMIC_DISPATCH(Dequantize4bitRange);
   const int64_t chunk = std::max<int64_t>(blocksize, ((1 << 16) / blocksize) * blocksize);
 #pragma omp parallel for schedule(static) if (n > chunk)
-  for (int64_t k = 0; k < n; k += chunk) f(packed, absmax, blocksize, code, out_dtype, out, k, std::min(n, k + chunk));
+  for (int64_t k = 0; k < n; k += chunk)
+    f(packed, absmax, blocksize, code, out_dtype, out, k, std::min(n, k + chunk));
 }
 
 }  // namespace nibble::kernels

@@ -23,7 +23,8 @@ __attribute__((target("avx512f"))) uint64_t sum_avx512(const uint64_t* p, size_t
     a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
     a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
   }
-  uint64_t s = static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3))));
+  uint64_t s = static_cast<uint64_t>(
+      _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3))));
   for (; i < n; ++i) s += p[i];
   return s;
 }
@@ -38,7 +39,8 @@ uint64_t sum_scalar(const uint64_t* p, size_t n) {
 
 double measure_read_bandwidth(size_t bytes, int reps) {
   const size_t n = bytes / 8;
-  std::unique_ptr<uint64_t[], decltype(&std::free)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)), &std::free);
+  std::unique_ptr<uint64_t[], decltype(&std::free)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)),
+                                                        &std::free);
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; ++i) buf[i] = i;  // first touch by the thread that will read it
   __builtin_cpu_init();
@@ -50,7 +52,8 @@ double measure_read_bandwidth(size_t bytes, int reps) {
     uint64_t total = 0;
 #pragma omp parallel reduction(+ : total)
     {
-      const size_t nt = static_cast<size_t>(omp_get_num_threads()), id = static_cast<size_t>(omp_get_thread_num());
+      const size_t nt = static_cast<size_t>(omp_get_num_threads()),
+                   id = static_cast<size_t>(omp_get_thread_num());
       const size_t per = (n / nt) & ~size_t{31};
       const size_t a = id * per, len = id + 1 == nt ? n - a : per;
       total += avx512 ? sum_avx512(buf.get() + a, len) : sum_scalar(buf.get() + a, len);

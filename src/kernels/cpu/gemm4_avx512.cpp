@@ -9,8 +9,10 @@
 // the compute dtype) and multiplied with 4 tokens at a time (16 accumulators), over token chunks sized for
 // L2. GCC 12's AVX-512 headers trip -Wuninitialized inside their own _mm512_undefined_* helpers (a known
 // false positive); silence it for this file only.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #include <omp.h>
 

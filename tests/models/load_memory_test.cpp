@@ -55,6 +55,11 @@ double number_after(const std::string& text, const std::string& label) {
 }  // namespace
 
 TEST(LoadMemory, QuantizeOnLoadPeakRssNearQuantizedSize) {
+#if defined(__SANITIZE_ADDRESS__)
+  // the CLI under test is instrumented too: its RSS includes ASan's shadow memory and free-quarantine, so the
+  // bound means nothing there; the release preset runs this test for real
+  GTEST_SKIP() << "peak RSS is not meaningful under AddressSanitizer";
+#endif
   test::TempDir d;
   const int64_t H = 1024, I = 2816, L = 4,
                 V = 1024;  // 4 x 12.6 M linear weights + embeddings: 214 MB float32

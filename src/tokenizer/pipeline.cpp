@@ -175,7 +175,8 @@ Normalizer make_normalizer(const json& j, const std::string& label) {
     return [pre](const std::string& s) { return s.empty() ? s : pre + s; };
   }
   if (type == "Replace") {
-    auto [is_re, pat] = pattern_of(j, label, "Replace normalizer");
+    const auto [is_re, pat_ref] = pattern_of(j, label, "Replace normalizer");
+    const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
     const std::string content = str_field(j, "content", label, "Replace normalizer");
     if (!is_re) return [pat, content](const std::string& s) { return replace_all(s, pat, content); };
     auto re = compile(pat, label);
@@ -227,7 +228,8 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
     };
   }
   if (type == "Split") {
-    auto [is_re, pat] = pattern_of(j, label, "Split pre_tokenizer");
+    const auto [is_re, pat_ref] = pattern_of(j, label, "Split pre_tokenizer");
+    const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
     auto re = compile(is_re ? pat : std::string("\\Q") + pat + "\\E", label);
     const std::string behavior = j.value("behavior", "Isolated");
     const bool invert = j.value("invert", false);
@@ -308,7 +310,8 @@ Decoder make_decoder(const json& j, const std::string& label) {
     };
   }
   if (type == "Replace") {
-    auto [is_re, pat] = pattern_of(j, label, "Replace decoder");
+    const auto [is_re, pat_ref] = pattern_of(j, label, "Replace decoder");
+    const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
     if (is_re) bad(label, "Replace decoder with a regex pattern is not supported");
     const std::string content = str_field(j, "content", label, "Replace decoder");
     return [pat, content](std::vector<std::string> t) {

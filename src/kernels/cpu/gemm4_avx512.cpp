@@ -56,6 +56,8 @@ NB_AVX512 void gemv_f32(const Q4Weights& w, const float* x, float* y, int64_t n0
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m512i hi, lo;
+        _mm_prefetch(reinterpret_cast<const char*>(row + c / 2 + K / 2),
+                     _MM_HINT_T1);  // next row, same offset
         nibbles(row + c / 2, hi, lo);
         acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(hi, table), _mm512_loadu_ps(xd.data() + c), acc0);
         acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(lo, table), _mm512_loadu_ps(xd.data() + c + 16), acc1);
@@ -146,6 +148,9 @@ NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int
                      x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
 #pragma GCC unroll 4
       for (int64_t r = 0; r < R; ++r) {
+        // rows are short (K/2 bytes, often < one page) so the hardware prefetcher barely ramps up per row;
+        // fetch the same offset of the next 4-row group (4 * K/2 bytes ahead) into L2 meanwhile
+        _mm_prefetch(reinterpret_cast<const char*>(rp[r] + c / 2 + 2 * K), _MM_HINT_T1);
         const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
         __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
         __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
@@ -226,7 +231,7 @@ NB_BF16 void decode_row_bf16(const Q4Weights& w, int64_t n, uint16_t* out, float
 // --- micro-kernels: R weight rows x T tokens, full K -------------------------------------------------------
 template <int R, int T>
 NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt, int64_t K, float* out,
-                            int64_t ldo) {
+                            int64_t ldo, int64_t pf) {
   __m512 acc[T][R];
 #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
@@ -235,7 +240,10 @@ NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
+    for (int r = 0; r < R; ++r) {
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k + pf), _MM_HINT_T1);
+      wv[r] = (__m512bh)_mm512_loadu_si512(wr[r] + k);
+    }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xt[t] + k);
@@ -251,7 +259,7 @@ NB_BF16 inline void mk_bf16(const uint16_t* const* wr, const uint16_t* const* xt
 
 template <int R, int T>
 NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int64_t K, float* out,
-                             int64_t ldo) {
+                             int64_t ldo, int64_t pf) {
   __m512 acc[T][R];
 #pragma GCC unroll 4
   for (int t = 0; t < T; ++t)
@@ -260,7 +268,10 @@ NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int
   for (int64_t k = 0; k < K; k += 16) {
     __m512 wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr[r] + k);
+    for (int r = 0; r < R; ++r) {
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k + pf), _MM_HINT_T1);
+      wv[r] = _mm512_loadu_ps(wr[r] + k);
+    }
 #pragma GCC unroll 4
     for (int t = 0; t < T; ++t) {
       const __m512 xv = _mm512_loadu_ps(xt[t] + k);
@@ -277,7 +288,10 @@ NB_AVX512 inline void mk_f32(const float* const* wr, const float* const* xt, int
 // y[m, n0..n0+rows) for tokens [m0, m1) given `rows` decoded weight rows.
 template <typename E>
 void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, int64_t m1, float* y,
-          int64_t N, int64_t n0) {
+          int64_t N, int64_t n0, bool stream) {
+  // dense weights stream from memory with rows back to back: prefetch the next rows meanwhile (decoded
+  // scratch rows are already in L1)
+  const int64_t pf_tile = stream ? kRowTile * K : 0, pf_row = stream ? K : 0;
   for (int64_t m = m0; m < m1;) {
     const E* xt[kTokTile];
     const int64_t tcount = std::min<int64_t>(kTokTile, m1 - m);
@@ -285,17 +299,17 @@ void tile(const E* const* wr, int64_t rows, const E* x, int64_t K, int64_t m0, i
     float* out = y + m * N + n0;
     if constexpr (std::is_same_v<E, uint16_t>) {
       if (rows == kRowTile && tcount == kTokTile) {
-        mk_bf16<4, 4>(wr, xt, K, out, N);
+        mk_bf16<4, 4>(wr, xt, K, out, N, pf_tile);
       } else {
         for (int64_t t = 0; t < tcount; ++t)
-          for (int64_t r = 0; r < rows; ++r) mk_bf16<1, 1>(wr + r, xt + t, K, out + t * N + r, N);
+          for (int64_t r = 0; r < rows; ++r) mk_bf16<1, 1>(wr + r, xt + t, K, out + t * N + r, N, pf_row);
       }
     } else {
       if (rows == kRowTile && tcount == kTokTile) {
-        mk_f32<4, 4>(wr, xt, K, out, N);
+        mk_f32<4, 4>(wr, xt, K, out, N, pf_tile);
       } else {
         for (int64_t t = 0; t < tcount; ++t)
-          for (int64_t r = 0; r < rows; ++r) mk_f32<1, 1>(wr + r, xt + t, K, out + t * N + r, N);
+          for (int64_t r = 0; r < rows; ++r) mk_f32<1, 1>(wr + r, xt + t, K, out + t * N + r, N, pf_row);
       }
     }
     m += tcount;
@@ -465,14 +479,14 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
             decode_row_bf16(w, n0 + r, h.data() + r * K, tmp.data());
             wr[r] = h.data() + r * K;
           }
-          tile<uint16_t>(wr, rows, xb.data(), K, m0, m1, y, N, n0);
+          tile<uint16_t>(wr, rows, xb.data(), K, m0, m1, y, N, n0, false);
         } else {
           const float* wr[kRowTile];
           for (int64_t r = 0; r < rows; ++r) {
             decode_row_f32(w, n0 + r, f.data() + r * K);
             wr[r] = f.data() + r * K;
           }
-          tile<float>(wr, rows, x, K, m0, m1, y, N, n0);
+          tile<float>(wr, rows, x, K, m0, m1, y, N, n0, false);
         }
       }
     }
@@ -491,11 +505,11 @@ void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x,
     if (bf) {
       const uint16_t* wr[kRowTile];
       for (int64_t r = 0; r < rows; ++r) wr[r] = static_cast<const uint16_t*>(wp) + (n0 + r) * K;
-      tile<uint16_t>(wr, rows, xb.data(), K, 0, M, y, N, n0);
+      tile<uint16_t>(wr, rows, xb.data(), K, 0, M, y, N, n0, true);
     } else {
       const float* wr[kRowTile];
       for (int64_t r = 0; r < rows; ++r) wr[r] = static_cast<const float*>(wp) + (n0 + r) * K;
-      tile<float>(wr, rows, x, K, 0, M, y, N, n0);
+      tile<float>(wr, rows, x, K, 0, M, y, N, n0, true);
     }
   }
 }

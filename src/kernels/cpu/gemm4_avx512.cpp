@@ -343,32 +343,42 @@ NB_BF16 void pack_panel(const Q4Weights& w, int64_t n0, uint32_t* P, uint16_t* r
     for (int64_t r = 0; r < kPanel; ++r) std::memcpy(P + kp * kPanel + r, rows + r * K + 2 * kp, 4);
 }
 
-template <int T>
-NB_BF16 inline void mk_outer(const uint32_t* P, const uint16_t* const* xt, int64_t K, float* const* yt) {
-  __m512 acc[T][2];
+// xp: this token group's x packed as [K/2][kMt] dwords (token t's (k, k+1) pair at kp * kMt + t), so the
+// broadcasts read one sequential stream.
+NB_BF16 inline void mk_outer(const uint32_t* P, const uint32_t* xp, int64_t K, float* const* yt) {
+  __m512 acc[kMt][2];
 #pragma GCC unroll 12
-  for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int t = 0; t < kMt; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
   for (int64_t kp = 0; kp < K / 2; ++kp) {
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(P + kp * kPanel);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(P + kp * kPanel + 16);
+    const uint32_t* xk = xp + kp * kMt;
 #pragma GCC unroll 12
-    for (int t = 0; t < T; ++t) {
-      uint32_t pair;
-      std::memcpy(&pair, xt[t] + 2 * kp, 4);
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+    for (int t = 0; t < kMt; ++t) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xk[t]));
       acc[t][0] = _mm512_dpbf16_ps(acc[t][0], w0, xb);
       acc[t][1] = _mm512_dpbf16_ps(acc[t][1], w1, xb);
     }
   }
 #pragma GCC unroll 12
-  for (int t = 0; t < T; ++t) {
+  for (int t = 0; t < kMt; ++t) {
     _mm512_storeu_ps(yt[t], acc[t][0]);
     _mm512_storeu_ps(yt[t] + 16, acc[t][1]);
   }
 }
 
 NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
-  const int64_t N = w.N, K = w.K, panels = (N + kPanel - 1) / kPanel;
+  const int64_t N = w.N, K = w.K, panels = (N + kPanel - 1) / kPanel, groups = (M + kMt - 1) / kMt;
+  // pack x once per call: [group][kp][kMt] dwords; tokens past M repeat the last one (their results are
+  // discarded)
+  std::vector<uint32_t> xpk(static_cast<size_t>(groups * (K / 2) * kMt));
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t t = 0; t < kMt; ++t) {
+      const uint16_t* row = xb + std::min(g * kMt + t, M - 1) * K;
+      uint32_t* dst = xpk.data() + g * (K / 2) * kMt + t;
+      for (int64_t kp = 0; kp < K / 2; ++kp) std::memcpy(dst + kp * kMt, row + 2 * kp, 4);
+    }
 #pragma omp parallel
   {
     std::vector<uint32_t> P(static_cast<size_t>(K / 2 * kPanel));
@@ -379,20 +389,16 @@ NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, 
       const int64_t n0 = p * kPanel;
       pack_panel(w, n0, P.data(), rows.data(), tmp.data());
       const bool full = n0 + kPanel <= N;
-      for (int64_t m = 0; m < M; m += kMt) {
-        const int64_t tc = std::min(kMt, M - m);
-        const uint16_t* xt[kMt];
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t m = g * kMt, tc = std::min(kMt, M - m);
         float* yt[kMt];
-        for (int64_t t = 0; t < kMt; ++t) {
-          xt[t] = xb + std::min(m + t, M - 1) * K;
+        for (int64_t t = 0; t < kMt; ++t)
           yt[t] = full && t < tc ? y + (m + t) * N + n0 : spill.data() + t * kPanel;
-        }
-        mk_outer<kMt>(P.data(), xt, K, yt);
-        if (!full || tc < kMt)
+        mk_outer(P.data(), xpk.data() + g * (K / 2) * kMt, K, yt);
+        if (!full)
           for (int64_t t = 0; t < tc; ++t)
-            if (!full)
-              for (int64_t r = 0; r < N - n0; ++r)
-                y[(m + t) * N + n0 + r] = spill[static_cast<size_t>(t * kPanel + r)];
+            for (int64_t r = 0; r < N - n0; ++r)
+              y[(m + t) * N + n0 + r] = spill[static_cast<size_t>(t * kPanel + r)];
       }
     }
   }

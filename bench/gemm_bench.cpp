@@ -1,8 +1,15 @@
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // Fused 4-bit GEMV/GEMM at Llama shapes: GB/s of weight bytes and GFLOP/s, beside the machine's read
-// bandwidth measured in the same run (counter bw_fraction = weight GB/s / probe GB/s). GEMV cycles through
+// bandwidth and (bfloat16) the vdpbf16ps throughput ceiling measured in the same run. GEMV cycles through
 // distinct matrices totalling >= 256 MiB so every call reads DRAM, not cache.
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
+#include <omp.h>
 
+#include <chrono>
 #include <random>
 #include <vector>
 
@@ -18,6 +25,37 @@ namespace {
 double probe_bandwidth() {
   static const double bw = measure_read_bandwidth();
   return bw;
+}
+
+// The machine's vdpbf16ps ceiling on all threads: 8 independent accumulators with operands the compiler
+// cannot fold (an empty asm makes them opaque each iteration). 64 FLOP per instruction.
+__attribute__((target("avx512f,avx512bw,avx512bf16"), noinline)) double dp_loop(long n) {
+  __m512 a[8];
+  for (auto& v : a) v = _mm512_setzero_ps();
+  __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3f81);
+  for (long i = 0; i < n; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) a[j] = _mm512_dpbf16_ps(a[j], x, y);
+    __asm__ volatile("" : "+v"(x), "+v"(y));
+  }
+  float s = 0;
+  for (auto& v : a) s += _mm512_reduce_add_ps(v);
+  return s;
+}
+
+double probe_bf16_peak_gflops() {
+  static const double peak = [] {
+    if (!gemm_path_available(GemmPath::Avx512, DType::BFloat16)) return 0.0;
+    const long n = 20'000'000;
+    double sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : sink)
+    sink += dp_loop(n);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(sink);
+    return 8.0 * static_cast<double>(n) * omp_get_max_threads() * 64.0 / s / 1e9;
+  }();
+  return peak;
 }
 
 // Random packed weights and statistics with the layout quantize_4bit produces (values do not affect speed).
@@ -80,6 +118,7 @@ void BM_Gemm4(benchmark::State& state) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(iters * 2.0 * static_cast<double>(M * N * K) / 1e9, benchmark::Counter::kIsRate);
   state.counters["probe_GB/s"] = bw / 1e9;
+  if (cd == DType::BFloat16) state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
   state.SetLabel(gemm_path_name(GemmPath::Auto, cd) + " " + std::string(quant_type_name(qt)) +
                  (dq ? "+dq" : "") + " working set " + std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }

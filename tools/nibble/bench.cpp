@@ -108,7 +108,8 @@ void add_bench(CLI::App& app) {
     for (int r = 0; r < a->reps; ++r) {
       if (a->p > 0) {
         t0 = std::chrono::steady_clock::now();
-        (void)model->forward(prompt);
+        // prefill as llama-bench's pp: the prompt through the model, logits for the last position only
+        (void)model->generate(prompt, {.max_new_tokens = 0});
         pp += a->p / seconds_since(t0);
       }
       if (a->n > 0) {

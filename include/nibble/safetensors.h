@@ -69,6 +69,8 @@ class Checkpoint {
   Tensor get(const std::string& name) const;
   const std::string& file_of(const std::string& name) const;
   void release(const std::string& name) const;
+  // __metadata__ of the first file (shards carry the same).
+  std::map<std::string, std::string> metadata() const;
   const std::string& dir() const { return dir_; }
 
  private:

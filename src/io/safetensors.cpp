@@ -311,6 +311,10 @@ void SafetensorsFile::release(const std::string& name) const {
   if (e > a) ::madvise(reinterpret_cast<void*>(a), e - a, MADV_DONTNEED);
 }
 
+std::map<std::string, std::string> Checkpoint::metadata() const {
+  return files_.empty() ? std::map<std::string, std::string>{} : files_.front()->metadata();
+}
+
 void Checkpoint::release(const std::string& name) const {
   auto it = where_.find(name);
   if (it != where_.end()) files_[it->second]->release(name);

@@ -37,12 +37,10 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
 
   const Checkpoint in = Checkpoint::open(in_dir);
   AtomicDir out(out_dir);
-  std::map<std::string, std::string> metadata{{"format", "pt"}};
+  if (in.names().empty()) throw FormatError(in_dir + ": the checkpoint holds no tensors");
   // keep tied-weight aliases the source recorded (e.g. model.embed_tokens.weight -> lm_head.weight)
-  {
-    const auto src_meta = SafetensorsFile::open(in.file_of(in.names().front())).metadata();
-    for (const auto& [k, v] : src_meta) metadata[k] = v;
-  }
+  std::map<std::string, std::string> metadata{{"format", "pt"}};
+  for (const auto& [k, v] : in.metadata()) metadata[k] = v;
   CheckpointWriter writer(out.path(), opt.max_shard_size, metadata);
   QuantizeReport rep;
   Progress bar("quantize", static_cast<int64_t>(in.names().size()), opt.quiet);

@@ -61,20 +61,7 @@ Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bi
   in_features = state_.shape[1];
   state_.check_packed(packed_, "Linear4bit");
   bias_f_ = bias_floats(bias_, out_features, "Linear4bit");
-  view_.packed = packed_.data<uint8_t>();
-  view_.N = out_features;
-  view_.K = in_features;
-  view_.blocksize = state_.blocksize;
-  view_.code = state_.code.data<float>();
-  if (state_.nested) {  // nested statistics stay compressed; the kernels decode them per block
-    view_.absmax_q = state_.absmax.data<uint8_t>();
-    view_.code2 = state_.nested_code.data<float>();
-    view_.absmax2 = state_.nested_absmax.data<float>();
-    view_.set_nested_blocksize(state_.nested_blocksize);
-    view_.offset = state_.offset;
-  } else {
-    view_.absmax = state_.absmax.data<float>();
-  }
+  view_ = q4_weights(packed_, state_);
 }
 
 std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::optional<Tensor> bias,
@@ -93,6 +80,25 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n)
         y[t * out_features + n] += round_to(compute_, bias_f_[static_cast<size_t>(n)]);
+}
+
+kernels::Q4Weights q4_weights(const Tensor& packed, const QuantState& state) {
+  kernels::Q4Weights w;
+  w.packed = packed.data<uint8_t>();
+  w.N = state.shape.at(0);
+  w.K = state.shape.at(1);
+  w.blocksize = state.blocksize;
+  w.code = state.code.data<float>();
+  if (state.nested) {
+    w.absmax_q = state.absmax.data<uint8_t>();
+    w.code2 = state.nested_code.data<float>();
+    w.absmax2 = state.nested_absmax.data<float>();
+    w.set_nested_blocksize(state.nested_blocksize);
+    w.offset = state.offset;
+  } else {
+    w.absmax = state.absmax.data<float>();
+  }
+  return w;
 }
 
 NamedTensors Linear4bit::state_dict() const {

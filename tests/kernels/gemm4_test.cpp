@@ -11,6 +11,7 @@
 #include <random>
 
 #include "nibble/quantize.h"
+#include "nn/linear.h"
 
 using namespace nibble;
 using namespace nibble::kernels;
@@ -33,22 +34,7 @@ Case make(int64_t N, int64_t K, int64_t bs, QuantType qt, bool dq, unsigned seed
 }
 
 Q4Weights view(const Quantized4bit& q) {
-  Q4Weights w;
-  w.packed = q.packed.data<uint8_t>();
-  w.N = q.state.shape[0];
-  w.K = q.state.shape[1];
-  w.blocksize = q.state.blocksize;
-  w.code = q.state.code.data<float>();
-  if (q.state.nested) {
-    w.absmax_q = q.state.absmax.data<uint8_t>();
-    w.code2 = q.state.nested_code.data<float>();
-    w.absmax2 = q.state.nested_absmax.data<float>();
-    w.set_nested_blocksize(q.state.nested_blocksize);
-    w.offset = q.state.offset;
-  } else {
-    w.absmax = q.state.absmax.data<float>();
-  }
-  return w;
+  return nn::q4_weights(q.packed, q.state);
 }
 }  // namespace
 

@@ -37,5 +37,9 @@ class Bpe {
 std::vector<std::string> utf8_chars(const std::string& s);
 // Length of the UTF-8 sequence starting with lead byte c (1 for invalid lead bytes).
 int utf8_len(unsigned char c);
+// True if a piece from utf8_chars is a complete character (not a cut or invalid sequence).
+inline bool whole_utf8_char(const std::string& c) {
+  return !c.empty() && c.size() == static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0])));
+}
 
 }  // namespace nibble::tok

@@ -4,6 +4,7 @@
 #include <unicode/regex.h>
 #include <unicode/unistr.h>
 
+#include <algorithm>
 #include <unordered_map>
 
 #include "nibble/error.h"
@@ -327,12 +328,7 @@ Decoder make_decoder(const json& j, const std::string& label) {
         if (bytes.empty()) return;
         // valid UTF-8 stays; each invalid piece becomes U+FFFD (HF: one replacement per byte token)
         const auto chars = utf8_chars(bytes);
-        bool valid = true;
-        for (const auto& c : chars)
-          if (c.size() != static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0])))) valid = false;
-        if (valid && !chars.empty() &&
-            chars.back().size() ==
-                static_cast<size_t>(utf8_len(static_cast<unsigned char>(chars.back()[0])))) {
+        if (std::all_of(chars.begin(), chars.end(), whole_utf8_char)) {
           out.push_back(bytes);
         } else {
           for (size_t i = 0; i < bytes.size(); ++i) out.push_back("\xef\xbf\xbd");
@@ -390,9 +386,7 @@ Decoder make_decoder(const json& j, const std::string& label) {
         }
       // invalid UTF-8 from a cut sequence becomes U+FFFD per broken character (from_utf8_lossy)
       std::string out;
-      for (const auto& c : utf8_chars(bytes))
-        out +=
-            c.size() == static_cast<size_t>(utf8_len(static_cast<unsigned char>(c[0]))) ? c : "\xef\xbf\xbd";
+      for (const auto& c : utf8_chars(bytes)) out += whole_utf8_char(c) ? c : "\xef\xbf\xbd";
       return std::vector<std::string>{out};
     };
   }

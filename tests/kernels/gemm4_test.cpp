@@ -1,4 +1,4 @@
-// The fused 4-bit GEMV/GEMM (AVX-512 float32, AVX512-BF16) against the scalar reference.
+// The fused 4-bit GEMV/GEMM (AVX-512 float32, AVX512-BF16, AMX-BF16) against the scalar reference.
 // Tolerance: the fast paths multiply by each block's absmax after the dot product instead of rounding
 // code * absmax per weight, and sum in another order. Per output the difference is bounded by
 // eps * sum_k |x_k * w_k| with eps = 1e-5 (float32) and 2^-7 (bfloat16: one rounding of each weight and of
@@ -39,7 +39,7 @@ Q4Weights view(const Quantized4bit& q) {
 }  // namespace
 
 namespace {
-void check_fast_path(DType cd) {
+void check_fast_path(DType cd, GemmPath path) {
   {
     for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64},
                             {64, 128, 32},
@@ -51,17 +51,17 @@ void check_fast_path(DType cd) {
           const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs));
           const Q4Weights w = view(c.q);
           const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
-          for (int64_t M : {1, 2, 5, 70}) {  // 70: the outer-product GEMM path (M >= 32)
-            SCOPED_TRACE(std::string(dtype_name(cd)) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
-                         " bs=" + std::to_string(bs) + " " + std::string(quant_type_name(qt)) +
-                         (dq ? " dq" : "") + " M=" + std::to_string(M));
+          for (int64_t M : {1, 2, 5, 70}) {  // 70: the outer-product GEMM path (M >= 32); AMX pads 70 to 96
+            SCOPED_TRACE(gemm_path_name(path, cd) + " " + std::string(dtype_name(cd)) + " N=" +
+                         std::to_string(N) + " K=" + std::to_string(K) + " bs=" + std::to_string(bs) + " " +
+                         std::string(quant_type_name(qt)) + (dq ? " dq" : "") + " M=" + std::to_string(M));
             std::mt19937 rng(static_cast<unsigned>(M));
             std::normal_distribution<float> nd;
             std::vector<float> x(static_cast<size_t>(M * K));
             for (auto& e : x) e = nd(rng);
             std::vector<float> yr(static_cast<size_t>(M * N)), yf(yr.size());
             gemm_4bit(w, x.data(), M, yr.data(), cd, GemmPath::Reference);
-            gemm_4bit(w, x.data(), M, yf.data(), cd, GemmPath::Avx512);
+            gemm_4bit(w, x.data(), M, yf.data(), cd, path);
             const double eps = cd == DType::BFloat16 ? std::ldexp(1.0, -7) : 1e-5;
             for (int64_t m = 0; m < M; ++m)
               for (int64_t n = 0; n < N; ++n) {
@@ -82,12 +82,18 @@ void check_fast_path(DType cd) {
 // Reported as skipped (not passed) on CPUs without the instructions; this machine and CI have them.
 TEST(Gemm4, Avx512Float32MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx512, DType::Float32)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  check_fast_path(DType::Float32);
+  check_fast_path(DType::Float32, GemmPath::Avx512);
 }
 
 TEST(Gemm4, Avx512Bf16MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx512, DType::BFloat16)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  check_fast_path(DType::BFloat16);
+  check_fast_path(DType::BFloat16, GemmPath::Avx512);
+}
+
+// AMX tiles (TDPBF16PS) accumulate bfloat16 products in float32 like vdpbf16ps: same tolerance.
+TEST(Gemm4, AmxBf16MatchesReference) {
+  if (!gemm_path_available(GemmPath::Amx, DType::BFloat16)) GTEST_SKIP() << "no AMX-BF16 on this CPU/kernel";
+  check_fast_path(DType::BFloat16, GemmPath::Amx);
 }
 
 TEST(Gemm4, DenseMatchesNaive) {

@@ -13,7 +13,8 @@ namespace nibble::kernels {
 
 namespace avx512 {
 bool supported(DType compute);
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute);
+bool amx_supported();
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx);
 void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 }  // namespace avx512
 
@@ -21,27 +22,45 @@ namespace {
 bool fast_shape(const Q4Weights& w) {
   return w.K % w.blocksize == 0 && w.K % 32 == 0;
 }
+// Below 16 tokens an AMX tile would be mostly padding.
+constexpr int64_t kAmxMinTokens = 16;
 }  // namespace
 
 bool gemm_path_available(GemmPath p, DType compute) {
   if (p == GemmPath::Reference || p == GemmPath::Auto) return true;
+  if (p == GemmPath::Amx) return compute == DType::BFloat16 && avx512::amx_supported();
   return avx512::supported(compute);
 }
 
 std::string gemm_path_name(GemmPath p, DType compute) {
-  if (p == GemmPath::Auto) p = avx512::supported(compute) ? GemmPath::Avx512 : GemmPath::Reference;
+  if (p == GemmPath::Auto) {
+    if (!avx512::supported(compute)) return "reference";
+    return gemm_path_available(GemmPath::Amx, compute) ? "avx512-bf16+amx"
+           : compute == DType::BFloat16                ? "avx512-bf16"
+                                                       : "avx512";
+  }
   if (p == GemmPath::Reference) return "reference";
+  if (p == GemmPath::Amx) return "amx-bf16";
   return compute == DType::BFloat16 ? "avx512-bf16" : "avx512";
 }
 
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
-  if (path == GemmPath::Auto)
-    path = avx512::supported(compute) && fast_shape(w) ? GemmPath::Avx512 : GemmPath::Reference;
-  if (path == GemmPath::Avx512) {
+  if (path == GemmPath::Auto) {
     if (!avx512::supported(compute) || !fast_shape(w))
+      path = GemmPath::Reference;
+    else if (M >= kAmxMinTokens && gemm_path_available(GemmPath::Amx, compute))
+      path = GemmPath::Amx;
+    else
+      path = GemmPath::Avx512;
+  }
+  if (path == GemmPath::Avx512 || path == GemmPath::Amx) {
+    const bool amx = path == GemmPath::Amx;
+    if (!gemm_path_available(path, compute) || !fast_shape(w))
       throw NotSupportedError(
-          "gemm_4bit: the AVX-512 path needs AVX-512 (and BF16 for bfloat16) and K % blocksize == 0");
-    avx512::gemm_4bit(w, x, M, y, compute);
+          "gemm_4bit: the " + gemm_path_name(path, compute) +
+          " path needs AVX-512 (BF16 for bfloat16, AMX-BF16 for amx), K % blocksize == 0 and K % 32 == 0");
+    // a single token has no use for tiles
+    avx512::gemm_4bit(w, x, M, y, compute, amx && M > 1);
     return;
   }
 #pragma omp parallel

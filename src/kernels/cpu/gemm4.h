@@ -38,8 +38,9 @@ struct Q4Weights {
   }
 };
 
-// Which implementation gemm_4bit uses; "auto" picks the best this CPU supports.
-enum class GemmPath { Auto, Reference, Avx512 };
+// Which implementation gemm_4bit uses; "auto" picks the best this CPU supports: AMX tiles for bfloat16
+// prompts/batches (M >= 16) where the CPU and kernel allow them, else AVX-512.
+enum class GemmPath { Auto, Reference, Avx512, Amx };
 std::string gemm_path_name(GemmPath p, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 

@@ -13,8 +13,11 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -404,6 +407,107 @@ NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, 
   }
 }
 
+// --- GEMM, bfloat16 compute, AMX tiles ----------------------------------------------------------------------
+// TDPBF16PS multiplies a 16 x 32 bfloat16 tile A by a 32 x 16 tile B held as 16 rows of (k, k+1) pairs and
+// accumulates 16 x 16 float32: 8192 MACs per instruction. A is 16 decoded weight rows x 32 k; B is x packed
+// per group of 16 tokens as [K/2][16] dwords (the pair layout of the outer-product path). Each C tile is a
+// block of y transposed (rows x tokens), scattered into y once per K. Tiles 0-3 accumulate a 32-row x
+// 32-token block, 4-5 hold A, 6-7 hold B. A panel of np rows is decoded once per call into [K/32][np][32]
+// (every A tile 1 KiB contiguous: a row stride of K would put a tile's 16 lines in one L1 set) and met by
+// every token pair; within a token pair the x slices stay in L2 across the panel's 32-row sub-panels.
+#define NB_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The compiler cannot see that tile loads read (and tile stores write) memory: fence ordinary accesses.
+inline void compiler_fence() {
+  __asm__ volatile("" ::: "memory");
+}
+
+NB_AMX void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
+  const int64_t N = w.N, K = w.K, kp = K / 2;
+  // panel rows: as many 32-row sub-panels as fit ~1 MiB of decoded bfloat16, 1 to 8
+  const int64_t sub = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * 32), 1, 8), np = 32 * sub;
+  const int64_t panels = (N + np - 1) / np, pairs = (M + 31) / 32, groups = 2 * pairs;
+  // x packed once per call: [group][kp][16] dwords; tokens past M repeat the last one (results discarded)
+  std::vector<uint32_t> xpk(static_cast<size_t>(groups * kp * 16));
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t t = 0; t < 16; ++t) {
+      const uint16_t* row = xb + std::min(g * 16 + t, M - 1) * K;
+      uint32_t* dst = xpk.data() + g * kp * 16 + t;
+      for (int64_t k = 0; k < kp; ++k) std::memcpy(dst + k * 16, row + 2 * k, 4);
+    }
+#pragma omp parallel
+  {
+    TileConfig cfg;
+    for (int i = 0; i < 8; ++i) {
+      cfg.rows[i] = 16;
+      cfg.colsb[i] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    std::vector<uint16_t> rows(static_cast<size_t>(np * K)), row(static_cast<size_t>(K));
+    std::vector<float> tmp(static_cast<size_t>(K));
+    alignas(64) float c[4][16][16];
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t n0 = p * np;
+      for (int64_t r = 0; r < np; ++r) {
+        if (n0 + r < N)
+          decode_row_bf16(w, n0 + r, row.data(), tmp.data());
+        else
+          std::fill(row.begin(), row.end(), uint16_t{0});
+        for (int64_t k = 0; k < K; k += 32)  // to [K/32][np][32]: each A tile is 1 KiB contiguous
+          std::memcpy(rows.data() + (k / 32 * np + r) * 32, row.data() + k, 64);
+      }
+      compiler_fence();
+      for (int64_t g = 0; g < pairs; ++g) {
+        const uint32_t* b0 = xpk.data() + 2 * g * kp * 16;
+        const uint32_t* b1 = b0 + kp * 16;
+        for (int64_t s = 0; s < sub && n0 + 32 * s < N; ++s) {
+          const uint16_t* a0 = rows.data() + 32 * s * 32;
+          const uint16_t* a1 = a0 + 16 * 32;
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int64_t k = 0; k < K; k += 32) {
+            _tile_loadd(4, a0 + k * np, 64);
+            _tile_loadd(5, a1 + k * np, 64);
+            _tile_loadd(6, b0 + k / 2 * 16, 64);
+            _tile_loadd(7, b1 + k / 2 * 16, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          _tile_stored(0, c[0], 64);
+          _tile_stored(1, c[1], 64);
+          _tile_stored(2, c[2], 64);
+          _tile_stored(3, c[3], 64);
+          compiler_fence();
+          // c[2 * ra + tb][r][t]: weight row n0 + 32 s + 16 ra + r, token 32 g + 16 tb + t
+          for (int ra = 0; ra < 2; ++ra)
+            for (int tb = 0; tb < 2; ++tb)
+              for (int64_t t = 0; t < 16; ++t) {
+                const int64_t m = 32 * g + 16 * tb + t;
+                if (m >= M) break;
+                const int64_t nb = n0 + 32 * s + 16 * ra, nr = std::min<int64_t>(16, N - nb);
+                float* dst = y + m * N + nb;
+                for (int64_t r = 0; r < nr; ++r) dst[r] = c[2 * ra + tb][r][t];
+              }
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+
 }  // namespace
 
 bool supported(DType compute) {
@@ -414,8 +518,23 @@ bool supported(DType compute) {
   return f && compute == DType::Float32;
 }
 
-// Requires: supported(compute), K % blocksize == 0 (blocks never straddle rows).
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
+// AMX needs the CPU bits (CPUID.7.0:EDX[22] AMX-BF16, [24] AMX-TILE) and the kernel's permission to use the
+// 8 KiB tile state (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), asked once per process.
+bool amx_supported() {
+  static const bool ok = [] {
+    if (!supported(DType::BFloat16)) return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// Requires: supported(compute), K % blocksize == 0 (blocks never straddle rows), K % 32 == 0; amx: also
+// amx_supported(), bfloat16 compute and M > 1.
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx) {
   const int64_t N = w.N, K = w.K;
   if (M == 1) {
     if (compute == DType::BFloat16) {
@@ -464,6 +583,10 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
   const bool bf = compute == DType::BFloat16;
   std::vector<uint16_t> xb(bf ? static_cast<size_t>(M * K) : 0);
   if (bf) to_bf16(x, M * K, xb.data());
+  if (amx) {
+    gemm_bf16_amx(w, xb.data(), M, y);
+    return;
+  }
   if (bf && M >= 32 && K % 2 == 0) {  // below ~32 tokens the panel packing costs more than it saves
     gemm_bf16_outer(w, xb.data(), M, y);
     return;

@@ -130,17 +130,25 @@ TEST(Gemm4, DenseMatchesNaive) {
 
 #include "kernels/cpu/attention.h"
 
+// Both AVX-512 paths: per token (T < 8, decode) and blocked prefill (partial query/key blocks, GQA groups,
+// head_dim above one 128-float register set, a cache that already holds earlier tokens).
 TEST(Attention, FastPathMatchesReference) {
-  const AttentionShape s{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f};
-  const int64_t P = s.start + s.T, kvw = s.kv_heads * s.head_dim;
-  std::mt19937 rng(11);
-  std::normal_distribution<float> nd;
-  std::vector<float> q(static_cast<size_t>(s.T * s.heads * s.head_dim)), k(static_cast<size_t>(P * kvw)),
-      v(k.size());
-  for (auto* vec : {&q, &k, &v})
-    for (auto& e : *vec) e = nd(rng);
-  std::vector<float> a(q.size()), b(q.size());
-  kernels::ref::attention(s, q.data(), k.data(), v.data(), a.data());
-  kernels::attention(s, q.data(), k.data(), v.data(), b.data());
-  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
+  for (const AttentionShape s :
+       {AttentionShape{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f},
+        AttentionShape{.T = 1, .heads = 4, .kv_heads = 4, .head_dim = 32, .start = 9, .scale = 0.2f},
+        AttentionShape{.T = 37, .heads = 8, .kv_heads = 2, .head_dim = 128, .start = 0, .scale = 0.088f},
+        AttentionShape{.T = 21, .heads = 3, .kv_heads = 1, .head_dim = 160, .start = 13, .scale = 0.079f}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " D=" + std::to_string(s.head_dim));
+    const int64_t P = s.start + s.T, kvw = s.kv_heads * s.head_dim;
+    std::mt19937 rng(static_cast<unsigned>(11 + s.T));
+    std::normal_distribution<float> nd;
+    std::vector<float> q(static_cast<size_t>(s.T * s.heads * s.head_dim)), k(static_cast<size_t>(P * kvw)),
+        v(k.size());
+    for (auto* vec : {&q, &k, &v})
+      for (auto& e : *vec) e = nd(rng);
+    std::vector<float> a(q.size()), b(q.size(), -1.0f);
+    kernels::ref::attention(s, q.data(), k.data(), v.data(), a.data());
+    kernels::attention(s, q.data(), k.data(), v.data(), b.data());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
+  }
 }

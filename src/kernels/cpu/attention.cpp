@@ -57,6 +57,92 @@ __attribute__((target("avx512f"))) void axpy_avx512(float p, const float* v, flo
     _mm512_storeu_ps(out + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + i), _mm512_loadu_ps(out + i)));
 }
 
+// --- prefill: many new tokens at once ----------------------------------------------------------------------
+// Per kv head, the keys are transposed once into blocks of 16 ([P/16][D][16]), so the scores of 16 queries
+// against 16 keys are 16 register accumulators fed by one key-row load and 16 broadcasts per d: no horizontal
+// sums. Softmax is the reference's (max, exp, sum over the whole row); the weighted sum of v keeps one
+// query's output (up to 128 floats) in registers across all its keys.
+constexpr int64_t kQB = 16;
+// Below this many new tokens (decode, short continuations) the per-token dot/axpy path is cheaper than
+// transposing the keys.
+constexpr int64_t kPrefillMinTokens = 8;
+
+__attribute__((target("avx512f"))) void prefill_head_block(const AttentionShape& s, const float* q,
+                                                           const float* kt, const float* vc, float* out,
+                                                           int64_t h, int64_t hk, int64_t t0, float* sc,
+                                                           int64_t ldsc) {
+  const int64_t D = s.head_dim, stride = s.kv_heads * D, nq = std::min(kQB, s.T - t0);
+  const int64_t P = s.start + t0 + nq;  // keys any query of the block sees
+  const float* qrow[kQB];
+  for (int64_t i = 0; i < kQB; ++i) qrow[i] = q + ((t0 + std::min(i, nq - 1)) * s.heads + h) * D;
+  const __m512 scale = _mm512_set1_ps(s.scale);
+  for (int64_t j0 = 0; j0 < P; j0 += 16) {
+    const float* kb = kt + j0 * D;  // [D][16]
+    __m512 acc[kQB];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kQB; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 kv = _mm512_loadu_ps(kb + d * 16);
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < kQB; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qrow[i][d]), kv, acc[i]);
+    }
+    // the reference scales each dot product after summing: (q . k) * scale
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kQB; ++i) _mm512_storeu_ps(sc + i * ldsc + j0, _mm512_mul_ps(acc[i], scale));
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    float* row = sc + i * ldsc;
+    const int64_t n = s.start + t0 + i + 1;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+    float sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+    const float inv = 1.0f / sum;
+    float* o = out + ((t0 + i) * s.heads + h) * D;
+    for (int64_t d0 = 0; d0 < D; d0 += 128) {
+      const int64_t nc = std::min<int64_t>(8, (D - d0) / 16);
+      __m512 acc[8];
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
+      const float* vb = vc + hk * D + d0;
+      if (nc == 8) {
+        for (int64_t j = 0; j < n; ++j) {
+          const __m512 p = _mm512_set1_ps(row[j] * inv);
+#pragma GCC unroll 8
+          for (int c = 0; c < 8; ++c)
+            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * stride + 16 * c), acc[c]);
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          const __m512 p = _mm512_set1_ps(row[j] * inv);
+          for (int64_t c = 0; c < nc; ++c)
+            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * stride + 16 * c), acc[c]);
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c) _mm512_storeu_ps(o + d0 + 16 * c, acc[c]);
+    }
+  }
+}
+
+void prefill_avx512(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out) {
+  const int64_t D = s.head_dim, stride = s.kv_heads * D, group = s.heads / s.kv_heads;
+  const int64_t P = s.start + s.T, Ppad = (P + 15) / 16 * 16;
+#pragma omp parallel
+  {
+    std::vector<float> kt(static_cast<size_t>(Ppad * D)), sc(static_cast<size_t>(kQB * Ppad));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t hk = 0; hk < s.kv_heads; ++hk) {
+      for (int64_t j = 0; j < Ppad; ++j)  // keys past P are zero (their scores are never read)
+        for (int64_t d = 0; d < D; ++d)
+          kt[static_cast<size_t>((j / 16 * D + d) * 16 + j % 16)] =
+              j < P ? kc[j * stride + hk * D + d] : 0.0f;
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
+        for (int64_t t0 = 0; t0 < s.T; t0 += kQB)
+          prefill_head_block(s, q, kt.data(), vc, out, h, hk, t0, sc.data(), Ppad);
+    }
+  }
+}
+
 template <typename Dot, typename Axpy>
 void run(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out, Dot dot,
          Axpy axpy) {
@@ -84,7 +170,9 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
-  if (avx512 && s.head_dim % 16 == 0) {
+  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens) {
+    prefill_avx512(s, q, kc, vc, out);
+  } else if (avx512 && s.head_dim % 16 == 0) {
     run(s, q, kc, vc, out, dot_avx512, axpy_avx512);
   } else {
     ref::attention(s, q, kc, vc, out);

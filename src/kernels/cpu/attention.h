@@ -1,6 +1,7 @@
 // Causal grouped-query attention over a KV cache (float32): for each new token t (at position start + t) and
 // query head h, softmax(q . k_j * scale) over j <= position, then the weighted sum of v_j. Cache rows are
-// [position][kv_heads * head_dim]. A scalar reference and an AVX-512 path (head_dim % 16 == 0).
+// [position][kv_heads * head_dim]. A scalar reference and AVX-512 paths (head_dim % 16 == 0): per token for
+// decode, blocked over 16 queries x 16 keys for prefill.
 #pragma once
 #include <cstdint>
 

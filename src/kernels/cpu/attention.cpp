@@ -68,10 +68,9 @@ constexpr int64_t kQB = 16;
 constexpr int64_t kPrefillMinTokens = 8;
 
 __attribute__((target("avx512f"))) void prefill_head_block(const AttentionShape& s, const float* q,
-                                                           const float* kt, const float* vc, float* out,
-                                                           int64_t h, int64_t hk, int64_t t0, float* sc,
-                                                           int64_t ldsc) {
-  const int64_t D = s.head_dim, stride = s.kv_heads * D, nq = std::min(kQB, s.T - t0);
+                                                           const float* kt, const float* vh, float* out,
+                                                           int64_t h, int64_t t0, float* sc, int64_t ldsc) {
+  const int64_t D = s.head_dim, nq = std::min(kQB, s.T - t0);
   const int64_t P = s.start + t0 + nq;  // keys any query of the block sees
   const float* qrow[kQB];
   for (int64_t i = 0; i < kQB; ++i) qrow[i] = q + ((t0 + std::min(i, nq - 1)) * s.heads + h) * D;
@@ -104,19 +103,19 @@ __attribute__((target("avx512f"))) void prefill_head_block(const AttentionShape&
       __m512 acc[8];
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
-      const float* vb = vc + hk * D + d0;
+      const float* vb = vh + d0;
       if (nc == 8) {
         for (int64_t j = 0; j < n; ++j) {
           const __m512 p = _mm512_set1_ps(row[j] * inv);
 #pragma GCC unroll 8
           for (int c = 0; c < 8; ++c)
-            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * stride + 16 * c), acc[c]);
+            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * D + 16 * c), acc[c]);
         }
       } else {
         for (int64_t j = 0; j < n; ++j) {
           const __m512 p = _mm512_set1_ps(row[j] * inv);
           for (int64_t c = 0; c < nc; ++c)
-            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * stride + 16 * c), acc[c]);
+            acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb + j * D + 16 * c), acc[c]);
         }
       }
       for (int64_t c = 0; c < nc; ++c) _mm512_storeu_ps(o + d0 + 16 * c, acc[c]);
@@ -129,16 +128,20 @@ void prefill_avx512(const AttentionShape& s, const float* q, const float* kc, co
   const int64_t P = s.start + s.T, Ppad = (P + 15) / 16 * 16;
 #pragma omp parallel
   {
-    std::vector<float> kt(static_cast<size_t>(Ppad * D)), sc(static_cast<size_t>(kQB * Ppad));
+    // this head's keys and values, contiguous: in the cache consecutive positions are kv_heads * D floats
+    // apart, so every step of a sweep over positions would touch a new page
+    std::vector<float> kt(static_cast<size_t>(Ppad * D)), vh(static_cast<size_t>(P * D)),
+        sc(static_cast<size_t>(kQB * Ppad));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t hk = 0; hk < s.kv_heads; ++hk) {
       for (int64_t j = 0; j < Ppad; ++j)  // keys past P are zero (their scores are never read)
         for (int64_t d = 0; d < D; ++d)
           kt[static_cast<size_t>((j / 16 * D + d) * 16 + j % 16)] =
               j < P ? kc[j * stride + hk * D + d] : 0.0f;
+      for (int64_t j = 0; j < P; ++j) std::copy_n(vc + j * stride + hk * D, D, vh.data() + j * D);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
         for (int64_t t0 = 0; t0 < s.T; t0 += kQB)
-          prefill_head_block(s, q, kt.data(), vc, out, h, hk, t0, sc.data(), Ppad);
+          prefill_head_block(s, q, kt.data(), vh.data(), out, h, t0, sc.data(), Ppad);
     }
   }
 }

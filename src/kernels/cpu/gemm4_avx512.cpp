@@ -181,6 +181,81 @@ NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int
   }
 }
 
+// absmax of blocks b0 .. b0 + n - 1 (n <= 16) in lanes 0 .. n - 1, bit-identical to Q4Weights::block_absmax
+// (code2[q] * absmax2[b >> shift], then + offset, as two roundings).
+NB_AVX512 inline __m512 absmax16(const Q4Weights& w, int64_t b0, int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1);
+  if (w.absmax) return _mm512_maskz_loadu_ps(m, w.absmax + b0);
+  const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.absmax_q + b0));
+  const __m512 c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.code2, 4);
+  __m512 s;
+  if (w.nested_shift >= 0) {
+    const int64_t g0 = b0 >> w.nested_shift, g1 = (b0 + n - 1) >> w.nested_shift;
+    if (g0 == g1) {
+      s = _mm512_set1_ps(w.absmax2[g0]);
+    } else {
+      alignas(64) float t[16];
+      for (int64_t i = 0; i < 16; ++i) t[i] = w.absmax2[(b0 + std::min(i, n - 1)) >> w.nested_shift];
+      s = _mm512_load_ps(t);
+    }
+  } else {
+    alignas(64) float t[16];
+    for (int64_t i = 0; i < 16; ++i) t[i] = w.absmax2[(b0 + std::min(i, n - 1)) / w.nested_blocksize];
+    s = _mm512_load_ps(t);
+  }
+  return _mm512_add_ps(_mm512_mul_ps(c, s), _mm512_set1_ps(w.offset));
+}
+
+// gemv_bf16_128 for blocksize 64 (bitsandbytes' default): the absmax of 16 blocks (1024 elements) is decoded
+// as one vector per row, and each 128-chunk takes its two blocks' lanes with one permute, instead of decoding
+// and broadcasting two scalars per chunk and row (which cost a quarter of the kernel's time).
+NB_BF16 void gemv_bf16_128_bs64(const Q4Weights& w, const uint16_t* xq, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, nbr = K / 64;
+  alignas(64) uint16_t t16[32];
+  for (int i = 0; i < 32; ++i) t16[i] = float_to_bf16(w.code[i & 15]);
+  const __m512i table = _mm512_load_si512(t16);
+  // chunk j of a 16-block group: lanes 0-7 from block 2j, 8-15 from block 2j + 1
+  const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  constexpr int64_t R = 4;
+  for (int64_t n = n0; n < n1; n += R) {
+    const int64_t rows = std::min(R, n1 - n);
+    const uint8_t* rp[R];
+    int64_t row[R];
+    __m512 t[R];
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < R; ++r) {
+      row[r] = n + std::min(r, rows - 1);
+      rp[r] = w.packed + row[r] * K / 2;
+      t[r] = _mm512_setzero_ps();
+    }
+    for (int64_t g = 0; g < K; g += 1024) {
+      const int64_t nblk = std::min<int64_t>(16, (K - g) / 64);
+      __m512 am[R];
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < R; ++r) am[r] = absmax16(w, row[r] * nbr + g / 64, nblk);
+      for (int64_t c = g, j = 0; c < std::min(K, g + 1024); c += 128, ++j) {
+        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c),
+                       x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
+        const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64),
+                       x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
+        const __m512i idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(static_cast<int>(2 * j)));
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < R; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(rp[r] + c / 2 + 2 * K), _MM_HINT_T1);
+          const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
+          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
+          __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
+                                      (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
+          a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
+          b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
+          t[r] = _mm512_fmadd_ps(_mm512_add_ps(a, b), _mm512_permutexvar_ps(idx, am[r]), t[r]);
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
+  }
+}
+
 // Blocksize 32: 16 bytes (32 elements, one block) per step, nibbles composed into natural order.
 NB_BF16 void gemv_bf16_bs32(const Q4Weights& w, const uint16_t* xb, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, nbr = K / 32;
@@ -407,14 +482,15 @@ NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, 
   }
 }
 
-// --- GEMM, bfloat16 compute, AMX tiles ----------------------------------------------------------------------
-// TDPBF16PS multiplies a 16 x 32 bfloat16 tile A by a 32 x 16 tile B held as 16 rows of (k, k+1) pairs and
-// accumulates 16 x 16 float32: 8192 MACs per instruction. A is 16 decoded weight rows x 32 k; B is x packed
-// per group of 16 tokens as [K/2][16] dwords (the pair layout of the outer-product path). Each C tile is a
-// block of y transposed (rows x tokens), scattered into y once per K. Tiles 0-3 accumulate a 32-row x
-// 32-token block, 4-5 hold A, 6-7 hold B. A panel of np rows is decoded once per call into [K/32][np][32]
-// (every A tile 1 KiB contiguous: a row stride of K would put a tile's 16 lines in one L1 set) and met by
-// every token pair; within a token pair the x slices stay in L2 across the panel's 32-row sub-panels.
+// --- GEMM, bfloat16 compute, AMX tiles
+// ---------------------------------------------------------------------- TDPBF16PS multiplies a 16 x 32
+// bfloat16 tile A by a 32 x 16 tile B held as 16 rows of (k, k+1) pairs and accumulates 16 x 16 float32: 8192
+// MACs per instruction. A is 16 decoded weight rows x 32 k; B is x packed per group of 16 tokens as [K/2][16]
+// dwords (the pair layout of the outer-product path). Each C tile is a block of y transposed (rows x tokens),
+// scattered into y once per K. Tiles 0-3 accumulate a 32-row x 32-token block, 4-5 hold A, 6-7 hold B. A
+// panel of np rows is decoded once per call into [K/32][np][32] (every A tile 1 KiB contiguous: a row stride
+// of K would put a tile's 16 lines in one L1 set) and met by every token pair; within a token pair the x
+// slices stay in L2 across the panel's 32-row sub-panels.
 #define NB_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
 
 struct alignas(64) TileConfig {
@@ -562,7 +638,9 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t per = (N + nt - 1) / nt;
         const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
-        if (by128)
+        if (by128 && w.blocksize == 64)
+          gemv_bf16_128_bs64(w, xp.data(), y, a, b);
+        else if (by128)
           gemv_bf16_128(w, xp.data(), y, a, b);
         else if (w.blocksize >= 64)
           gemv_bf16(w, xp.data(), y, a, b);

@@ -263,11 +263,13 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
+#pragma omp parallel for if (T > 1)
     for (int64_t t = 0; t < T; ++t)
       rms_norm(h.data() + t * H, L.input_norm_f, c_.rms_eps, H, xn.data() + t * H);
     L.q->forward(xn.data(), T, q.data());
     L.k->forward(xn.data(), T, k.data());
     L.v->forward(xn.data(), T, v.data());
+#pragma omp parallel for if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t hq = 0; hq < NQ; ++hq) rope(q.data() + (t * NQ + hq) * D, t);
       for (int64_t hk = 0; hk < NKV; ++hk) rope(k.data() + (t * NKV + hk) * D, t);
@@ -278,13 +280,17 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
     vc.insert(vc.end(), v.begin(), v.end());
     kernels::attention({T, NQ, NKV, D, start, scale}, q.data(), kc.data(), vc.data(), att.data());
     L.o->forward(att.data(), T, o.data());
-    for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
-    for (int64_t t = 0; t < T; ++t)
+#pragma omp parallel for if (T > 1)
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = t * H; i < (t + 1) * H; ++i) h[static_cast<size_t>(i)] += o[static_cast<size_t>(i)];
       rms_norm(h.data() + t * H, L.post_norm_f, c_.rms_eps, H, xn.data() + t * H);
+    }
     L.gate->forward(xn.data(), T, g.data());
     L.up->forward(xn.data(), T, u.data());
+#pragma omp parallel for if (T > 1)
     for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     L.down->forward(g.data(), T, o.data());
+#pragma omp parallel for if (T > 1)
     for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
   }
   cache.length += T;

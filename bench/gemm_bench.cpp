@@ -3,8 +3,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 // Fused 4-bit GEMV/GEMM at Llama shapes: GB/s of weight bytes and GFLOP/s, beside the machine's read
-// bandwidth and (bfloat16) the vdpbf16ps throughput ceiling measured in the same run. GEMV cycles through
-// distinct matrices totalling >= 256 MiB so every call reads DRAM, not cache.
+// bandwidth and (bfloat16) the vdpbf16ps and AMX-BF16 throughput ceilings measured in the same run. GEMV
+// cycles through distinct matrices totalling >= 256 MiB so every call reads DRAM, not cache.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -54,6 +54,59 @@ double probe_bf16_peak_gflops() {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::DoNotOptimize(sink);
     return 8.0 * static_cast<double>(n) * omp_get_max_threads() * 64.0 / s / 1e9;
+  }();
+  return peak;
+}
+
+// The machine's AMX-BF16 ceiling on all threads: four independent 16x16 accumulators fed from L1-resident
+// tiles (the 2x2 register blocking of the AMX GEMM), 16 * 16 * 32 * 2 FLOP per TDPBF16PS.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile,amx-bf16"), noinline)) void amx_loop(long n) {
+  AmxConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) static thread_local uint16_t a[2][16][32], b[2][16][32];
+  for (auto* m : {&a, &b})
+    for (auto& t : *m)
+      for (auto& r : t)
+        for (auto& e : r) e = 0x3f80;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (long i = 0; i < n; ++i) {
+    _tile_loadd(4, a[0], 64);
+    _tile_loadd(5, a[1], 64);
+    _tile_loadd(6, b[0], 64);
+    _tile_loadd(7, b[1], 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float c[16][16];
+  _tile_stored(0, c, 64);
+  _tile_release();
+  benchmark::DoNotOptimize(c);
+}
+
+double probe_amx_peak_gflops() {
+  static const double peak = [] {
+    if (!gemm_path_available(GemmPath::Amx, DType::BFloat16)) return 0.0;
+    const long n = 2'000'000;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel
+    amx_loop(n);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return 4.0 * static_cast<double>(n) * omp_get_max_threads() * 16 * 16 * 32 * 2 / s / 1e9;
   }();
   return peak;
 }
@@ -118,7 +171,10 @@ void BM_Gemm4(benchmark::State& state) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(iters * 2.0 * static_cast<double>(M * N * K) / 1e9, benchmark::Counter::kIsRate);
   state.counters["probe_GB/s"] = bw / 1e9;
-  if (cd == DType::BFloat16) state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
+  if (cd == DType::BFloat16) {
+    state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
+    if (const double amx = probe_amx_peak_gflops(); amx > 0) state.counters["amx_peak_GFLOP/s"] = amx;
+  }
   state.SetLabel(gemm_path_name(GemmPath::Auto, cd) + " " + std::string(quant_type_name(qt)) +
                  (dq ? "+dq" : "") + " working set " + std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }

@@ -175,8 +175,9 @@ void BM_Gemm4(benchmark::State& state) {
     state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
     if (const double amx = probe_amx_peak_gflops(); amx > 0) state.counters["amx_peak_GFLOP/s"] = amx;
   }
-  state.SetLabel(gemm_path_name(GemmPath::Auto, cd) + " " + std::string(quant_type_name(qt)) +
-                 (dq ? "+dq" : "") + " working set " + std::to_string(copies * mats[0].bytes >> 20) + " MiB");
+  state.SetLabel(gemm_path_name(gemm_auto_path(mats[0].w, M, cd), cd) + " " +
+                 std::string(quant_type_name(qt)) + (dq ? "+dq" : "") + " working set " +
+                 std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

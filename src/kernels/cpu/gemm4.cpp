@@ -44,15 +44,14 @@ std::string gemm_path_name(GemmPath p, DType compute) {
   return compute == DType::BFloat16 ? "avx512-bf16" : "avx512";
 }
 
+GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute) {
+  if (!avx512::supported(compute) || !fast_shape(w)) return GemmPath::Reference;
+  if (M >= kAmxMinTokens && gemm_path_available(GemmPath::Amx, compute)) return GemmPath::Amx;
+  return GemmPath::Avx512;
+}
+
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
-  if (path == GemmPath::Auto) {
-    if (!avx512::supported(compute) || !fast_shape(w))
-      path = GemmPath::Reference;
-    else if (M >= kAmxMinTokens && gemm_path_available(GemmPath::Amx, compute))
-      path = GemmPath::Amx;
-    else
-      path = GemmPath::Avx512;
-  }
+  if (path == GemmPath::Auto) path = gemm_auto_path(w, M, compute);
   if (path == GemmPath::Avx512 || path == GemmPath::Amx) {
     const bool amx = path == GemmPath::Amx;
     if (!gemm_path_available(path, compute) || !fast_shape(w))

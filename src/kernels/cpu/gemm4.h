@@ -42,6 +42,8 @@ struct Q4Weights {
 // prompts/batches (M >= 16) where the CPU and kernel allow them, else AVX-512.
 enum class GemmPath { Auto, Reference, Avx512, Amx };
 std::string gemm_path_name(GemmPath p, DType compute);
+// The path Auto takes for these weights and M tokens.
+GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 
 // compute: Float32, BFloat16 or Float16 (float16 runs the reference rounding on the float32 path).

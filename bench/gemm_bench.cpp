@@ -147,9 +147,10 @@ struct Matrix {
   }
 };
 
-// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16)
+// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16), path (0 auto, 1 avx2)
 void BM_Gemm4(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
+  const GemmPath path = state.range(6) == 1 ? GemmPath::Avx2 : GemmPath::Auto;
   const QuantType qt = state.range(3) == 0 ? QuantType::NF4 : QuantType::FP4;
   const bool dq = state.range(4) != 0;
   const DType cd = state.range(5) == 0 ? DType::Float32 : DType::BFloat16;
@@ -161,7 +162,7 @@ void BM_Gemm4(benchmark::State& state) {
   std::vector<float> x(static_cast<size_t>(M * K), 0.5f), y(static_cast<size_t>(M * N));
   size_t i = 0;
   for (auto _ : state) {
-    gemm_4bit(mats[i].w, x.data(), M, y.data(), cd);
+    gemm_4bit(mats[i].w, x.data(), M, y.data(), cd, path);
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % mats.size();
   }
@@ -175,7 +176,7 @@ void BM_Gemm4(benchmark::State& state) {
     state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
     if (const double amx = probe_amx_peak_gflops(); amx > 0) state.counters["amx_peak_GFLOP/s"] = amx;
   }
-  state.SetLabel(gemm_path_name(gemm_auto_path(mats[0].w, M, cd), cd) + " " +
+  state.SetLabel(gemm_path_name(path == GemmPath::Auto ? gemm_auto_path(mats[0].w, M, cd) : path, cd) + " " +
                  std::string(quant_type_name(qt)) + (dq ? "+dq" : "") + " working set " +
                  std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }
@@ -183,10 +184,14 @@ void BM_Gemm4(benchmark::State& state) {
 void shapes(benchmark::internal::Benchmark* b) {
   for (auto [N, K] : {std::pair<int64_t, int64_t>{4096, 4096}, {11008, 4096}, {4096, 11008}, {14336, 4096}})
     for (int64_t M : {1, 16, 512})
-      for (int64_t cd : {0, 1}) b->Args({N, K, M, 0, 1, cd});
+      for (int64_t cd : {0, 1}) b->Args({N, K, M, 0, 1, cd, 0});
   // quant type / double quant variations at one shape
   for (int64_t q : {0, 1})
-    for (int64_t dq : {0, 1}) b->Args({4096, 4096, 1, q, dq, 1});
+    for (int64_t dq : {0, 1}) b->Args({4096, 4096, 1, q, dq, 1, 0});
+  // the AVX2 path (CPUs without AVX-512), where this CPU can run it
+  if (gemm_path_available(GemmPath::Avx2, DType::Float32))
+    for (int64_t M : {1, 16, 512})
+      for (int64_t cd : {0, 1}) b->Args({4096, 4096, M, 0, 1, cd, 1});
 }
 BENCHMARK(BM_Gemm4)->Apply(shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 

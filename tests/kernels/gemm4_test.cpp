@@ -1,4 +1,4 @@
-// The fused 4-bit GEMV/GEMM (AVX-512 float32, AVX512-BF16, AMX-BF16) against the scalar reference.
+// The fused 4-bit GEMV/GEMM (AVX2, AVX-512 float32, AVX512-BF16, AMX-BF16) against the scalar reference.
 // Tolerance: the fast paths multiply by each block's absmax after the dot product instead of rounding
 // code * absmax per weight, and sum in another order. Per output the difference is bounded by
 // eps * sum_k |x_k * w_k| with eps = 1e-5 (float32) and 2^-7 (bfloat16: one rounding of each weight and of
@@ -90,6 +90,17 @@ TEST(Gemm4, Avx512Bf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Avx512);
 }
 
+// AVX2 + FMA (CPUs without AVX-512): float32 FMAs; bfloat16 compute rounds x and the table like vdpbf16ps.
+TEST(Gemm4, Avx2Float32MatchesReference) {
+  if (!gemm_path_available(GemmPath::Avx2, DType::Float32)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  check_fast_path(DType::Float32, GemmPath::Avx2);
+}
+
+TEST(Gemm4, Avx2Bf16MatchesReference) {
+  if (!gemm_path_available(GemmPath::Avx2, DType::BFloat16)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  check_fast_path(DType::BFloat16, GemmPath::Avx2);
+}
+
 // AMX tiles (TDPBF16PS) accumulate bfloat16 products in float32 like vdpbf16ps: same tolerance.
 TEST(Gemm4, AmxBf16MatchesReference) {
   if (!gemm_path_available(GemmPath::Amx, DType::BFloat16)) GTEST_SKIP() << "no AMX-BF16 on this CPU/kernel";
@@ -108,15 +119,23 @@ TEST(Gemm4, DenseMatchesNaive) {
     std::vector<float> x(static_cast<size_t>(M * K));
     for (auto& e : x) e = nd(rng);
     std::vector<float> y(static_cast<size_t>(M * N));
-    for (DType dt : {DType::Float32, DType::BFloat16}) {
-      gemm_dense(dt == DType::Float32 ? wf.raw() : wb.raw(), dt, N, K, x.data(), M, y.data());
+    for (auto [dt, path] : {std::pair{DType::Float32, GemmPath::Auto},
+                            {DType::BFloat16, GemmPath::Auto},
+                            {DType::Float32, GemmPath::Avx2},
+                            {DType::BFloat16, GemmPath::Avx2},
+                            {DType::Float32, GemmPath::Reference},
+                            {DType::BFloat16, GemmPath::Reference}}) {
+      if (!gemm_path_available(path, dt)) continue;  // AVX2 on a CPU without it: the Auto case still runs
+      SCOPED_TRACE(gemm_path_name(path, dt));
+      gemm_dense(dt == DType::Float32 ? wf.raw() : wb.raw(), dt, N, K, x.data(), M, y.data(), path);
       const std::vector<float>& ww = dt == DType::Float32 ? w : wbf;
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) {
           double want = 0, mag = 0;
           for (int64_t k = 0; k < K; ++k) {
-            // bfloat16 weights meet x rounded to bfloat16 (vdpbf16ps); float32 weights meet float32 x
-            const float xv = dt == DType::BFloat16
+            // bfloat16 weights meet x rounded to bfloat16 (vdpbf16ps; the AVX2 path does the same) on the
+            // fast paths; float32 weights meet float32 x
+            const float xv = dt == DType::BFloat16 && path != GemmPath::Reference
                                  ? bf16_to_float(float_to_bf16(x[static_cast<size_t>(m * K + k)]))
                                  : x[static_cast<size_t>(m * K + k)];
             want += static_cast<double>(xv) * ww[static_cast<size_t>(n * K + k)];

@@ -18,6 +18,12 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 }  // namespace avx512
 
+namespace avx2 {
+bool supported(DType compute);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute);
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+}  // namespace avx2
+
 namespace {
 bool fast_shape(const Q4Weights& w) {
   return w.K % w.blocksize == 0 && w.K % 32 == 0;
@@ -29,29 +35,40 @@ constexpr int64_t kAmxMinTokens = 16;
 bool gemm_path_available(GemmPath p, DType compute) {
   if (p == GemmPath::Reference || p == GemmPath::Auto) return true;
   if (p == GemmPath::Amx) return compute == DType::BFloat16 && avx512::amx_supported();
+  if (p == GemmPath::Avx2) return avx2::supported(compute);
   return avx512::supported(compute);
 }
 
 std::string gemm_path_name(GemmPath p, DType compute) {
   if (p == GemmPath::Auto) {
-    if (!avx512::supported(compute)) return "reference";
+    if (!avx512::supported(compute)) return avx2::supported(compute) ? "avx2" : "reference";
     return gemm_path_available(GemmPath::Amx, compute) ? "avx512-bf16+amx"
            : compute == DType::BFloat16                ? "avx512-bf16"
                                                        : "avx512";
   }
   if (p == GemmPath::Reference) return "reference";
   if (p == GemmPath::Amx) return "amx-bf16";
+  if (p == GemmPath::Avx2) return "avx2";
   return compute == DType::BFloat16 ? "avx512-bf16" : "avx512";
 }
 
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute) {
-  if (!avx512::supported(compute) || !fast_shape(w)) return GemmPath::Reference;
+  if (!fast_shape(w)) return GemmPath::Reference;
+  if (!avx512::supported(compute)) return avx2::supported(compute) ? GemmPath::Avx2 : GemmPath::Reference;
   if (M >= kAmxMinTokens && gemm_path_available(GemmPath::Amx, compute)) return GemmPath::Amx;
   return GemmPath::Avx512;
 }
 
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
   if (path == GemmPath::Auto) path = gemm_auto_path(w, M, compute);
+  if (path == GemmPath::Avx2) {
+    if (!avx2::supported(compute) || !fast_shape(w))
+      throw NotSupportedError(
+          "gemm_4bit: the avx2 path needs AVX2 and FMA, float32 or bfloat16 compute, "
+          "K % blocksize == 0 and K % 32 == 0");
+    avx2::gemm_4bit(w, x, M, y, compute);
+    return;
+  }
   if (path == GemmPath::Avx512 || path == GemmPath::Amx) {
     const bool amx = path == GemmPath::Amx;
     if (!gemm_path_available(path, compute) || !fast_shape(w))
@@ -74,9 +91,22 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
   }
 }
 
-void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
-  if ((wdt == DType::Float32 || wdt == DType::BFloat16) && K % 32 == 0 && avx512::supported(wdt)) {
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                GemmPath path) {
+  const bool fast_dtype = wdt == DType::Float32 || wdt == DType::BFloat16;
+  const bool avx512 = fast_dtype && K % 32 == 0 && avx512::supported(wdt);
+  const bool avx2 = fast_dtype && K % 8 == 0 && avx2::supported(wdt);
+  if (path == GemmPath::Auto) path = avx512 ? GemmPath::Avx512 : avx2 ? GemmPath::Avx2 : GemmPath::Reference;
+  if ((path == GemmPath::Avx512 && !avx512) || (path == GemmPath::Avx2 && !avx2) || path == GemmPath::Amx)
+    throw NotSupportedError("gemm_dense: the " + gemm_path_name(path, wdt) + " path is not available for " +
+                            std::string(dtype_name(wdt)) + " weights with K = " + std::to_string(K) +
+                            " on this CPU");
+  if (path == GemmPath::Avx512) {
     avx512::gemm_dense(w, wdt, N, K, x, M, y);
+    return;
+  }
+  if (path == GemmPath::Avx2) {
+    avx2::gemm_dense(w, wdt, N, K, x, M, y);
     return;
   }
 #pragma omp parallel

@@ -1,7 +1,7 @@
 // Fused dequantize-and-multiply for bitsandbytes 4-bit weights (NF4/FP4, any blocksize, nested absmax decoded
 // on the fly): y[M, N] = x[M, K] @ W[N, K]^T. A scalar reference defines the result (bitsandbytes'
-// dequantize-then-matmul in the compute dtype); AVX-512 (float32 compute) and AVX512-BF16 (bfloat16 compute)
-// paths are chosen at run time and tested against it within a stated tolerance.
+// dequantize-then-matmul in the compute dtype); AVX2+FMA, AVX-512 (float32 compute), AVX512-BF16 and AMX-BF16
+// (bfloat16 compute) paths are chosen at run time and tested against it within a stated tolerance.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -39,8 +39,9 @@ struct Q4Weights {
 };
 
 // Which implementation gemm_4bit uses; "auto" picks the best this CPU supports: AMX tiles for bfloat16
-// prompts/batches (M >= 16) where the CPU and kernel allow them, else AVX-512.
-enum class GemmPath { Auto, Reference, Avx512, Amx };
+// prompts/batches (M >= 16) where the CPU and kernel allow them, else AVX-512, else AVX2 + FMA, else the
+// scalar reference.
+enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
 std::string gemm_path_name(GemmPath p, DType compute);
 // The path Auto takes for these weights and M tokens.
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);
@@ -51,7 +52,8 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
                GemmPath path = GemmPath::Auto);
 
 // Dense y = x @ W^T for float32 / bfloat16 weights (the unquantized lm_head and friends), threaded.
-void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                GemmPath path = GemmPath::Auto);
 
 namespace ref {
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0,

@@ -149,8 +149,8 @@ TEST(Gemm4, DenseMatchesNaive) {
 
 #include "kernels/cpu/attention.h"
 
-// Both AVX-512 paths: per token (T < 8, decode) and blocked prefill (partial query/key blocks, GQA groups,
-// head_dim above one 128-float register set, a cache that already holds earlier tokens).
+// Both AVX-512 paths (and the AVX2 one): per token (T < 8, decode) and blocked prefill (partial query/key
+// blocks, GQA groups, head_dim above one 128-float register set, a cache that already holds earlier tokens).
 TEST(Attention, FastPathMatchesReference) {
   for (const AttentionShape s :
        {AttentionShape{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f},
@@ -169,5 +169,11 @@ TEST(Attention, FastPathMatchesReference) {
     kernels::ref::attention(s, q.data(), k.data(), v.data(), a.data());
     kernels::attention(s, q.data(), k.data(), v.data(), b.data());
     for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
+    if (kernels::avx2::supported(s.head_dim)) {
+      std::fill(b.begin(), b.end(), -1.0f);
+      kernels::avx2::attention(s, q.data(), k.data(), v.data(), b.data());
+      for (size_t i = 0; i < a.size(); ++i)
+        ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << "avx2 " << i;
+    }
   }
 }

@@ -146,6 +146,25 @@ void prefill_avx512(const AttentionShape& s, const float* q, const float* kc, co
   }
 }
 
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+__attribute__((target("avx2,fma"))) void axpy_avx2(float p, const float* v, float* out, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+}
+
 template <typename Dot, typename Axpy>
 void run(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out, Dot dot,
          Axpy axpy) {
@@ -168,6 +187,19 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
 }
 }  // namespace ref
 
+namespace avx2 {
+bool supported(int64_t head_dim) {
+  static const bool cpu = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return cpu && head_dim % 8 == 0;
+}
+void attention(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out) {
+  run(s, q, kc, vc, out, dot_avx2, axpy_avx2);
+}
+}  // namespace avx2
+
 void attention(const AttentionShape& s, const float* q, const float* kc, const float* vc, float* out) {
   static const bool avx512 = [] {
     __builtin_cpu_init();
@@ -177,6 +209,8 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
     prefill_avx512(s, q, kc, vc, out);
   } else if (avx512 && s.head_dim % 16 == 0) {
     run(s, q, kc, vc, out, dot_avx512, axpy_avx512);
+  } else if (avx2::supported(s.head_dim)) {
+    avx2::attention(s, q, kc, vc, out);
   } else {
     ref::attention(s, q, kc, vc, out);
   }

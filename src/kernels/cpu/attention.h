@@ -1,7 +1,7 @@
 // Causal grouped-query attention over a KV cache (float32): for each new token t (at position start + t) and
 // query head h, softmax(q . k_j * scale) over j <= position, then the weighted sum of v_j. Cache rows are
 // [position][kv_heads * head_dim]. A scalar reference and AVX-512 paths (head_dim % 16 == 0): per token for
-// decode, blocked over 16 queries x 16 keys for prefill.
+// decode, blocked over 16 queries x 16 keys for prefill; AVX2 (head_dim % 8 == 0) per token.
 #pragma once
 #include <cstdint>
 
@@ -19,5 +19,12 @@ namespace ref {
 void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,
                float* out);
 }
+
+// The per-token path with AVX2 + FMA dot/axpy (CPUs without AVX-512); attention() uses it there.
+namespace avx2 {
+bool supported(int64_t head_dim);
+void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,
+               float* out);
+}  // namespace avx2
 
 }  // namespace nibble::kernels

@@ -118,69 +118,6 @@ NB_BF16 void gemv_bf16(const Q4Weights& w, const uint16_t* xeo, float* y, int64_
   }
 }
 
-// 64 packed bytes (128 elements) per step, with no widening: each 16-bit lane holds bytes 2i, 2i+1, i.e.
-// elements 4i (bits 4-7), 4i+1 (bits 0-3), 4i+2 (bits 12-15), 4i+3 (bits 8-11). vpermw reads the low 5 bits
-// of each index, so with the table duplicated into entries 16-31 the lane itself, and the lane shifted by 4,
-// 8 and 12, are the four index vectors: 3 shifts + 4 vpermw + 4 vdpbf16ps per 128 weights. x is pre-split per
-// 128-chunk into the matching four groups of 32. Accumulator lane j sums elements of 16-bit lanes 2j, 2j+1,
-// i.e. elements [8j, 8j + 8): one quantization block covers 128 / blocksize... lanes, so the per-chunk scale
-// vector holds each block's absmax over its lanes.
-NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int64_t n0, int64_t n1) {
-  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
-  alignas(64) uint16_t t16[32];
-  for (int i = 0; i < 32; ++i) t16[i] = float_to_bf16(w.code[i & 15]);
-  const __m512i table = _mm512_load_si512(t16);
-  const int64_t bpc = bs >= 128 ? 1 : 128 / bs;                               // blocks per 128-element chunk
-  const int bs_shift = __builtin_ctzll(static_cast<unsigned long long>(bs));  // blocksize is a power of two
-  constexpr int64_t R = 4;
-  for (int64_t n = n0; n < n1; n += R) {
-    const int64_t rows = std::min(R, n1 - n);
-    const uint8_t* rp[R];
-    int64_t row[R];
-    __m512 t[R];
-#pragma GCC unroll 4
-    for (int64_t r = 0; r < R; ++r) {
-      row[r] = n + std::min(r, rows - 1);
-      rp[r] = w.packed + row[r] * K / 2;
-      t[r] = _mm512_setzero_ps();
-    }
-    for (int64_t c = 0; c < K; c += 128) {
-      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c),
-                     x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
-      const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64),
-                     x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
-#pragma GCC unroll 4
-      for (int64_t r = 0; r < R; ++r) {
-        // rows are short (K/2 bytes, often < one page) so the hardware prefetcher barely ramps up per row;
-        // fetch the same offset of the next 4-row group (4 * K/2 bytes ahead) into L2 meanwhile
-        _mm_prefetch(reinterpret_cast<const char*>(rp[r] + c / 2 + 2 * K), _MM_HINT_T1);
-        const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
-        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
-        __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
-                                    (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
-        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
-        b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
-        a = _mm512_add_ps(a, b);
-        const int64_t b0 = row[r] * nbr + (c >> bs_shift);
-        __m512 scale;
-        if (bpc == 1) {
-          scale = _mm512_set1_ps(w.block_absmax(b0));
-        } else if (bpc == 2) {
-          scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(w.block_absmax(b0)),
-                                       _mm512_set1_ps(w.block_absmax(b0 + 1)));
-        } else {  // blocksize 32: four blocks of 4 lanes
-          const __m128 s4 = _mm_set_ps(w.block_absmax(b0 + 3), w.block_absmax(b0 + 2), w.block_absmax(b0 + 1),
-                                       w.block_absmax(b0));
-          scale = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                                        _mm512_castps128_ps512(s4));
-        }
-        t[r] = _mm512_fmadd_ps(a, scale, t[r]);
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
-  }
-}
-
 // absmax of blocks b0 .. b0 + n - 1 (n <= 16) in lanes 0 .. n - 1, bit-identical to Q4Weights::block_absmax
 // (code2[q] * absmax2[b >> shift], then + offset, as two roundings).
 NB_AVX512 inline __m512 absmax16(const Q4Weights& w, int64_t b0, int64_t n) {
@@ -206,50 +143,75 @@ NB_AVX512 inline __m512 absmax16(const Q4Weights& w, int64_t b0, int64_t n) {
   return _mm512_add_ps(_mm512_mul_ps(c, s), _mm512_set1_ps(w.offset));
 }
 
-// gemv_bf16_128 for blocksize 64 (bitsandbytes' default): the absmax of 16 blocks (1024 elements) is decoded
-// as one vector per row, and each 128-chunk takes its two blocks' lanes with one permute, instead of decoding
-// and broadcasting two scalars per chunk and row (which cost a quarter of the kernel's time).
-NB_BF16 void gemv_bf16_128_bs64(const Q4Weights& w, const uint16_t* xq, float* y, int64_t n0, int64_t n1) {
-  const int64_t K = w.K, nbr = K / 64;
+// 64 packed bytes (128 elements) per step, with no widening: each 16-bit lane holds bytes 2i, 2i+1, i.e.
+// elements 4i (bits 4-7), 4i+1 (bits 0-3), 4i+2 (bits 12-15), 4i+3 (bits 8-11). vpermw reads the low 5 bits
+// of each index, so with the table duplicated into entries 16-31 the lane itself, and the lane shifted by 4,
+// 8 and 12, are the four index vectors: 3 shifts + 4 vpermw + 4 vdpbf16ps per 128 weights. x is pre-split per
+// 128-chunk into the matching four groups of 32. Accumulator lane j sums elements of 16-bit lanes 2j, 2j+1,
+// i.e. elements [8j, 8j + 8): one quantization block covers 128 / blocksize... lanes, so the per-chunk scale
+// vector holds each block's absmax over its lanes.
+template <bool kBs64>  // blocksize == 64, compiled apart so the other blocksizes' branches cost it nothing
+NB_BF16 void gemv_bf16_128(const Q4Weights& w, const uint16_t* xq, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   alignas(64) uint16_t t16[32];
   for (int i = 0; i < 32; ++i) t16[i] = float_to_bf16(w.code[i & 15]);
   const __m512i table = _mm512_load_si512(t16);
-  // chunk j of a 16-block group: lanes 0-7 from block 2j, 8-15 from block 2j + 1
-  const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const int64_t bpc = bs >= 128 ? 1 : 128 / bs;                               // blocks per 128-element chunk
+  const int bs_shift = __builtin_ctzll(static_cast<unsigned long long>(bs));  // blocksize is a power of two
+  // blocksize 64 (bitsandbytes' default): the absmax of 16 blocks (1024 elements) is decoded as one vector
+  // per row and each chunk takes its two blocks' lanes with one permute; decoding and broadcasting two
+  // scalars per chunk and row cost a quarter of the kernel's time
+  const __m512i pair0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   constexpr int64_t R = 4;
   for (int64_t n = n0; n < n1; n += R) {
     const int64_t rows = std::min(R, n1 - n);
     const uint8_t* rp[R];
     int64_t row[R];
-    __m512 t[R];
+    __m512 t[R], am[R];
 #pragma GCC unroll 4
     for (int64_t r = 0; r < R; ++r) {
       row[r] = n + std::min(r, rows - 1);
       rp[r] = w.packed + row[r] * K / 2;
-      t[r] = _mm512_setzero_ps();
+      t[r] = am[r] = _mm512_setzero_ps();
     }
-    for (int64_t g = 0; g < K; g += 1024) {
-      const int64_t nblk = std::min<int64_t>(16, (K - g) / 64);
-      __m512 am[R];
+    for (int64_t c = 0; c < K; c += 128) {
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c),
+                     x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
+      const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64),
+                     x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
+      if (kBs64 && c % 1024 == 0)
 #pragma GCC unroll 4
-      for (int64_t r = 0; r < R; ++r) am[r] = absmax16(w, row[r] * nbr + g / 64, nblk);
-      for (int64_t c = g, j = 0; c < std::min(K, g + 1024); c += 128, ++j) {
-        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xq + c),
-                       x1 = (__m512bh)_mm512_loadu_si512(xq + c + 32);
-        const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xq + c + 64),
-                       x3 = (__m512bh)_mm512_loadu_si512(xq + c + 96);
-        const __m512i idx = _mm512_add_epi32(idx0, _mm512_set1_epi32(static_cast<int>(2 * j)));
+        for (int64_t r = 0; r < R; ++r)
+          am[r] = absmax16(w, row[r] * nbr + c / 64, std::min<int64_t>(16, (K - c) / 64));
+      const __m512i pair = _mm512_add_epi32(pair0, _mm512_set1_epi32(static_cast<int>(c % 1024 / 64)));
 #pragma GCC unroll 4
-        for (int64_t r = 0; r < R; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(rp[r] + c / 2 + 2 * K), _MM_HINT_T1);
-          const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
-          __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
-          __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
-                                      (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
-          a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
-          b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
-          t[r] = _mm512_fmadd_ps(_mm512_add_ps(a, b), _mm512_permutexvar_ps(idx, am[r]), t[r]);
+      for (int64_t r = 0; r < R; ++r) {
+        // rows are short (K/2 bytes, often < one page) so the hardware prefetcher barely ramps up per row;
+        // fetch the same offset of the next 4-row group (4 * K/2 bytes ahead) into L2 meanwhile
+        _mm_prefetch(reinterpret_cast<const char*>(rp[r] + c / 2 + 2 * K), _MM_HINT_T1);
+        const __m512i v = _mm512_loadu_si512(rp[r] + c / 2);
+        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_permutexvar_epi16(v, table), x0);
+        __m512 b = _mm512_dpbf16_ps(_mm512_setzero_ps(),
+                                    (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table), x1);
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table), x2);
+        b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table), x3);
+        a = _mm512_add_ps(a, b);
+        const int64_t b0 = row[r] * nbr + (c >> bs_shift);
+        __m512 scale;
+        if constexpr (kBs64) {
+          scale = _mm512_permutexvar_ps(pair, am[r]);
+        } else if (bpc == 1) {
+          scale = _mm512_set1_ps(w.block_absmax(b0));
+        } else if (bpc == 2) {
+          scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(w.block_absmax(b0)),
+                                       _mm512_set1_ps(w.block_absmax(b0 + 1)));
+        } else {  // blocksize 32: four blocks of 4 lanes
+          const __m128 s4 = _mm_set_ps(w.block_absmax(b0 + 3), w.block_absmax(b0 + 2), w.block_absmax(b0 + 1),
+                                       w.block_absmax(b0));
+          scale = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                        _mm512_castps128_ps512(s4));
         }
+        t[r] = _mm512_fmadd_ps(a, scale, t[r]);
       }
     }
     for (int64_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(t[r]);
@@ -505,20 +467,72 @@ inline void compiler_fence() {
   __asm__ volatile("" ::: "memory");
 }
 
+// One weight row straight into the A-tile layout [K/32][np][32] at row r, in the nibble order of
+// gemv_bf16_128 (per 128-chunk: elements 4j+1, 4j, 4j+3, 4j+2); x is packed in the same order. Each chunk's
+// two blocks get one 32-entry table bf16(code * absmax) (lanes 0-15: first block, 16-31: second), so vpermw
+// yields the reference's dequantized weight directly. Blocksize a multiple of 64, K % 128 == 0.
+NB_BF16 void decode_row_tiles(const Q4Weights& w, int64_t n, uint16_t* tiles, int64_t np, int64_t r) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
+  const uint8_t* row = w.packed + n * K / 2;
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const __m512i lo4 = _mm512_set1_epi16(15);
+  const __m512i half = _mm512_set_epi16(16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 0, 0,
+                                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512 am = _mm512_setzero_ps();
+  for (int64_t c = 0; c < K; c += 128) {
+    __m512 sa, sb;
+    if (bs == 64) {  // 16 blocks' absmax decoded at once, each chunk's pair permuted out
+      if (c % 1024 == 0) am = absmax16(w, n * nbr + c / 64, std::min<int64_t>(16, (K - c) / 64));
+      const int j = static_cast<int>(c % 1024 / 128);
+      sa = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * j), am);
+      sb = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * j + 1), am);
+    } else {
+      sa = _mm512_set1_ps(w.block_absmax(n * nbr + c / bs));
+      sb = _mm512_set1_ps(w.block_absmax(n * nbr + (c + 64) / bs));
+    }
+    const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(code, sb), _mm512_mul_ps(code, sa));
+    const __m512i v = _mm512_loadu_si512(row + c / 2);
+    // index = nibble | half: vpternlog 0xEA is (a & b) | c
+    const __m512i idx[4] = {_mm512_ternarylogic_epi32(v, lo4, half, 0xEA),
+                            _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), lo4, half, 0xEA),
+                            _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 8), lo4, half, 0xEA),
+                            _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 12), lo4, half, 0xEA)};
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i)
+      _mm512_storeu_si512(tiles + ((c / 32 + i) * np + r) * 32, _mm512_permutexvar_epi16(idx[i], table));
+  }
+}
+
 NB_AMX void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
   const int64_t N = w.N, K = w.K, kp = K / 2;
   // panel rows: as many 32-row sub-panels as fit ~1 MiB of decoded bfloat16, 1 to 8
   const int64_t sub = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * 32), 1, 8), np = 32 * sub;
   const int64_t panels = (N + np - 1) / np, pairs = (M + 31) / 32, groups = 2 * pairs;
   // x packed once per call: [group][kp][16] dwords; tokens past M repeat the last one (results discarded)
+  // direct decode into tiles (nibble order, x permuted to match) where the shape allows
+  const bool direct = w.blocksize % 64 == 0 && K % 128 == 0;
   std::vector<uint32_t> xpk(static_cast<size_t>(groups * kp * 16));
-#pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t t = 0; t < 16; ++t) {
-      const uint16_t* row = xb + std::min(g * 16 + t, M - 1) * K;
-      uint32_t* dst = xpk.data() + g * kp * 16 + t;
-      for (int64_t k = 0; k < kp; ++k) std::memcpy(dst + k * 16, row + 2 * k, 4);
-    }
+#pragma omp parallel
+  {
+    std::vector<uint16_t> perm(direct ? static_cast<size_t>(K) : 0);
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t t = 0; t < 16; ++t) {
+        const uint16_t* row = xb + std::min(g * 16 + t, M - 1) * K;
+        if (direct) {
+          for (int64_t c = 0; c < K; c += 128)
+            for (int64_t j = 0; j < 32; ++j) {
+              perm[static_cast<size_t>(c + j)] = row[c + 4 * j + 1];
+              perm[static_cast<size_t>(c + 32 + j)] = row[c + 4 * j];
+              perm[static_cast<size_t>(c + 64 + j)] = row[c + 4 * j + 3];
+              perm[static_cast<size_t>(c + 96 + j)] = row[c + 4 * j + 2];
+            }
+          row = perm.data();
+        }
+        uint32_t* dst = xpk.data() + g * kp * 16 + t;
+        for (int64_t k = 0; k < kp; ++k) std::memcpy(dst + k * 16, row + 2 * k, 4);
+      }
+  }
 #pragma omp parallel
   {
     TileConfig cfg;
@@ -534,6 +548,10 @@ NB_AMX void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, flo
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t n0 = p * np;
       for (int64_t r = 0; r < np; ++r) {
+        if (n0 + r < N && direct) {
+          decode_row_tiles(w, n0 + r, rows.data(), np, r);
+          continue;
+        }
         if (n0 + r < N)
           decode_row_bf16(w, n0 + r, row.data(), tmp.data());
         else
@@ -639,9 +657,9 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
         const int64_t per = (N + nt - 1) / nt;
         const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
         if (by128 && w.blocksize == 64)
-          gemv_bf16_128_bs64(w, xp.data(), y, a, b);
+          gemv_bf16_128<true>(w, xp.data(), y, a, b);
         else if (by128)
-          gemv_bf16_128(w, xp.data(), y, a, b);
+          gemv_bf16_128<false>(w, xp.data(), y, a, b);
         else if (w.blocksize >= 64)
           gemv_bf16(w, xp.data(), y, a, b);
         else

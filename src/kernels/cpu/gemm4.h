@@ -39,7 +39,7 @@ struct Q4Weights {
 };
 
 // Which implementation gemm_4bit uses; "auto" picks the best this CPU supports: AMX tiles for bfloat16
-// prompts/batches (M >= 16) where the CPU and kernel allow them, else AVX-512, else AVX2 + FMA, else the
+// prompts/batches (M >= 8) where the CPU and kernel allow them, else AVX-512, else AVX2 + FMA, else the
 // scalar reference.
 enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
 std::string gemm_path_name(GemmPath p, DType compute);

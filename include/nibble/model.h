@@ -61,6 +61,9 @@ class AutoModelForCausalLM {
   void dequantize();
   // transformers' get_memory_footprint(): parameter + buffer bytes.
   size_t memory_footprint() const;
+  // Weight bytes one decode step reads: the footprint less the embedding table where only one row of it is
+  // read (an untied or quantized lm_head); the bandwidth bound on tokens/s is read bandwidth / this.
+  size_t decode_bytes_per_token() const;
   const ModelInfo& info() const;
   int64_t max_position_embeddings() const;
   std::vector<int32_t> default_eos_token_ids() const;

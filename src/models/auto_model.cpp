@@ -166,6 +166,9 @@ void AutoModelForCausalLM::dequantize() {
 size_t AutoModelForCausalLM::memory_footprint() const {
   return impl_->model->memory_footprint();
 }
+size_t AutoModelForCausalLM::decode_bytes_per_token() const {
+  return impl_->model->decode_bytes_per_token();
+}
 const ModelInfo& AutoModelForCausalLM::info() const {
   return impl_->info;
 }

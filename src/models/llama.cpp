@@ -343,6 +343,12 @@ size_t LlamaModel::memory_footprint() const {
   return n;
 }
 
+size_t LlamaModel::decode_bytes_per_token() const {
+  const size_t n = memory_footprint();
+  if (!lm_head_) return n;  // the tied embedding is the lm_head: read whole
+  return n - embed_.nbytes() + static_cast<size_t>(c_.hidden) * dtype_size(embed_.dtype());
+}
+
 int64_t LlamaModel::num_parameters() const {
   int64_t n = embed_.numel() + norm_.numel();
   auto lin = [](const nn::LinearBase& l) { return l.in_features * l.out_features; };

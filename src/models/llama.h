@@ -56,6 +56,7 @@ class LlamaModel {
 
   NamedTensors state_dict() const;
   size_t memory_footprint() const;
+  size_t decode_bytes_per_token() const;
   int64_t num_parameters() const;  // float-model count (quantized weights count their full shape)
   void dequantize();
   bool quantized() const;

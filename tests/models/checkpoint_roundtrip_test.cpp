@@ -92,6 +92,15 @@ TEST(Checkpoints, DequantizeGivesFloatModel) {
   EXPECT_FALSE(cfg.contains("quantization_config"));
 }
 
+// nibble bench's bandwidth bound: decode reads one embedding row, not the table, when the lm_head is its own
+// weight (the golden tiny Llama: untied, vocab 256 x hidden 64 float32); a tied embedding is read whole.
+TEST(Checkpoints, DecodeBytesPerToken) {
+  const auto untied = AutoModelForCausalLM::from_pretrained(ckpt("tiny-llama-bnb-nf4-dq"), {.quiet = true});
+  EXPECT_EQ(untied.memory_footprint() - untied.decode_bytes_per_token(), size_t{(256 - 1) * 64 * 4});
+  const auto tied = AutoModelForCausalLM::from_pretrained(test::example_model(), {.quiet = true});
+  EXPECT_EQ(tied.decode_bytes_per_token(), tied.memory_footprint());
+}
+
 TEST(Checkpoints, PrequantizedConfigWinsOverUsers) {
   const BitsAndBytesConfig mine{.load_in_4bit = true, .bnb_4bit_quant_type = "fp4"};
   const auto m = AutoModelForCausalLM::from_pretrained(ckpt("tiny-llama-bnb-nf4-dq"),

@@ -123,7 +123,7 @@ void add_bench(CLI::App& app) {
     pp /= a->reps;
     tg /= a->reps;
     const double bw = a->no_bandwidth ? 0 : kernels::measure_read_bandwidth();
-    const double weight_bytes = static_cast<double>(model->memory_footprint());
+    const double weight_bytes = static_cast<double>(model->decode_bytes_per_token());
     const std::string path = kernels::gemm_path_name(kernels::GemmPath::Auto, cfg.compute_dtype());
     nlohmann::ordered_json j;
     j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
@@ -136,11 +136,12 @@ void add_bench(CLI::App& app) {
     j["threads"] = threads;
     j["load_seconds"] = load_s;
     j["weights_bytes"] = model->memory_footprint();
+    j["decode_bytes_per_token"] = model->decode_bytes_per_token();
     j["pp" + std::to_string(a->p) + "_tok_s"] = pp;
     j["tg" + std::to_string(a->n) + "_tok_s"] = tg;
     if (bw > 0) {
       j["read_bandwidth_gb_s"] = bw / 1e9;
-      // decode reads every weight once per token: the bandwidth bound on tokens/s and our fraction of it
+      // decode reads its weights once per token: the bandwidth bound on tokens/s and our fraction of it
       j["tg_bandwidth_bound_tok_s"] = bw / weight_bytes;
       j["tg_fraction_of_bound"] = tg / (bw / weight_bytes);
     }

@@ -503,11 +503,83 @@ NB_BF16 void decode_row_tiles(const Q4Weights& w, int64_t n, uint16_t* tiles, in
   }
 }
 
-NB_AMX void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
-  const int64_t N = w.N, K = w.K, kp = K / 2;
+// One thread's share of the AMX GEMM (called inside the parallel region: clang outlines a parallel region
+// into a function without the enclosing target attributes, so the tile code lives in its own function).
+NB_AMX void amx_panels(const Q4Weights& w, const uint32_t* xpk, int64_t M, float* y, int64_t sub,
+                       bool direct) {
+  const int64_t N = w.N, K = w.K, kp = K / 2, np = 32 * sub;
+  const int64_t panels = (N + np - 1) / np, pairs = (M + 31) / 32;
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  std::vector<uint16_t> rows(static_cast<size_t>(np * K)), row(static_cast<size_t>(K));
+  std::vector<float> tmp(static_cast<size_t>(K));
+  alignas(64) float c[4][16][16];
+#pragma omp for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * np;
+    for (int64_t r = 0; r < np; ++r) {
+      if (n0 + r < N && direct) {
+        decode_row_tiles(w, n0 + r, rows.data(), np, r);
+        continue;
+      }
+      if (n0 + r < N)
+        decode_row_bf16(w, n0 + r, row.data(), tmp.data());
+      else
+        std::fill(row.begin(), row.end(), uint16_t{0});
+      for (int64_t k = 0; k < K; k += 32)  // to [K/32][np][32]: each A tile is 1 KiB contiguous
+        std::memcpy(rows.data() + (k / 32 * np + r) * 32, row.data() + k, 64);
+    }
+    compiler_fence();
+    for (int64_t g = 0; g < pairs; ++g) {
+      const uint32_t* b0 = xpk + 2 * g * kp * 16;
+      const uint32_t* b1 = b0 + kp * 16;
+      for (int64_t s = 0; s < sub && n0 + 32 * s < N; ++s) {
+        const uint16_t* a0 = rows.data() + 32 * s * 32;
+        const uint16_t* a1 = a0 + 16 * 32;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t k = 0; k < K; k += 32) {
+          _tile_loadd(4, a0 + k * np, 64);
+          _tile_loadd(5, a1 + k * np, 64);
+          _tile_loadd(6, b0 + k / 2 * 16, 64);
+          _tile_loadd(7, b1 + k / 2 * 16, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        _tile_stored(2, c[2], 64);
+        _tile_stored(3, c[3], 64);
+        compiler_fence();
+        // c[2 * ra + tb][r][t]: weight row n0 + 32 s + 16 ra + r, token 32 g + 16 tb + t
+        for (int ra = 0; ra < 2; ++ra)
+          for (int tb = 0; tb < 2; ++tb)
+            for (int64_t t = 0; t < 16; ++t) {
+              const int64_t m = 32 * g + 16 * tb + t;
+              if (m >= M) break;
+              const int64_t nb = n0 + 32 * s + 16 * ra, nr = std::min<int64_t>(16, N - nb);
+              float* dst = y + m * N + nb;
+              for (int64_t r = 0; r < nr; ++r) dst[r] = c[2 * ra + tb][r][t];
+            }
+      }
+    }
+  }
+  _tile_release();
+}
+
+void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
+  const int64_t K = w.K, kp = K / 2;
   // panel rows: as many 32-row sub-panels as fit ~1 MiB of decoded bfloat16, 1 to 8
-  const int64_t sub = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * 32), 1, 8), np = 32 * sub;
-  const int64_t panels = (N + np - 1) / np, pairs = (M + 31) / 32, groups = 2 * pairs;
+  const int64_t sub = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * 32), 1, 8);
+  const int64_t groups = 2 * ((M + 31) / 32);
   // x packed once per call: [group][kp][16] dwords; tokens past M repeat the last one (results discarded)
   // direct decode into tiles (nibble order, x permuted to match) where the shape allows
   const bool direct = w.blocksize % 64 == 0 && K % 128 == 0;
@@ -534,72 +606,7 @@ NB_AMX void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, flo
       }
   }
 #pragma omp parallel
-  {
-    TileConfig cfg;
-    for (int i = 0; i < 8; ++i) {
-      cfg.rows[i] = 16;
-      cfg.colsb[i] = 64;
-    }
-    _tile_loadconfig(&cfg);
-    std::vector<uint16_t> rows(static_cast<size_t>(np * K)), row(static_cast<size_t>(K));
-    std::vector<float> tmp(static_cast<size_t>(K));
-    alignas(64) float c[4][16][16];
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t n0 = p * np;
-      for (int64_t r = 0; r < np; ++r) {
-        if (n0 + r < N && direct) {
-          decode_row_tiles(w, n0 + r, rows.data(), np, r);
-          continue;
-        }
-        if (n0 + r < N)
-          decode_row_bf16(w, n0 + r, row.data(), tmp.data());
-        else
-          std::fill(row.begin(), row.end(), uint16_t{0});
-        for (int64_t k = 0; k < K; k += 32)  // to [K/32][np][32]: each A tile is 1 KiB contiguous
-          std::memcpy(rows.data() + (k / 32 * np + r) * 32, row.data() + k, 64);
-      }
-      compiler_fence();
-      for (int64_t g = 0; g < pairs; ++g) {
-        const uint32_t* b0 = xpk.data() + 2 * g * kp * 16;
-        const uint32_t* b1 = b0 + kp * 16;
-        for (int64_t s = 0; s < sub && n0 + 32 * s < N; ++s) {
-          const uint16_t* a0 = rows.data() + 32 * s * 32;
-          const uint16_t* a1 = a0 + 16 * 32;
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int64_t k = 0; k < K; k += 32) {
-            _tile_loadd(4, a0 + k * np, 64);
-            _tile_loadd(5, a1 + k * np, 64);
-            _tile_loadd(6, b0 + k / 2 * 16, 64);
-            _tile_loadd(7, b1 + k / 2 * 16, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
-          _tile_stored(0, c[0], 64);
-          _tile_stored(1, c[1], 64);
-          _tile_stored(2, c[2], 64);
-          _tile_stored(3, c[3], 64);
-          compiler_fence();
-          // c[2 * ra + tb][r][t]: weight row n0 + 32 s + 16 ra + r, token 32 g + 16 tb + t
-          for (int ra = 0; ra < 2; ++ra)
-            for (int tb = 0; tb < 2; ++tb)
-              for (int64_t t = 0; t < 16; ++t) {
-                const int64_t m = 32 * g + 16 * tb + t;
-                if (m >= M) break;
-                const int64_t nb = n0 + 32 * s + 16 * ra, nr = std::min<int64_t>(16, N - nb);
-                float* dst = y + m * N + nb;
-                for (int64_t r = 0; r < nr; ++r) dst[r] = c[2 * ra + tb][r][t];
-              }
-        }
-      }
-    }
-    _tile_release();
-  }
+  amx_panels(w, xpk.data(), M, y, sub, direct);
 }
 
 }  // namespace

@@ -82,14 +82,19 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
   }
 #pragma omp parallel
   {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t per = (w.N + nt - 1) / nt;
-    const int64_t a = std::min(w.N, id * per), b = std::min(w.N, a + per);
+    const auto [a, b] = thread_rows(w.N);
     if (a < b) {
       // the reference writes y[m * N + n] for its rows only
       ref::gemm_4bit(w, x, M, y, compute, a, b);
     }
   }
+}
+
+std::pair<int64_t, int64_t> thread_rows(int64_t n) {
+  const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+  const int64_t per = (n + nt - 1) / nt;
+  const int64_t a = std::min(n, id * per);
+  return {a, std::min(n, a + per)};
 }
 
 void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,

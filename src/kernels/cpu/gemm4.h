@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nibble/dtype.h"
@@ -30,10 +31,13 @@ struct Q4Weights {
     nested_blocksize = nbs;
     nested_shift = (nbs & (nbs - 1)) == 0 ? __builtin_ctzll(static_cast<unsigned long long>(nbs)) : -1;
   }
+  // the nested block (index into absmax2) of quantization block b
+  int64_t nested_block(int64_t b) const {
+    return nested_shift >= 0 ? b >> nested_shift : b / nested_blocksize;
+  }
   float block_absmax(int64_t b) const {
     if (absmax) return absmax[b];
-    const float v =
-        code2[absmax_q[b]] * absmax2[nested_shift >= 0 ? b >> nested_shift : b / nested_blocksize];
+    const float v = code2[absmax_q[b]] * absmax2[nested_block(b)];
     return v + offset;
   }
 };
@@ -54,6 +58,9 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 // Dense y = x @ W^T for float32 / bfloat16 weights (the unquantized lm_head and friends), threaded.
 void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y,
                 GemmPath path = GemmPath::Auto);
+
+// Inside an OpenMP parallel region: this thread's contiguous share [first, second) of n output rows.
+std::pair<int64_t, int64_t> thread_rows(int64_t n);
 
 namespace ref {
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0,

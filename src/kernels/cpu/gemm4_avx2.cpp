@@ -97,10 +97,10 @@ NB_AVX2 inline __m256 round_bf16(__m256 v) {
 }
 
 // one row as code * absmax rounded to the compute dtype (the reference's weight), in the split order
-NB_AVX2 void decode_row(const Q4Weights& w, int64_t n, DType cd, float* out) {
+// raw: the float32 code table (the reference multiplies before rounding)
+NB_AVX2 void decode_row(const Q4Weights& w, int64_t n, DType cd, const Table& raw, float* out) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   const uint8_t* row = w.packed + n * K / 2;
-  const Table raw = make_table(w, DType::Float32);
   for (int64_t b = 0; b < nbr; ++b) {
     const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
     for (int64_t c = b * bs; c < (b + 1) * bs; c += 16) {
@@ -163,9 +163,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
   if (M == 1) {
 #pragma omp parallel
     {
-      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t per = (N + nt - 1) / nt;
-      const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
+      const auto [a, b] = thread_rows(N);
       gemv(w, xd.data(), y, a, b, compute);
     }
     return;
@@ -175,12 +173,13 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 #pragma omp parallel
   {
     std::vector<float> buf(static_cast<size_t>(R * K));
+    const Table raw = make_table(w, DType::Float32);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < tiles; ++i) {
       const int64_t n0 = i * R, rows = std::min(R, N - n0);
       const float* wr[R];
       for (int64_t r = 0; r < rows; ++r) {
-        decode_row(w, n0 + r, compute, buf.data() + r * K);
+        decode_row(w, n0 + r, compute, raw, buf.data() + r * K);
         wr[r] = buf.data() + r * K;
       }
       rows_times_tokens(wr, rows, xd.data(), M, K, y, N, n0);
@@ -192,9 +191,12 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 // Requires K % 8 == 0.
 void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
   const bool bf = wdt == DType::BFloat16;
-  std::vector<float> xr(x, x + M * K);
-  if (bf)
-    for (auto& v : xr) v = bf16_to_float(float_to_bf16(v));
+  std::vector<float> xr;  // bfloat16 weights: x rounded to bfloat16
+  if (bf) {
+    xr.resize(static_cast<size_t>(M * K));
+    for (size_t i = 0; i < xr.size(); ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
+  }
+  const float* xs = bf ? xr.data() : x;
 #pragma omp parallel
   {
     std::vector<float> row(static_cast<size_t>(K));
@@ -207,7 +209,7 @@ void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x,
         wn = row.data();
       }
       const float* wr[1] = {wn};
-      rows_times_tokens(wr, 1, xr.data(), M, K, y, N, n);
+      rows_times_tokens(wr, 1, xs, M, K, y, N, n);
     }
   }
 }

@@ -126,18 +126,12 @@ NB_AVX512 inline __m512 absmax16(const Q4Weights& w, int64_t b0, int64_t n) {
   const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.absmax_q + b0));
   const __m512 c = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.code2, 4);
   __m512 s;
-  if (w.nested_shift >= 0) {
-    const int64_t g0 = b0 >> w.nested_shift, g1 = (b0 + n - 1) >> w.nested_shift;
-    if (g0 == g1) {
-      s = _mm512_set1_ps(w.absmax2[g0]);
-    } else {
-      alignas(64) float t[16];
-      for (int64_t i = 0; i < 16; ++i) t[i] = w.absmax2[(b0 + std::min(i, n - 1)) >> w.nested_shift];
-      s = _mm512_load_ps(t);
-    }
+  // the usual case (nested blocks of 256): all 16 blocks in one nested block, found with shifts only
+  if (w.nested_shift >= 0 && b0 >> w.nested_shift == (b0 + n - 1) >> w.nested_shift) {
+    s = _mm512_set1_ps(w.absmax2[b0 >> w.nested_shift]);
   } else {
     alignas(64) float t[16];
-    for (int64_t i = 0; i < 16; ++i) t[i] = w.absmax2[(b0 + std::min(i, n - 1)) / w.nested_blocksize];
+    for (int64_t i = 0; i < 16; ++i) t[i] = w.absmax2[w.nested_block(b0 + std::min(i, n - 1))];
     s = _mm512_load_ps(t);
   }
   return _mm512_add_ps(_mm512_mul_ps(c, s), _mm512_set1_ps(w.offset));
@@ -364,6 +358,42 @@ NB_BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
   for (; i < n; ++i) out[i] = float_to_bf16(x[i]);
 }
 
+// One token's bfloat16 x in the nibble order of gemv_bf16_128: per 128-chunk, elements 4j+1, 4j, 4j+3, 4j+2.
+void to_nibble_order(const uint16_t* x, int64_t K, uint16_t* out) {
+  for (int64_t c = 0; c < K; c += 128)
+    for (int64_t j = 0; j < 32; ++j) {
+      out[c + j] = x[c + 4 * j + 1];
+      out[c + 32 + j] = x[c + 4 * j];
+      out[c + 64 + j] = x[c + 4 * j + 3];
+      out[c + 96 + j] = x[c + 4 * j + 2];
+    }
+}
+
+// x [M][K] as (k, k+1) dword pairs per group of G tokens, [groups][K/2][G], so a micro-kernel reads one token
+// group's pairs as one sequential stream. Tokens past M repeat the last one (their results are discarded);
+// nibble_order permutes each token by to_nibble_order first.
+std::vector<uint32_t> pack_pairs(const uint16_t* xb, int64_t M, int64_t K, int64_t G, int64_t groups,
+                                 bool nibble_order) {
+  const int64_t kp = K / 2;
+  std::vector<uint32_t> out(static_cast<size_t>(groups * kp * G));
+#pragma omp parallel
+  {
+    std::vector<uint16_t> perm(nibble_order ? static_cast<size_t>(K) : 0);
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t t = 0; t < G; ++t) {
+        const uint16_t* row = xb + std::min(g * G + t, M - 1) * K;
+        if (nibble_order) {
+          to_nibble_order(row, K, perm.data());
+          row = perm.data();
+        }
+        uint32_t* dst = out.data() + g * kp * G + t;
+        for (int64_t k = 0; k < kp; ++k) std::memcpy(dst + k * G, row + 2 * k, 4);
+      }
+  }
+  return out;
+}
+
 // --- GEMM, bfloat16 compute, outer-product form ----------------------------------------------------------
 // A panel of 32 weight rows is decoded once (bfloat16 of code * absmax) and packed as [K/2][32] dwords: each
 // dword a (k, k+1) pair of one row. The micro-kernel holds 12 tokens x 32 rows in 24 accumulators; per k-pair
@@ -409,16 +439,7 @@ NB_BF16 inline void mk_outer(const uint32_t* P, const uint32_t* xp, int64_t K, f
 
 NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
   const int64_t N = w.N, K = w.K, panels = (N + kPanel - 1) / kPanel, groups = (M + kMt - 1) / kMt;
-  // pack x once per call: [group][kp][kMt] dwords; tokens past M repeat the last one (their results are
-  // discarded)
-  std::vector<uint32_t> xpk(static_cast<size_t>(groups * (K / 2) * kMt));
-#pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t t = 0; t < kMt; ++t) {
-      const uint16_t* row = xb + std::min(g * kMt + t, M - 1) * K;
-      uint32_t* dst = xpk.data() + g * (K / 2) * kMt + t;
-      for (int64_t kp = 0; kp < K / 2; ++kp) std::memcpy(dst + kp * kMt, row + 2 * kp, 4);
-    }
+  const std::vector<uint32_t> xpk = pack_pairs(xb, M, K, kMt, groups, false);
 #pragma omp parallel
   {
     std::vector<uint32_t> P(static_cast<size_t>(K / 2 * kPanel));
@@ -444,15 +465,14 @@ NB_BF16 void gemm_bf16_outer(const Q4Weights& w, const uint16_t* xb, int64_t M, 
   }
 }
 
-// --- GEMM, bfloat16 compute, AMX tiles
-// ---------------------------------------------------------------------- TDPBF16PS multiplies a 16 x 32
-// bfloat16 tile A by a 32 x 16 tile B held as 16 rows of (k, k+1) pairs and accumulates 16 x 16 float32: 8192
-// MACs per instruction. A is 16 decoded weight rows x 32 k; B is x packed per group of 16 tokens as [K/2][16]
-// dwords (the pair layout of the outer-product path). Each C tile is a block of y transposed (rows x tokens),
-// scattered into y once per K. Tiles 0-3 accumulate a 32-row x 32-token block, 4-5 hold A, 6-7 hold B. A
-// panel of np rows is decoded once per call into [K/32][np][32] (every A tile 1 KiB contiguous: a row stride
-// of K would put a tile's 16 lines in one L1 set) and met by every token pair; within a token pair the x
-// slices stay in L2 across the panel's 32-row sub-panels.
+// --- GEMM, bfloat16 compute, AMX tiles ------------------------------------------------------------------
+// TDPBF16PS multiplies a 16 x 32 bfloat16 tile A by a 32 x 16 tile B held as 16 rows of (k, k+1) pairs and
+// accumulates 16 x 16 float32: 8192 MACs per instruction. A is 16 decoded weight rows x 32 k; B is x packed
+// per group of 16 tokens by pack_pairs. Each C tile is a block of y transposed (rows x tokens), scattered
+// into y once per K. Tiles 0-3 accumulate a 32-row x 32-token block, 4-5 hold A, 6-7 hold B. A panel of np
+// rows is decoded once per call into [K/32][np][32] (every A tile 1 KiB contiguous: a row stride of K would
+// put a tile's 16 lines in one L1 set) and met by every token pair; within a token pair the x slices stay in
+// L2 across the panel's 32-row sub-panels.
 #define NB_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
 
 struct alignas(64) TileConfig {
@@ -576,35 +596,12 @@ NB_AMX void amx_panels(const Q4Weights& w, const uint32_t* xpk, int64_t M, float
 }
 
 void gemm_bf16_amx(const Q4Weights& w, const uint16_t* xb, int64_t M, float* y) {
-  const int64_t K = w.K, kp = K / 2;
+  const int64_t K = w.K;
   // panel rows: as many 32-row sub-panels as fit ~1 MiB of decoded bfloat16, 1 to 8
   const int64_t sub = std::clamp<int64_t>((int64_t{1} << 20) / (K * 2 * 32), 1, 8);
-  const int64_t groups = 2 * ((M + 31) / 32);
-  // x packed once per call: [group][kp][16] dwords; tokens past M repeat the last one (results discarded)
-  // direct decode into tiles (nibble order, x permuted to match) where the shape allows
+  // decode straight into tiles (nibble order, x permuted to match) where the shape allows
   const bool direct = w.blocksize % 64 == 0 && K % 128 == 0;
-  std::vector<uint32_t> xpk(static_cast<size_t>(groups * kp * 16));
-#pragma omp parallel
-  {
-    std::vector<uint16_t> perm(direct ? static_cast<size_t>(K) : 0);
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t t = 0; t < 16; ++t) {
-        const uint16_t* row = xb + std::min(g * 16 + t, M - 1) * K;
-        if (direct) {
-          for (int64_t c = 0; c < K; c += 128)
-            for (int64_t j = 0; j < 32; ++j) {
-              perm[static_cast<size_t>(c + j)] = row[c + 4 * j + 1];
-              perm[static_cast<size_t>(c + 32 + j)] = row[c + 4 * j];
-              perm[static_cast<size_t>(c + 64 + j)] = row[c + 4 * j + 3];
-              perm[static_cast<size_t>(c + 96 + j)] = row[c + 4 * j + 2];
-            }
-          row = perm.data();
-        }
-        uint32_t* dst = xpk.data() + g * kp * 16 + t;
-        for (int64_t k = 0; k < kp; ++k) std::memcpy(dst + k * 16, row + 2 * k, 4);
-      }
-  }
+  const std::vector<uint32_t> xpk = pack_pairs(xb, M, K, 16, 2 * ((M + 31) / 32), direct);
 #pragma omp parallel
   amx_panels(w, xpk.data(), M, y, sub, direct);
 }
@@ -643,14 +640,8 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
       to_bf16(x, K, xb.data());
       const bool by128 = K % 128 == 0;
       std::vector<uint16_t> xp(static_cast<size_t>(K));
-      if (by128) {  // per 128-chunk: elements 4i+1, 4i, 4i+3, 4i+2 (see gemv_bf16_128)
-        for (int64_t c = 0; c < K; c += 128)
-          for (int64_t i = 0; i < 32; ++i) {
-            xp[static_cast<size_t>(c + i)] = xb[static_cast<size_t>(c + 4 * i + 1)];
-            xp[static_cast<size_t>(c + 32 + i)] = xb[static_cast<size_t>(c + 4 * i)];
-            xp[static_cast<size_t>(c + 64 + i)] = xb[static_cast<size_t>(c + 4 * i + 3)];
-            xp[static_cast<size_t>(c + 96 + i)] = xb[static_cast<size_t>(c + 4 * i + 2)];
-          }
+      if (by128) {
+        to_nibble_order(xb.data(), K, xp.data());
       } else if (w.blocksize >= 64) {  // per 64-chunk: 32 even elements, then 32 odd ones
         for (int64_t c = 0; c < K; c += 64)
           for (int64_t j = 0; j < 32; ++j) {
@@ -660,9 +651,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
       }
 #pragma omp parallel
       {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t per = (N + nt - 1) / nt;
-        const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
+        const auto [a, b] = thread_rows(N);
         if (by128 && w.blocksize == 64)
           gemv_bf16_128<true>(w, xp.data(), y, a, b);
         else if (by128)
@@ -675,9 +664,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
     } else {
 #pragma omp parallel
       {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t per = (N + nt - 1) / nt;
-        const int64_t a = std::min(N, id * per), b = std::min(N, a + per);
+        const auto [a, b] = thread_rows(N);
         gemv_f32(w, x, y, a, b);
       }
     }

@@ -78,8 +78,6 @@ void add_bench(CLI::App& app) {
   sub->callback([a] {
     if (a->model.empty() == a->synthetic.empty())
       throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
-    if (a->threads > 0) omp_set_num_threads(a->threads);
-    const int threads = omp_get_max_threads();
     // default for bench: the seed's NF4 + double quant + bfloat16 compute
     BitsAndBytesConfig cfg = any_quant_flag(a->q)
                                  ? build_config(a->q, false)
@@ -123,7 +121,8 @@ void add_bench(CLI::App& app) {
     pp /= a->reps;
     tg /= a->reps;
     const double bw = a->no_bandwidth ? 0 : kernels::measure_read_bandwidth();
-    const double weight_bytes = static_cast<double>(model->decode_bytes_per_token());
+    const size_t decode_bytes = model->decode_bytes_per_token();
+    const double weight_bytes = static_cast<double>(decode_bytes);
     const std::string path = kernels::gemm_path_name(kernels::GemmPath::Auto, cfg.compute_dtype());
     nlohmann::ordered_json j;
     j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
@@ -133,10 +132,10 @@ void add_bench(CLI::App& app) {
         cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
     j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
     j["kernel"] = path;
-    j["threads"] = threads;
+    j["threads"] = omp_get_max_threads();  // loading applied --threads
     j["load_seconds"] = load_s;
     j["weights_bytes"] = model->memory_footprint();
-    j["decode_bytes_per_token"] = model->decode_bytes_per_token();
+    j["decode_bytes_per_token"] = decode_bytes;
     j["pp" + std::to_string(a->p) + "_tok_s"] = pp;
     j["tg" + std::to_string(a->n) + "_tok_s"] = tg;
     if (bw > 0) {

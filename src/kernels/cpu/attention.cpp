@@ -13,22 +13,25 @@
 namespace nibble::kernels {
 
 namespace {
+// The reference's softmax over scores row[0, n): exponentiates in place (exp(v - max)) and returns 1 / sum.
+float softmax_exp(float* row, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+  return 1.0f / sum;
+}
+
 // One (token, head): scores, softmax, weighted sum. Dot/axpy are the only parts that differ by path.
 template <typename Dot, typename Axpy>
 void one_head(const AttentionShape& s, const float* qv, const float* kc, const float* vc, int64_t hk,
               int64_t pos, float* out, std::vector<float>& sc, Dot dot, Axpy axpy) {
   const int64_t D = s.head_dim, stride = s.kv_heads * D;
   sc.resize(static_cast<size_t>(pos + 1));
-  float mx = -INFINITY;
-  for (int64_t j = 0; j <= pos; ++j) {
-    const float v = dot(qv, kc + j * stride + hk * D, D) * s.scale;
-    sc[static_cast<size_t>(j)] = v;
-    mx = std::max(mx, v);
-  }
-  float sum = 0;
-  for (auto& v : sc) sum += (v = std::exp(v - mx));
+  for (int64_t j = 0; j <= pos; ++j)
+    sc[static_cast<size_t>(j)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
+  const float inv = softmax_exp(sc.data(), pos + 1);
   std::fill(out, out + D, 0.0f);
-  const float inv = 1.0f / sum;
   for (int64_t j = 0; j <= pos; ++j) axpy(sc[static_cast<size_t>(j)] * inv, vc + j * stride + hk * D, out, D);
 }
 
@@ -55,6 +58,25 @@ __attribute__((target("avx512f"))) void axpy_avx512(float p, const float* v, flo
   const __m512 pv = _mm512_set1_ps(p);
   for (int64_t i = 0; i < n; i += 16)
     _mm512_storeu_ps(out + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + i), _mm512_loadu_ps(out + i)));
+}
+
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+__attribute__((target("avx2,fma"))) void axpy_avx2(float p, const float* v, float* out, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
 }
 
 // --- prefill: many new tokens at once ----------------------------------------------------------------------
@@ -92,11 +114,7 @@ __attribute__((target("avx512f"))) void prefill_head_block(const AttentionShape&
   for (int64_t i = 0; i < nq; ++i) {
     float* row = sc + i * ldsc;
     const int64_t n = s.start + t0 + i + 1;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-    float sum = 0;
-    for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
-    const float inv = 1.0f / sum;
+    const float inv = softmax_exp(row, n);
     float* o = out + ((t0 + i) * s.heads + h) * D;
     for (int64_t d0 = 0; d0 < D; d0 += 128) {
       const int64_t nc = std::min<int64_t>(8, (D - d0) / 16);
@@ -144,25 +162,6 @@ void prefill_avx512(const AttentionShape& s, const float* q, const float* kc, co
           prefill_head_block(s, q, kt.data(), vh.data(), out, h, t0, sc.data(), Ppad);
     }
   }
-}
-
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  const __m256 s = _mm256_add_ps(s0, s1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-}
-__attribute__((target("avx2,fma"))) void axpy_avx2(float p, const float* v, float* out, int64_t n) {
-  const __m256 pv = _mm256_set1_ps(p);
-  for (int64_t i = 0; i < n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
 }
 
 template <typename Dot, typename Axpy>

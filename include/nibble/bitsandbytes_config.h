@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "nibble/dtype.h"
+#include "nibble/quant_type.h"
 
 namespace nibble {
 
@@ -75,6 +76,8 @@ struct BitsAndBytesConfig {
 
   DType compute_dtype() const { return bnb_4bit_compute_dtype.value().value_or(DType::Float32); }
   DType quant_storage() const { return bnb_4bit_quant_storage.value().value_or(DType::UInt8); }
+  // bnb_4bit_quant_type as the enum (post_init has validated the name).
+  QuantType quant_type() const { return parse_quant_type(bnb_4bit_quant_type); }
   static constexpr const char* quant_method = "bitsandbytes";
 
   bool is_quantizable() const { return load_in_8bit || load_in_4bit; }

@@ -17,8 +17,8 @@ namespace nibble {
 struct FromPretrainedOptions {
   std::optional<BitsAndBytesConfig> quantization_config = std::nullopt;
   std::optional<DType> dtype = std::nullopt;  // unquantized parameters; default: the checkpoint's torch_dtype
-  int threads = 0;                            // 0 = all cores
-  bool quiet = false;                         // no progress bar / warnings on stderr
+  int threads = 0;     // this model's CPU threads (loading, forward, generate, its sessions); 0 = all cores
+  bool quiet = false;  // no progress bar / warnings on stderr
 };
 
 struct GenerationConfig {
@@ -50,9 +50,10 @@ class AutoModelForCausalLM {
   AutoModelForCausalLM& operator=(AutoModelForCausalLM&&) noexcept;
   ~AutoModelForCausalLM();
 
-  // Full causal forward without cache: logits [ids.size(), vocab] row-major.
+  // Full causal forward in a fresh one-shot Session: logits [ids.size(), vocab] row-major.
   std::vector<float> forward(const std::vector<int32_t>& ids) const;
-  // Returns prompt + new tokens; on_token is called with each new id as it is generated.
+  // Returns prompt + new tokens (a one-shot Session; use nibble::Session to keep the KV cache between calls);
+  // on_token is called with each new id as it is generated.
   std::vector<int32_t> generate(const std::vector<int32_t>& input_ids, const GenerationConfig& cfg = {},
                                 const std::function<void(int32_t)>& on_token = {}) const;
   // Writes a checkpoint transformers loads (bnb-4bit layout when quantized), atomically.
@@ -66,11 +67,13 @@ class AutoModelForCausalLM {
   size_t decode_bytes_per_token() const;
   const ModelInfo& info() const;
   int64_t max_position_embeddings() const;
+  int threads() const;  // FromPretrainedOptions::threads (0 = all cores)
   std::vector<int32_t> default_eos_token_ids() const;
 
   struct Impl;
 
  private:
+  friend class Session;
   AutoModelForCausalLM();
   std::unique_ptr<Impl> impl_;
 };

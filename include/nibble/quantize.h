@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "nibble/bitsandbytes_config.h"
 #include "nibble/quant_type.h"
-#include "nibble/safetensors.h"
 #include "nibble/tensor.h"
 
 namespace nibble {
@@ -60,6 +60,23 @@ struct Quantized4bit {
 // A: float32, float16 or bfloat16, any shape (flattened row-major).
 Quantized4bit quantize_4bit(const Tensor& A, int64_t blocksize = 64, QuantType quant_type = QuantType::FP4,
                             bool compress_statistics = false, DType quant_storage = DType::UInt8);
+// How a Linear weight is quantized under a BitsAndBytesConfig (bitsandbytes' Params4bit / Linear4bit): the
+// config's fields resolved once (quant type parsed, dtypes defaulted) plus the blocksize, which transformers
+// does not expose (bitsandbytes' default 64; `nibble quantize --blocksize` sets it).
+struct Linear4bitSpec {
+  QuantType quant_type = QuantType::FP4;
+  int64_t blocksize = 64;
+  bool double_quant = false;
+  DType quant_storage = DType::UInt8;
+  DType compute_dtype = DType::Float32;
+  // ValueError for a blocksize bitsandbytes does not support.
+  static Linear4bitSpec from_config(const BitsAndBytesConfig& cfg, int64_t blocksize = 64);
+};
+// The one place a Linear weight becomes 4-bit, for quantize-on-load and `nibble quantize` alike: checks that
+// `weight` is a 2-D float tensor (FormatError naming `where` otherwise) and quantizes it as spec says.
+Quantized4bit quantize_linear_weight(const Tensor& weight, const Linear4bitSpec& spec,
+                                     const std::string& where);
+
 // Returns a tensor of state.shape in out_dtype (default: state.dtype).
 Tensor dequantize_4bit(const Tensor& packed, const QuantState& state, std::optional<DType> out_dtype = {});
 

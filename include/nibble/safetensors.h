@@ -52,8 +52,6 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
-
 // Writes one safetensors file atomically (path + ".tmp", then rename). Data is laid out as the Python writer
 // does (larger dtypes first, then by name) so every tensor is aligned for its element type.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nibble/dtype.h"
@@ -86,6 +87,9 @@ class Tensor {
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;
 };
+
+// Named tensors in order (a state dict, a checkpoint's contents).
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Converts n elements between float dtypes (float32/float16/bfloat16/float64), round-to-nearest-even.
 void convert_floats(DType from, const void* src, DType to, void* dst, size_t n);

@@ -1,4 +1,4 @@
-#include "nibble/progress.h"
+#include "core/progress.h"
 
 #include <unistd.h>
 

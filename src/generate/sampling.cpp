@@ -1,4 +1,4 @@
-#include "generate/sampling.h"
+#include "nibble/sampling.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 
 #include "nibble/error.h"
 
-namespace nibble::gen {
+namespace nibble {
 
 int32_t argmax(const float* logits, int64_t n) {
   int64_t best = 0;
@@ -75,4 +75,4 @@ double kl_divergence(const float* ref, const float* q, int64_t n) {
   return kl;
 }
 
-}  // namespace nibble::gen
+}  // namespace nibble

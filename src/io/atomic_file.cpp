@@ -68,14 +68,6 @@ void AtomicDir::commit() {
   done_ = true;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void write_text_file(const std::string& path, const std::string& text) {
   AtomicFile f(path);
   if (!text.empty() && std::fwrite(text.data(), 1, text.size(), f.get()) != text.size())

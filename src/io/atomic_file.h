@@ -38,7 +38,6 @@ class AtomicDir {
   bool done_ = false;
 };
 
-std::string read_text_file(const std::string& path);
 // Atomic (temporary file + rename).
 void write_text_file(const std::string& path, const std::string& text);
 

@@ -2,7 +2,7 @@
 
 #include <filesystem>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "nibble/error.h"
 
 namespace nibble {

@@ -11,9 +11,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "nibble/files.h"
 #include "io/atomic_file.h"
 #include "nibble/error.h"
-#include "nibble/python_json.h"
+#include "core/python_json.h"
 
 namespace nibble {
 namespace fs = std::filesystem;

@@ -1,31 +1,22 @@
-#include <omp.h>
-
+// AutoModelForCausalLM, loading half: from_pretrained / from_config build the family's model (the registry
+// by model_type), save_pretrained, dequantize and the reports. Running it (forward, generate, Session) is
+// in src/generate.
 #include <cstdio>
 #include <filesystem>
 
-#include "generate/sampling.h"
+#include "core/python_json.h"
+#include "core/threads.h"
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
-#include "models/llama.h"
+#include "models/auto_model_impl.h"
+#include "models/registry.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
 #include "nibble/models.h"
-#include "nibble/python_json.h"
 
 namespace nibble {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct AutoModelForCausalLM::Impl {
-  std::string dir;
-  json config, generation_config;
-  std::unique_ptr<models::LlamaModel> model;
-  ModelInfo info;
-  void refresh_info() {
-    info.quantization_config = model->quantization_config();
-    info.num_parameters = model->num_parameters();
-  }
-};
 
 AutoModelForCausalLM::AutoModelForCausalLM() : impl_(std::make_unique<Impl>()) {}
 AutoModelForCausalLM::AutoModelForCausalLM(AutoModelForCausalLM&&) noexcept = default;
@@ -34,14 +25,25 @@ AutoModelForCausalLM::~AutoModelForCausalLM() = default;
 
 namespace {
 void fill_info(AutoModelForCausalLM::Impl& im, DType dtype);
+
+void check_model_dir(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) throw IoError(dir + ": no such model directory");
+  if (!fs::is_directory(dir, ec))
+    throw IoError(dir + ": not a directory (expected a HuggingFace model directory)");
+  if (!fs::exists(fs::path(dir) / "config.json", ec))
+    throw FormatError(dir + ": no config.json (not a HuggingFace model directory)");
+}
 }  // namespace
 
 AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& dir,
                                                            const FromPretrainedOptions& opt) {
-  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  check_model_dir(dir);
+  const ThreadScope threads(opt.threads);  // quantize-on-load runs with the model's thread count
   AutoModelForCausalLM m;
   Impl& im = *m.impl_;
   im.dir = dir;
+  im.threads = opt.threads;
   const std::string cpath = (fs::path(dir) / "config.json").string();
   im.config = read_json_file(cpath);
   check_model_type(im.config, cpath);
@@ -53,52 +55,46 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
         "nibble: warning: You passed `quantization_config` or equivalent parameters to `from_pretrained` but "
         "the model you're loading already has a `quantization_config` attribute. The `quantization_config` "
         "from the model will be used.\n");
-  models::LlamaModel::LoadOptions lo;
+  models::LoadOptions lo;
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(im.config, cpath));
   lo.quiet = opt.quiet;
-  im.model = std::make_unique<models::LlamaModel>(im.config, models::CheckpointSource(dir), lo);
+  im.model = models::create_model(im.config, models::CheckpointSource(dir), lo);
   fill_info(im, lo.dtype);
   return m;
 }
 
 AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& config,
                                                        const FromPretrainedOptions& opt, uint64_t seed) {
-  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  const ThreadScope threads(opt.threads);
   AutoModelForCausalLM m;
   Impl& im = *m.impl_;
+  im.threads = opt.threads;
   im.config = config;
   check_model_type(config, "config");
-  models::LlamaModel::LoadOptions lo;
+  models::LoadOptions lo;
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(config, "config"));
   lo.quiet = opt.quiet;
-  im.model = std::make_unique<models::LlamaModel>(config, models::RandomSource(config, lo.dtype, seed), lo);
+  im.model = models::create_model(config, models::RandomSource(config, lo.dtype, seed), lo);
   fill_info(im, lo.dtype);
   return m;
 }
 
 namespace {
 void fill_info(AutoModelForCausalLM::Impl& im, DType dtype) {
-  const auto& c = im.model->config();
-  im.info.model_type = c.model_type;
+  const auto& c = *im.model;
+  im.info.model_type = im.config["model_type"].get<std::string>();
   if (im.config.contains("architectures") && im.config["architectures"].is_array() &&
       !im.config["architectures"].empty())
     im.info.architecture = im.config["architectures"][0].get<std::string>();
-  im.info.num_layers = c.layers;
-  im.info.hidden_size = c.hidden;
-  im.info.vocab_size = c.vocab;
+  im.info.num_layers = c.num_layers();
+  im.info.hidden_size = c.hidden_size();
+  im.info.vocab_size = c.vocab_size();
   im.info.dtype = dtype;
   im.refresh_info();
 }
 }  // namespace
-
-std::vector<float> AutoModelForCausalLM::forward(const std::vector<int32_t>& ids) const {
-  auto cache = impl_->model->new_cache();
-  std::vector<float> logits;
-  impl_->model->forward(ids, cache, true, logits);
-  return logits;
-}
 
 std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
   std::vector<int32_t> eos;
@@ -111,32 +107,6 @@ std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
     if (!eos.empty()) break;
   }
   return eos;
-}
-
-std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& input_ids,
-                                                    const GenerationConfig& cfg,
-                                                    const std::function<void(int32_t)>& on_token) const {
-  if (input_ids.empty()) throw ValueError("generate: input_ids is empty");
-  if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
-  const auto& model = *impl_->model;
-  const std::vector<int32_t> eos = cfg.eos_token_id.empty() ? default_eos_token_ids() : cfg.eos_token_id;
-  const int64_t V = model.config().vocab;
-  std::mt19937_64 rng(cfg.seed);
-  auto cache = model.new_cache();
-  std::vector<int32_t> out = input_ids;
-  std::vector<float> logits;
-  model.forward(input_ids, cache, false, logits);
-  for (int i = 0; i < cfg.max_new_tokens; ++i) {
-    const int32_t next = cfg.do_sample
-                             ? gen::sample(logits.data(), V, {cfg.temperature, cfg.top_k, cfg.top_p}, rng)
-                             : gen::argmax(logits.data(), V);
-    if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
-    out.push_back(next);
-    if (on_token) on_token(next);
-    if (cache.length >= model.config().max_positions) break;
-    if (i + 1 < cfg.max_new_tokens) model.forward({next}, cache, false, logits);
-  }
-  return out;
 }
 
 void AutoModelForCausalLM::save_pretrained(const std::string& dir) const {
@@ -173,7 +143,10 @@ const ModelInfo& AutoModelForCausalLM::info() const {
   return impl_->info;
 }
 int64_t AutoModelForCausalLM::max_position_embeddings() const {
-  return impl_->model->config().max_positions;
+  return impl_->model->max_position_embeddings();
+}
+int AutoModelForCausalLM::threads() const {
+  return impl_->threads;
 }
 
 }  // namespace nibble

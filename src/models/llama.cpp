@@ -1,83 +1,46 @@
 #include "models/llama.h"
 
-#include <cmath>
-#include <numbers>
-
-#include "io/hf_config.h"
-#include "kernels/cpu/attention.h"
+#include "core/progress.h"
+#include "models/linear_loader.h"
 #include "nibble/error.h"
 #include "nibble/models.h"
-#include "nibble/progress.h"
 
 namespace nibble::models {
 using nlohmann::json;
 
 namespace {
-
-void rms_norm(const float* x, const std::vector<float>& w, double eps, int64_t n, float* out) {
-  float ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
-  const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + static_cast<float>(eps));
-  for (int64_t i = 0; i < n; ++i) out[i] = w[static_cast<size_t>(i)] * (x[i] * r);
-}
-
-std::vector<float> as_floats(const Tensor& t) {
-  return t.to_float_vector();
-}
-
+// Workspace slots of the decoder (nn modules use the slots below 16).
+enum Slot : size_t { kHidden = 16, kNormed, kOut, kCos, kSin };
 }  // namespace
 
-std::unique_ptr<nn::LinearBase> LlamaModel::load_linear(const TensorSource& ck, const std::string& prefix,
-                                                        bool bias, const LoadOptions& opt,
-                                                        bool prequantized) const {
-  std::optional<Tensor> b;
-  if (bias) {
-    const Tensor t = ck.get(prefix + ".bias");
-    b = t.dtype() == dtype_ ? t : t.to(dtype_);
-  }
-  for (const char* qt : {"nf4", "fp4"}) {
-    const std::string qs = prefix + ".weight.quant_state.bitsandbytes__" + qt;
-    if (!ck.contains(qs)) continue;
-    if (!prequantized)
-      throw FormatError(ck.where(qs) + ": tensor '" + qs +
-                        "' is quantized but config.json has no quantization_config");
-    std::map<std::string, Tensor> d;
-    for (const char* k : {"absmax", "quant_map", "nested_absmax", "nested_quant_map"})
-      if (ck.contains(prefix + ".weight." + k)) d[prefix + ".weight." + k] = ck.get(prefix + ".weight." + k);
-    d[qs] = ck.get(qs);
-    QuantState s = QuantState::from_dict(d, ck.where(qs) + ": " + prefix);
-    return std::make_unique<nn::Linear4bit>(ck.get(prefix + ".weight"), std::move(s), std::move(b),
-                                            qcfg_->compute_dtype());
-  }
-  const std::string wname = prefix + ".weight";
-  const Tensor w = ck.get(wname);
-  if (w.shape().size() != 2 || !dtype_is_float(w.dtype()))
-    throw FormatError(ck.where(wname) + ": tensor '" + wname + "' must be a 2-D float weight, got " +
-                      std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()));
-  const Tensor wd = w.dtype() == dtype_ ? w : w.to(dtype_);
-  if (!prequantized && opt.quant && opt.quant->load_in_4bit &&
-      should_quantize(c_.model_type, wname, *opt.quant)) {
-    const BitsAndBytesConfig& q = *opt.quant;
-    auto lin = nn::Linear4bit::quantize(wd, std::move(b), 64, parse_quant_type(q.bnb_4bit_quant_type),
-                                        q.bnb_4bit_use_double_quant, q.quant_storage(), q.compute_dtype());
-    ck.release(wname);  // the full-precision weight leaves resident memory once quantized
-    return lin;
-  }
-  return std::make_unique<nn::Linear>(wd, std::move(b));
+nn::RopeConfig LlamaConfig::rope() const {
+  return {.theta = rope_theta,
+          .type = rope_type,
+          .factor = rope_factor,
+          .low_freq_factor = low_freq_factor,
+          .high_freq_factor = high_freq_factor,
+          .original_max_positions = original_max_positions};
 }
 
 LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt)
     : dtype_(opt.dtype) {
   const std::string dir = ck.label();
-  const std::string cpath = dir + "/config.json";
-  c_ = LlamaConfig::from_json(config, cpath);
-  const bool prequantized = config.contains("quantization_config");
-  if (prequantized) {
+  c_ = LlamaConfig::from_json(config, dir + "/config.json");
+  LinearLoader loader{.src = ck,
+                      .model_type = c_.model_type,
+                      .dtype = dtype_,
+                      .quantize = std::nullopt,
+                      .spec = std::nullopt,
+                      .prequantized = config.contains("quantization_config")};
+  if (loader.prequantized) {
     qcfg_ = AutoQuantizationConfig::from_dict(config["quantization_config"]);
+    loader.prequantized_compute = qcfg_->compute_dtype();
   } else if (opt.quant && opt.quant->is_quantizable()) {
     if (opt.quant->load_in_8bit)
       throw NotSupportedError("load_in_8bit (LLM.int8) is not implemented in nibble; use load_in_4bit");
     qcfg_ = opt.quant;
+    loader.quantize = opt.quant;
+    loader.spec = Linear4bitSpec::from_config(*opt.quant);
   }
   auto expect_shape = [&](const Tensor& t, const std::string& name, const Shape& s) {
     if (t.shape() != s)
@@ -99,28 +62,26 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   } else {
     throw FormatError(dir + ": checkpoint has no model.embed_tokens.weight");
   }
-  Progress bar(qcfg_ && !prequantized ? "quantize" : "load", c_.layers, opt.quiet);
+  Progress bar(qcfg_ && !loader.prequantized ? "quantize" : "load", c_.layers, opt.quiet);
   const int64_t H = c_.hidden, D = c_.head_dim;
   for (int64_t i = 0; i < c_.layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i);
     LlamaLayer L;
-    L.input_norm = dense(p + ".input_layernorm.weight", {H});
-    L.post_norm = dense(p + ".post_attention_layernorm.weight", {H});
-    L.input_norm_f = as_floats(L.input_norm);
-    L.post_norm_f = as_floats(L.post_norm);
-    L.q = load_linear(ck, p + ".self_attn.q_proj", c_.attention_bias, opt, prequantized);
-    L.k = load_linear(ck, p + ".self_attn.k_proj", c_.attention_bias, opt, prequantized);
-    L.v = load_linear(ck, p + ".self_attn.v_proj", c_.attention_bias, opt, prequantized);
-    L.o = load_linear(ck, p + ".self_attn.o_proj", c_.model_type != "qwen2" && c_.attention_bias, opt,
-                      prequantized);
-    L.gate = load_linear(ck, p + ".mlp.gate_proj", c_.mlp_bias, opt, prequantized);
-    L.up = load_linear(ck, p + ".mlp.up_proj", c_.mlp_bias, opt, prequantized);
-    L.down = load_linear(ck, p + ".mlp.down_proj", c_.mlp_bias, opt, prequantized);
-    const std::pair<nn::LinearBase*, std::pair<int64_t, int64_t>> shapes[] = {
-        {L.q.get(), {c_.heads * D, H}},       {L.k.get(), {c_.kv_heads * D, H}},
-        {L.v.get(), {c_.kv_heads * D, H}},    {L.o.get(), {H, c_.heads * D}},
-        {L.gate.get(), {c_.intermediate, H}}, {L.up.get(), {c_.intermediate, H}},
-        {L.down.get(), {H, c_.intermediate}}};
+    L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps);
+    L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps);
+    const bool qkv_bias = c_.attention_bias, o_bias = c_.model_type != "qwen2" && c_.attention_bias;
+    L.attn = nn::Attention(loader.load(p + ".self_attn.q_proj", qkv_bias),
+                           loader.load(p + ".self_attn.k_proj", qkv_bias),
+                           loader.load(p + ".self_attn.v_proj", qkv_bias),
+                           loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
+    L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
+                         loader.load(p + ".mlp.up_proj", c_.mlp_bias),
+                         loader.load(p + ".mlp.down_proj", c_.mlp_bias));
+    const std::pair<const nn::LinearBase*, std::pair<int64_t, int64_t>> shapes[] = {
+        {L.attn.q_proj.get(), {c_.heads * D, H}},      {L.attn.k_proj.get(), {c_.kv_heads * D, H}},
+        {L.attn.v_proj.get(), {c_.kv_heads * D, H}},   {L.attn.o_proj.get(), {H, c_.heads * D}},
+        {L.mlp.gate_proj.get(), {c_.intermediate, H}}, {L.mlp.up_proj.get(), {c_.intermediate, H}},
+        {L.mlp.down_proj.get(), {H, c_.intermediate}}};
     for (const auto& [lin, s] : shapes)
       if (lin->out_features != s.first || lin->in_features != s.second)
         throw FormatError(dir + ": layer " + std::to_string(i) + " has a linear weight of shape [" +
@@ -129,54 +90,31 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     layers_.push_back(std::move(L));
     bar.advance(1, p);
   }
-  norm_ = dense("model.norm.weight", {H});
-  norm_f_ = as_floats(norm_);
+  norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps);
   if (!c_.tie_word_embeddings || ck.contains("lm_head.weight.absmax")) {
-    lm_head_ = load_linear(ck, "lm_head", false, opt, prequantized);
-  } else if (qcfg_ && !prequantized && opt.quant->llm_int8_skip_modules &&
-             should_quantize(c_.model_type, "lm_head.weight", *opt.quant)) {
-    // the user's skip list leaves the (tied) output embedding quantizable: quantize a copy
-    lm_head_ = nn::Linear4bit::quantize(
-        embed_, std::nullopt, 64, parse_quant_type(opt.quant->bnb_4bit_quant_type),
-        opt.quant->bnb_4bit_use_double_quant, opt.quant->quant_storage(), opt.quant->compute_dtype());
+    lm_head_ = loader.load("lm_head", false);
+  } else {
+    // tied: the user's skip list may leave the output embedding quantizable: quantize a copy
+    lm_head_ = loader.quantize_dense("lm_head", embed_);
   }
   bar.finish();
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
-  // RoPE inverse frequencies, float32 as transformers computes them
-  inv_freq_.resize(static_cast<size_t>(D / 2));
-  for (int64_t i = 0; i < D / 2; ++i) {
-    const float e = static_cast<float>(2 * i) / static_cast<float>(D);
-    float f = 1.0f / std::pow(static_cast<float>(c_.rope_theta), e);
-    if (c_.rope_type == "linear") f = f / static_cast<float>(c_.rope_factor);
-    if (c_.rope_type == "llama3") {
-      const double old_ctx = static_cast<double>(c_.original_max_positions);
-      const double low_wl = old_ctx / c_.low_freq_factor, high_wl = old_ctx / c_.high_freq_factor;
-      const double wl = 2 * std::numbers::pi / f;
-      if (wl > low_wl) {
-        f = static_cast<float>(f / c_.rope_factor);
-      } else if (wl >= high_wl) {
-        const double smooth =
-            (old_ctx / wl - c_.low_freq_factor) / (c_.high_freq_factor - c_.low_freq_factor);
-        f = static_cast<float>((1 - smooth) * f / c_.rope_factor + smooth * f);
-      }
-    }
-    inv_freq_[static_cast<size_t>(i)] = f;
-  }
+  if (!lm_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
+  rope_ = nn::RotaryEmbedding(D, c_.rope());
 }
 
-KVCache LlamaModel::new_cache() const {
-  KVCache c;
-  c.k.resize(static_cast<size_t>(c_.layers));
-  c.v.resize(static_cast<size_t>(c_.layers));
-  return c;
-}
-
-void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool all_logits,
-                         std::vector<float>& logits) const {
-  const int64_t T = static_cast<int64_t>(ids.size()), H = c_.hidden, D = c_.head_dim;
-  const int64_t NQ = c_.heads, NKV = c_.kv_heads, I = c_.intermediate, V = c_.vocab;
-  const int64_t start = cache.length;
-  std::vector<float> h(static_cast<size_t>(T * H));
+void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
+                         nn::Workspace& ws, bool all_logits, float* logits) const {
+  const auto T = static_cast<int64_t>(ids.size());
+  const int64_t H = c_.hidden, V = c_.vocab, half = c_.head_dim / 2;
+  if (static_cast<int64_t>(kv.size()) != c_.layers)
+    throw ValueError("forward: the KV cache has " + std::to_string(kv.size()) + " layers, the model " +
+                     std::to_string(c_.layers));
+  float* h = ws.get(kHidden, static_cast<size_t>(T * H));
+  float* xn = ws.get(kNormed, static_cast<size_t>(T * H));
+  float* o = ws.get(kOut, static_cast<size_t>(T * H));
+  float* cosv = ws.get(kCos, static_cast<size_t>(T * half));
+  float* sinv = ws.get(kSin, static_cast<size_t>(T * half));
   for (int64_t t = 0; t < T; ++t) {
     const int32_t id = ids[static_cast<size_t>(t)];
     if (id < 0 || id >= V)
@@ -184,71 +122,32 @@ void LlamaModel::forward(const std::vector<int32_t>& ids, KVCache& cache, bool a
     convert_floats(
         embed_.dtype(),
         embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
-        DType::Float32, h.data() + t * H, static_cast<size_t>(H));
+        DType::Float32, h + t * H, static_cast<size_t>(H));
   }
-  // cos/sin per new position
-  std::vector<float> cosv(static_cast<size_t>(T * D / 2)), sinv(cosv.size());
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < D / 2; ++i) {
-      const float f = static_cast<float>(start + t) * inv_freq_[static_cast<size_t>(i)];
-      cosv[static_cast<size_t>(t * D / 2 + i)] = std::cos(f);
-      sinv[static_cast<size_t>(t * D / 2 + i)] = std::sin(f);
-    }
-  auto rope = [&](float* v, int64_t t) {  // rotate_half convention
-    for (int64_t i = 0; i < D / 2; ++i) {
-      const float c = cosv[static_cast<size_t>(t * D / 2 + i)], s = sinv[static_cast<size_t>(t * D / 2 + i)];
-      const float a = v[i], b = v[i + D / 2];
-      v[i] = a * c - b * s;
-      v[i + D / 2] = b * c + a * s;
-    }
-  };
-  std::vector<float> xn(static_cast<size_t>(T * H)), q(static_cast<size_t>(T * NQ * D)),
-      k(static_cast<size_t>(T * NKV * D)), v(k.size()), att(q.size()), o(h.size()),
-      g(static_cast<size_t>(T * I)), u(g.size());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  rope_.angles(start, T, cosv, sinv);
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
+    L.input_norm.forward(h, T, xn);
+    L.attn.forward(xn, T, start, rope_, cosv, sinv, kv[static_cast<size_t>(l)], ws, o);
 #pragma omp parallel for if (T > 1)
-    for (int64_t t = 0; t < T; ++t)
-      rms_norm(h.data() + t * H, L.input_norm_f, c_.rms_eps, H, xn.data() + t * H);
-    L.q->forward(xn.data(), T, q.data());
-    L.k->forward(xn.data(), T, k.data());
-    L.v->forward(xn.data(), T, v.data());
+    for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
+    L.post_norm.forward(h, T, xn);
+    L.mlp.forward(xn, T, ws, o);
 #pragma omp parallel for if (T > 1)
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t hq = 0; hq < NQ; ++hq) rope(q.data() + (t * NQ + hq) * D, t);
-      for (int64_t hk = 0; hk < NKV; ++hk) rope(k.data() + (t * NKV + hk) * D, t);
-    }
-    auto& kc = cache.k[static_cast<size_t>(l)];
-    auto& vc = cache.v[static_cast<size_t>(l)];
-    kc.insert(kc.end(), k.begin(), k.end());
-    vc.insert(vc.end(), v.begin(), v.end());
-    kernels::attention({T, NQ, NKV, D, start, scale}, q.data(), kc.data(), vc.data(), att.data());
-    L.o->forward(att.data(), T, o.data());
-#pragma omp parallel for if (T > 1)
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = t * H; i < (t + 1) * H; ++i) h[static_cast<size_t>(i)] += o[static_cast<size_t>(i)];
-      rms_norm(h.data() + t * H, L.post_norm_f, c_.rms_eps, H, xn.data() + t * H);
-    }
-    L.gate->forward(xn.data(), T, g.data());
-    L.up->forward(xn.data(), T, u.data());
-#pragma omp parallel for if (T > 1)
-    for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    L.down->forward(g.data(), T, o.data());
-#pragma omp parallel for if (T > 1)
-    for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
+    for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
   }
-  cache.length += T;
-  const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-  for (int64_t t = first; t < T; ++t)
-    rms_norm(h.data() + t * H, norm_f_, c_.rms_eps, H, xn.data() + (t - first) * H);
-  logits.resize(static_cast<size_t>(rows * V));
-  if (lm_head_) {
-    lm_head_->forward(xn.data(), rows, logits.data());
-  } else {
-    const nn::Linear tied(embed_, std::nullopt);
-    tied.forward(xn.data(), rows, logits.data());
-  }
+  const int64_t first = all_logits ? 0 : T - 1;
+  norm_.forward(h + first * H, T - first, xn);
+  (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);
+}
+
+std::vector<const nn::LinearBase*> LlamaModel::linears() const {
+  std::vector<const nn::LinearBase*> v;
+  for (const auto& L : layers_)
+    for (const auto* l : {L.attn.q_proj.get(), L.attn.k_proj.get(), L.attn.v_proj.get(), L.attn.o_proj.get(),
+                          L.mlp.gate_proj.get(), L.mlp.up_proj.get(), L.mlp.down_proj.get()})
+      v.push_back(l);
+  return v;
 }
 
 NamedTensors LlamaModel::state_dict() const {
@@ -260,30 +159,26 @@ NamedTensors LlamaModel::state_dict() const {
   for (int64_t i = 0; i < c_.layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i);
     const LlamaLayer& L = layers_[static_cast<size_t>(i)];
-    d.emplace_back(p + ".input_layernorm.weight", L.input_norm);
-    d.emplace_back(p + ".post_attention_layernorm.weight", L.post_norm);
-    add(p + ".self_attn.q_proj", *L.q);
-    add(p + ".self_attn.k_proj", *L.k);
-    add(p + ".self_attn.v_proj", *L.v);
-    add(p + ".self_attn.o_proj", *L.o);
-    add(p + ".mlp.gate_proj", *L.gate);
-    add(p + ".mlp.up_proj", *L.up);
-    add(p + ".mlp.down_proj", *L.down);
+    d.emplace_back(p + ".input_layernorm.weight", L.input_norm.weight());
+    d.emplace_back(p + ".post_attention_layernorm.weight", L.post_norm.weight());
+    add(p + ".self_attn.q_proj", *L.attn.q_proj);
+    add(p + ".self_attn.k_proj", *L.attn.k_proj);
+    add(p + ".self_attn.v_proj", *L.attn.v_proj);
+    add(p + ".self_attn.o_proj", *L.attn.o_proj);
+    add(p + ".mlp.gate_proj", *L.mlp.gate_proj);
+    add(p + ".mlp.up_proj", *L.mlp.up_proj);
+    add(p + ".mlp.down_proj", *L.mlp.down_proj);
   }
-  d.emplace_back("model.norm.weight", norm_);
+  d.emplace_back("model.norm.weight", norm_.weight());
   if (lm_head_) add("lm_head", *lm_head_);
   return d;
 }
 
 size_t LlamaModel::memory_footprint() const {
   // buffers as transformers 5 registers them: rotary_emb.inv_freq and rotary_emb.original_inv_freq
-  size_t n = embed_.nbytes() + norm_.nbytes() + 2 * inv_freq_.size() * sizeof(float);
-  for (const auto& L : layers_) {
-    n += L.input_norm.nbytes() + L.post_norm.nbytes();
-    for (const auto* lin :
-         {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
-      n += lin->parameter_bytes();
-  }
+  size_t n = embed_.nbytes() + norm_.weight().nbytes() + rope_.buffer_bytes();
+  for (const auto& L : layers_) n += L.input_norm.weight().nbytes() + L.post_norm.weight().nbytes();
+  for (const auto* lin : linears()) n += lin->parameter_bytes();
   if (lm_head_) n += lm_head_->parameter_bytes();
   return n;
 }
@@ -295,22 +190,20 @@ size_t LlamaModel::decode_bytes_per_token() const {
 }
 
 int64_t LlamaModel::num_parameters() const {
-  int64_t n = embed_.numel() + norm_.numel();
-  auto lin = [](const nn::LinearBase& l) { return l.in_features * l.out_features; };
+  int64_t n = embed_.numel() + norm_.weight().numel();
   for (const auto& L : layers_) {
-    n += L.input_norm.numel() + L.post_norm.numel();
-    for (const auto* l : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
-      n += lin(*l) +
-           (c_.attention_bias && (l == L.q.get() || l == L.k.get() || l == L.v.get()) ? l->out_features : 0);
+    n += L.input_norm.weight().numel() + L.post_norm.weight().numel();
+    if (c_.attention_bias)
+      n += L.attn.q_proj->out_features + L.attn.k_proj->out_features + L.attn.v_proj->out_features;
   }
-  if (lm_head_ && !c_.tie_word_embeddings) n += lin(*lm_head_);
+  for (const auto* l : linears()) n += l->in_features * l->out_features;
+  if (lm_head_ && !c_.tie_word_embeddings) n += lm_head_->in_features * lm_head_->out_features;
   return n;
 }
 
 bool LlamaModel::quantized() const {
-  for (const auto& L : layers_)
-    for (const auto* l : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
-      if (l->quantized()) return true;
+  for (const auto* l : linears())
+    if (l->quantized()) return true;
   return lm_head_ && lm_head_->quantized();
 }
 
@@ -321,9 +214,12 @@ void LlamaModel::dequantize() {
     l = std::make_unique<nn::Linear>(q->dequantized_weight(), q->bias());
   };
   for (auto& L : layers_)
-    for (auto* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) deq(*l);
+    for (auto* l : {&L.attn.q_proj, &L.attn.k_proj, &L.attn.v_proj, &L.attn.o_proj, &L.mlp.gate_proj,
+                    &L.mlp.up_proj, &L.mlp.down_proj})
+      deq(*l);
   if (lm_head_ && lm_head_->quantized() && c_.tie_word_embeddings) lm_head_.reset();
   deq(lm_head_);
+  if (!lm_head_ && !tied_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
   qcfg_.reset();
 }
 

@@ -1,6 +1,6 @@
-// The llama-family decoder (llama, mistral, qwen2): HF config.json fields, weights, and a float32 forward
-// with a KV cache. RMSNorm, RoPE (rotate_half; default, linear and llama3 scaling), grouped-query attention,
-// SiLU-gated MLP, tied embeddings.
+// The llama-family decoder (llama, mistral, qwen2) assembled from nn modules: embedding, per layer RMSNorm ->
+// Attention (RoPE, GQA) -> residual -> RMSNorm -> GatedMLP -> residual, final RMSNorm, lm_head (or the tied
+// embedding).
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -8,10 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "models/causal_lm.h"
 #include "models/tensor_source.h"
 #include "nibble/bitsandbytes_config.h"
-#include "nibble/safetensors.h"
+#include "nn/attention.h"
 #include "nn/linear.h"
+#include "nn/mlp.h"
+#include "nn/rms_norm.h"
+#include "nn/rotary.h"
 
 namespace nibble::models {
 
@@ -26,56 +30,53 @@ struct LlamaConfig {
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& path);
+  nn::RopeConfig rope() const;
 };
 
 struct LlamaLayer {
-  Tensor input_norm, post_norm;                  // stored tensors (for save) ...
-  std::vector<float> input_norm_f, post_norm_f;  // ... and as float32 for compute
-  std::unique_ptr<nn::LinearBase> q, k, v, o, gate, up, down;
+  nn::RMSNorm input_norm, post_norm;
+  nn::Attention attn;
+  nn::GatedMLP mlp;
 };
 
-struct KVCache {
-  std::vector<std::vector<float>> k, v;  // per layer: [pos, kv_heads * head_dim]
-  int64_t length = 0;
+struct LoadOptions {
+  std::optional<BitsAndBytesConfig> quant;  // quantize-on-load (ignored for pre-quantized checkpoints)
+  DType dtype = DType::Float32;
+  bool quiet = false;
 };
 
-class LlamaModel {
+class LlamaModel final : public CausalLM {
  public:
-  struct LoadOptions {
-    std::optional<BitsAndBytesConfig> quant;  // quantize-on-load (ignored for pre-quantized checkpoints)
-    DType dtype = DType::Float32;
-    bool quiet = false;
-  };
   LlamaModel(const nlohmann::json& config, const TensorSource& src, const LoadOptions& opt);
 
-  // Runs ids at positions cache.length.. and appends to the cache. Writes logits for every position
-  // (all_logits) or only the last one into `logits`.
-  void forward(const std::vector<int32_t>& ids, KVCache& cache, bool all_logits,
-               std::vector<float>& logits) const;
-  KVCache new_cache() const;
+  void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
+               nn::Workspace& ws, bool all_logits, float* logits) const override;
+  int64_t num_layers() const override { return c_.layers; }
+  int64_t kv_width() const override { return c_.kv_heads * c_.head_dim; }
+  int64_t vocab_size() const override { return c_.vocab; }
+  int64_t hidden_size() const override { return c_.hidden; }
+  int64_t max_position_embeddings() const override { return c_.max_positions; }
 
-  NamedTensors state_dict() const;
-  size_t memory_footprint() const;
-  size_t decode_bytes_per_token() const;
-  int64_t num_parameters() const;  // float-model count (quantized weights count their full shape)
-  void dequantize();
-  bool quantized() const;
+  NamedTensors state_dict() const override;
+  size_t memory_footprint() const override;
+  size_t decode_bytes_per_token() const override;
+  int64_t num_parameters() const override;
+  void dequantize() override;
+  bool quantized() const override;
+  const std::optional<BitsAndBytesConfig>& quantization_config() const override { return qcfg_; }
   const LlamaConfig& config() const { return c_; }
-  // The quantization config the weights carry (pre-quantized checkpoint or quantize-on-load).
-  const std::optional<BitsAndBytesConfig>& quantization_config() const { return qcfg_; }
 
  private:
-  std::unique_ptr<nn::LinearBase> load_linear(const TensorSource& ck, const std::string& prefix, bool bias,
-                                              const LoadOptions& opt, bool prequantized) const;
+  std::vector<const nn::LinearBase*> linears() const;
   LlamaConfig c_;
   DType dtype_;
   Tensor embed_;
   bool embed_is_lm_head_ = false;  // the checkpoint stored only lm_head.weight (tied)
   std::vector<LlamaLayer> layers_;
-  Tensor norm_;
-  std::vector<float> norm_f_;
+  nn::RMSNorm norm_;
   std::unique_ptr<nn::LinearBase> lm_head_;  // null when tied to the embedding and not quantized
-  std::vector<float> inv_freq_;
+  std::unique_ptr<nn::Linear> tied_head_;    // the embedding as the output layer when lm_head_ is null
+  nn::RotaryEmbedding rope_;
   std::optional<BitsAndBytesConfig> qcfg_;
 };
 

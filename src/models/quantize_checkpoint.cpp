@@ -3,12 +3,12 @@
 #include <chrono>
 #include <filesystem>
 
+#include "core/progress.h"
+#include "core/python_json.h"
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
 #include "nibble/error.h"
 #include "nibble/models.h"
-#include "nibble/progress.h"
-#include "nibble/python_json.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 
@@ -22,9 +22,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   if (!cfg.load_in_4bit)
     throw NotSupportedError(
         "nibble quantize writes 4-bit checkpoints; the config must have load_in_4bit=true");
-  if (!valid_4bit_blocksize(opt.blocksize))
-    throw ValueError("blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096; got " +
-                     std::to_string(opt.blocksize));
+  const Linear4bitSpec spec = Linear4bitSpec::from_config(cfg, opt.blocksize);
   const std::string config_path = (fs::path(in_dir) / "config.json").string();
   nlohmann::json config = read_json_file(config_path);
   check_model_type(config, config_path);
@@ -33,7 +31,6 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
                      ": the checkpoint is already quantized (config.json has quantization_config)");
   const std::string model_type = config["model_type"].get<std::string>();
   const DType dtype = opt.dtype.value_or(checkpoint_dtype(config, config_path));
-  const QuantType qt = parse_quant_type(cfg.bnb_4bit_quant_type);
 
   const Checkpoint in = Checkpoint::open(in_dir);
   AtomicDir out(out_dir);
@@ -48,15 +45,9 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
     const Tensor t = in.get(name);
     rep.input_bytes += t.nbytes();
     if (should_quantize(model_type, name, cfg)) {
-      if (t.shape().size() != 2)
-        throw FormatError(in.file_of(name) + ": tensor '" + name + "' is a Linear weight but has shape " +
-                          shape_str(t.shape()) + " (expected 2-D)");
-      if (!dtype_is_float(t.dtype()))
-        throw FormatError(in.file_of(name) + ": tensor '" + name + "' has dtype " +
-                          std::string(dtype_name(t.dtype())) + ", expected a float dtype");
-      const Tensor w = t.dtype() == dtype ? t : t.to(dtype);
-      Quantized4bit q =
-          quantize_4bit(w, opt.blocksize, qt, cfg.bnb_4bit_use_double_quant, cfg.quant_storage());
+      const std::string where = in.file_of(name) + ": tensor '" + name + "'";
+      const Tensor w = dtype_is_float(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
+      Quantized4bit q = quantize_linear_weight(w, spec, where);
       writer.add(name, q.packed);
       rep.output_bytes += q.packed.nbytes();
       for (const auto& [k, v] : q.state.as_dict()) {

@@ -1,3 +1,5 @@
+#include "models/registry.h"
+
 #include <algorithm>
 
 #include "nibble/error.h"
@@ -50,3 +52,14 @@ bool should_quantize(const std::string& model_type, const std::string& name, con
 }
 
 }  // namespace nibble
+
+namespace nibble::models {
+
+std::unique_ptr<CausalLM> create_model(const nlohmann::json& config, const TensorSource& src,
+                                       const LoadOptions& opt) {
+  check_model_type(config, src.label() + "/config.json");
+  // llama, mistral and qwen2 share one decoder (their differences are config fields)
+  return std::make_unique<LlamaModel>(config, src, opt);
+}
+
+}  // namespace nibble::models

@@ -65,11 +65,10 @@ Linear4bit::Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bi
 }
 
 std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::optional<Tensor> bias,
-                                                 int64_t blocksize, QuantType qt, bool double_quant,
-                                                 DType quant_storage, DType compute_dtype) {
-  Quantized4bit q = quantize_4bit(weight, blocksize, qt, double_quant, quant_storage);
+                                                 const Linear4bitSpec& spec, const std::string& where) {
+  Quantized4bit q = quantize_linear_weight(weight, spec, where);
   return std::make_unique<Linear4bit>(std::move(q.packed), std::move(q.state), std::move(bias),
-                                      compute_dtype);
+                                      spec.compute_dtype);
 }
 
 void Linear4bit::forward(const float* x, int64_t T, float* y) const {

@@ -8,7 +8,6 @@
 
 #include "kernels/cpu/gemm4.h"
 #include "nibble/quantize.h"
-#include "nibble/safetensors.h"
 #include "nibble/tensor.h"
 
 namespace nibble::nn {
@@ -44,10 +43,10 @@ class Linear final : public LinearBase {
 class Linear4bit final : public LinearBase {
  public:
   Linear4bit(Tensor packed, QuantState state, std::optional<Tensor> bias, DType compute_dtype);
-  // Quantizes a dense weight (quantize-on-load).
+  // Quantizes a dense weight (quantize-on-load) with nibble::quantize_linear_weight; `where` names it in
+  // errors.
   static std::unique_ptr<Linear4bit> quantize(const Tensor& weight, std::optional<Tensor> bias,
-                                              int64_t blocksize, QuantType qt, bool double_quant,
-                                              DType quant_storage, DType compute_dtype);
+                                              const Linear4bitSpec& spec, const std::string& where);
   void forward(const float* x, int64_t T, float* y) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }

@@ -5,9 +5,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "nibble/files.h"
 #include "io/atomic_file.h"
 #include "nibble/error.h"
-#include "nibble/python_json.h"
+#include "core/python_json.h"
 
 namespace nibble {
 using nlohmann::json;

@@ -1,7 +1,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nibble/error.h"
-#include "nibble/python_json.h"
+#include "core/python_json.h"
 #include "nibble/quantize.h"
 
 namespace nibble {

@@ -27,6 +27,25 @@ void check_quant_storage(DType t) {
 }
 }  // namespace
 
+Linear4bitSpec Linear4bitSpec::from_config(const BitsAndBytesConfig& cfg, int64_t blocksize) {
+  if (!valid_4bit_blocksize(blocksize))
+    throw ValueError("blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096; got " +
+                     std::to_string(blocksize));
+  return {.quant_type = cfg.quant_type(),
+          .blocksize = blocksize,
+          .double_quant = cfg.bnb_4bit_use_double_quant,
+          .quant_storage = cfg.quant_storage(),
+          .compute_dtype = cfg.compute_dtype()};
+}
+
+Quantized4bit quantize_linear_weight(const Tensor& weight, const Linear4bitSpec& spec,
+                                     const std::string& where) {
+  if (weight.shape().size() != 2 || !dtype_is_float(weight.dtype()))
+    throw FormatError(where + " is a Linear weight and must be a 2-D float tensor, got " +
+                      std::string(dtype_name(weight.dtype())) + " " + shape_str(weight.shape()));
+  return quantize_4bit(weight, spec.blocksize, spec.quant_type, spec.double_quant, spec.quant_storage);
+}
+
 Quantized4bit quantize_4bit(const Tensor& A, int64_t blocksize, QuantType quant_type,
                             bool compress_statistics, DType quant_storage) {
   const DType dt = A.dtype();

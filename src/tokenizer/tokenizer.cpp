@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "io/hf_config.h"
 #include "nibble/error.h"
 #include "tokenizer/bpe.h"

@@ -1,4 +1,4 @@
-#include "nibble/python_json.h"
+#include "core/python_json.h"
 
 #include <gtest/gtest.h>
 

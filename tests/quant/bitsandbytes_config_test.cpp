@@ -5,7 +5,7 @@
 
 #include <sstream>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "nibble/error.h"
 #include "test_util.h"
 

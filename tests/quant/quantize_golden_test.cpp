@@ -9,7 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "kernels/cpu/reference.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "io/hf_config.h"
 #include "nibble/error.h"
 #include "test_util.h"

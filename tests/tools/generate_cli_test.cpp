@@ -115,8 +115,11 @@ TEST(GenerateCli, InfoReportsFootprintAndRss) {
 TEST(GenerateCli, ErrorsAreOneLine) {
   Out r = nibble_cli("generate /nonexistent --prompt hi");
   EXPECT_NE(r.code, 0);
-  EXPECT_EQ(r.err.rfind("nibble: error: /nonexistent/config.json", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.rfind("nibble: error: /nonexistent: no such model directory", 0), 0u) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  r = nibble_cli("info " + std::string(NIBBLE_SOURCE_DIR) + "/tests");  // a directory, not a model
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("no config.json (not a HuggingFace model directory)"), std::string::npos) << r.err;
   r = nibble_cli("generate " + model() + " --prompt hi --load-in-8bit");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("load_in_8bit"), std::string::npos) << r.err;

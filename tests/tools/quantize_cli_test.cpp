@@ -8,7 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "io/atomic_file.h"
+#include "nibble/files.h"
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"

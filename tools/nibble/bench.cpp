@@ -1,7 +1,5 @@
 // nibble bench MODEL | --synthetic SHAPE: prefill and decode tokens/s like llama-bench's pp512 / tg128, the
 // load/quantize speed, and the machine's read bandwidth measured in the same run.
-#include <omp.h>
-
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -10,11 +8,9 @@
 
 #include "commands.h"
 #include "config_flags.h"
-#include "kernels/cpu/gemm4.h"
-#include "kernels/cpu/read_bandwidth.h"
+#include "nibble/cpu.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
-#include "nibble/python_json.h"
 
 namespace nibble::cli {
 
@@ -120,10 +116,10 @@ void add_bench(CLI::App& app) {
     }
     pp /= a->reps;
     tg /= a->reps;
-    const double bw = a->no_bandwidth ? 0 : kernels::measure_read_bandwidth();
+    const double bw = a->no_bandwidth ? 0 : measure_read_bandwidth();
     const size_t decode_bytes = model->decode_bytes_per_token();
     const double weight_bytes = static_cast<double>(decode_bytes);
-    const std::string path = kernels::gemm_path_name(kernels::GemmPath::Auto, cfg.compute_dtype());
+    const std::string path = kernel_path(cfg.compute_dtype());
     nlohmann::ordered_json j;
     j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
     j["layers"] = info.num_layers;
@@ -132,7 +128,7 @@ void add_bench(CLI::App& app) {
         cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
     j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
     j["kernel"] = path;
-    j["threads"] = omp_get_max_threads();  // loading applied --threads
+    j["threads"] = a->threads;  // 0: all cores
     j["load_seconds"] = load_s;
     j["weights_bytes"] = model->memory_footprint();
     j["decode_bytes_per_token"] = decode_bytes;
@@ -145,12 +141,12 @@ void add_bench(CLI::App& app) {
       j["tg_fraction_of_bound"] = tg / (bw / weight_bytes);
     }
     if (a->json) {
-      std::printf("%s\n", python_json_dumps(j, 2).c_str());
+      std::printf("%s\n", j.dump(2).c_str());
     } else {
       for (auto it = j.begin(); it != j.end(); ++it)
-        std::printf("%-26s %s\n", it.key().c_str(),
-                    it.value().is_string() ? it.value().get<std::string>().c_str()
-                                           : python_json_dumps(it.value()).c_str());
+        std::printf(
+            "%-26s %s\n", it.key().c_str(),
+            it.value().is_string() ? it.value().get<std::string>().c_str() : it.value().dump().c_str());
     }
   });
 }

@@ -61,7 +61,8 @@ void add_generate(CLI::App& app) {
       std::fflush(stdout);
     });
     std::fputs(stream.flush().c_str(), stdout);
-    std::fputc('\n', stdout);
+    std::fputc('\n', stdout);  // the text ends its line before the stats line on stderr
+    std::fflush(stdout);
     const auto t2 = std::chrono::steady_clock::now();
     if (!a->quiet) {
       const double load = std::chrono::duration<double>(t1 - t0).count();

@@ -6,10 +6,10 @@
 
 #include "commands.h"
 #include "config_flags.h"
-#include "generate/sampling.h"
-#include "io/atomic_file.h"
 #include "nibble/error.h"
+#include "nibble/files.h"
 #include "nibble/model.h"
+#include "nibble/sampling.h"
 #include "nibble/tokenizer.h"
 
 namespace nibble::cli {
@@ -57,11 +57,11 @@ void add_perplexity(CLI::App& app) {
       if (ref) rlogits = ref->forward(w);
       for (size_t t = 0; t + 1 < w.size(); ++t) {
         const float* row = logits.data() + t * static_cast<size_t>(V);
-        nll -= gen::log_prob(row, V, w[t + 1]);
+        nll -= log_prob(row, V, w[t + 1]);
         if (ref) {
           const float* rrow = rlogits.data() + t * static_cast<size_t>(V);
-          kl += gen::kl_divergence(rrow, row, V);
-          agree += gen::argmax(rrow, V) == gen::argmax(row, V);
+          kl += kl_divergence(rrow, row, V);
+          agree += argmax(rrow, V) == argmax(row, V);
         }
         ++scored;
       }

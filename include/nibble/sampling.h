@@ -1,11 +1,11 @@
 // Next-token selection as transformers' generate does it: greedy argmax (first maximum), or sampling after
-// temperature -> top-k -> top-p warping.
+// temperature -> top-k -> top-p warping; and the scores perplexity reports (log-probability, KL divergence).
 #pragma once
 #include <cstdint>
 #include <random>
 #include <vector>
 
-namespace nibble::gen {
+namespace nibble {
 
 int32_t argmax(const float* logits, int64_t n);
 
@@ -22,4 +22,4 @@ double log_prob(const float* logits, int64_t n, int32_t target);
 // KL(p_ref || p) for one position, from two logit rows.
 double kl_divergence(const float* ref_logits, const float* logits, int64_t n);
 
-}  // namespace nibble::gen
+}  // namespace nibble

@@ -1,0 +1,62 @@
+// Session: a conversation with a loaded model that keeps its KV cache between calls, so appending a turn or
+// generating more costs only the new tokens (no re-prefill). Each session owns its cache and scratch; many
+// sessions may share one model (one thread per session at a time; a Session itself is not thread-safe).
+//
+//   nibble::Session s(model, {.context_length = 4096});
+//   s.append(tok.encode("Once upon a time"));
+//   auto more = s.generate({.max_new_tokens = 20});          // continues from the cache
+//   s.append(tok.encode(" The end.", false));                // the next turn: only these tokens run
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "nibble/model.h"
+
+namespace nibble {
+
+struct SessionOptions {
+  // Positions the KV cache holds; 0 = the model's max_position_embeddings capped at 8192. Its memory is
+  // reserved up front and touched only as positions fill.
+  int64_t context_length = 0;
+  int threads = 0;  // 0 = the model's setting (FromPretrainedOptions::threads)
+};
+
+enum class FinishReason { None, Stop, Length };  // as OpenAI's finish_reason: "stop" (EOS) / "length"
+
+class Session {
+ public:
+  explicit Session(const AutoModelForCausalLM& model, const SessionOptions& opt = {});
+  Session(Session&&) noexcept;
+  Session& operator=(Session&&) noexcept;
+  ~Session();
+
+  // Runs `ids` after what the session holds. ValueError if they do not fit in the context.
+  void append(std::span<const int32_t> ids);
+  // Like append, returning the logits of every appended position ([ids.size(), vocab] row-major).
+  std::vector<float> append_all_logits(std::span<const int32_t> ids);
+  // Next-token logits after the last token (runs a generated-but-not-yet-run token first if needed).
+  std::span<const float> logits();
+  // Generates up to cfg.max_new_tokens from the current state and returns them (an EOS token ends generation
+  // and is recorded in tokens() but not returned); on_token sees each new id as it is chosen. Stops early,
+  // with finish_reason() Length, when the context is full.
+  std::vector<int32_t> generate(const GenerationConfig& cfg = {},
+                                const std::function<void(int32_t)>& on_token = {});
+  FinishReason finish_reason() const;
+
+  const std::vector<int32_t>& tokens() const;  // everything appended or generated, in order
+  int64_t length() const;                      // tokens().size()
+  int64_t context_length() const;
+  // Keeps the first n tokens and their cache (rewind to a shared prefix); reset() = truncate(0).
+  void truncate(int64_t n);
+  void reset() { truncate(0); }
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nibble

@@ -1,0 +1,165 @@
+// Session (the KV cache between calls, the decode loop) and AutoModelForCausalLM's running half: forward
+// and generate are one-shot sessions.
+#include "nibble/session.h"
+
+#include <algorithm>
+#include <random>
+
+#include "core/threads.h"
+#include "generate/kv_cache.h"
+#include "models/auto_model_impl.h"
+#include "nibble/error.h"
+#include "nibble/sampling.h"
+
+namespace nibble {
+
+namespace {
+constexpr int64_t kDefaultContextCap = 8192;
+
+int64_t default_context(const AutoModelForCausalLM& m) {
+  return std::min<int64_t>(std::max<int64_t>(m.max_position_embeddings(), 1), kDefaultContextCap);
+}
+}  // namespace
+
+struct Session::Impl {
+  const AutoModelForCausalLM::Impl& model;
+  int threads;
+  std::vector<int32_t> eos;  // the model's default end-of-sequence ids
+  generate::KVCache cache;
+  nn::Workspace ws;
+  std::vector<int32_t> tokens;
+  int64_t cached = 0;         // tokens[0, cached) are in the cache
+  std::vector<float> logits;  // next-token logits after tokens[cached - 1] (valid when cached == size)
+  FinishReason finish = FinishReason::None;
+
+  Impl(const AutoModelForCausalLM::Impl& m, int64_t ctx, int th)
+      : model(m), threads(th), cache(m.model->num_layers(), m.model->kv_width(), ctx) {}
+
+  // Runs tokens[cached, size) plus `ids`; all-position logits into *all if given.
+  void run(std::span<const int32_t> ids, std::vector<float>* all) {
+    const int64_t pending = static_cast<int64_t>(tokens.size()) - cached;
+    const int64_t n = pending + static_cast<int64_t>(ids.size());
+    if (n == 0) return;
+    if (cached + n > cache.capacity())
+      throw ValueError("context full: " + std::to_string(cached + n) + " tokens do not fit in a context of " +
+                       std::to_string(cache.capacity()));
+    const int64_t V = model.model->vocab_size();
+    for (const int32_t id : ids)
+      if (id < 0 || id >= V)
+        throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
+    tokens.insert(tokens.end(), ids.begin(), ids.end());
+    const std::span<const int32_t> run_ids(tokens.data() + cached, static_cast<size_t>(n));
+    const ThreadScope scope(threads);
+    if (all) {
+      all->resize(static_cast<size_t>(n * V));
+      model.model->forward(run_ids, cached, cache.layers(), ws, true, all->data());
+      logits.assign(all->end() - V, all->end());
+    } else {
+      logits.resize(static_cast<size_t>(V));
+      model.model->forward(run_ids, cached, cache.layers(), ws, false, logits.data());
+    }
+    cached += n;
+  }
+};
+
+Session::Session(const AutoModelForCausalLM& model, const SessionOptions& opt) {
+  const int64_t ctx = opt.context_length > 0 ? opt.context_length : default_context(model);
+  impl_ = std::make_unique<Impl>(*model.impl_, ctx, opt.threads > 0 ? opt.threads : model.threads());
+  impl_->eos = model.default_eos_token_ids();
+}
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+Session::~Session() = default;
+
+void Session::append(std::span<const int32_t> ids) {
+  impl_->run(ids, nullptr);
+}
+
+std::vector<float> Session::append_all_logits(std::span<const int32_t> ids) {
+  std::vector<float> all;
+  const int64_t pending = length() - impl_->cached;
+  impl_->run(ids, &all);
+  // rows of the generated-but-unrun tokens that ran first are not the caller's
+  all.erase(all.begin(), all.begin() + pending * impl_->model.model->vocab_size());
+  return all;
+}
+
+std::span<const float> Session::logits() {
+  if (impl_->tokens.empty()) throw ValueError("Session::logits: the session holds no tokens");
+  impl_->run({}, nullptr);
+  return impl_->logits;
+}
+
+std::vector<int32_t> Session::generate(const GenerationConfig& cfg,
+                                       const std::function<void(int32_t)>& on_token) {
+  Impl& s = *impl_;
+  if (s.tokens.empty()) throw ValueError("generate: the session holds no tokens (append a prompt first)");
+  if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
+  const std::vector<int32_t> eos = cfg.eos_token_id.empty() ? s.eos : cfg.eos_token_id;
+  const int64_t V = s.model.model->vocab_size();
+  std::mt19937_64 rng(cfg.seed);
+  std::vector<int32_t> out;
+  s.finish = FinishReason::Length;
+  for (int i = 0; i < cfg.max_new_tokens; ++i) {
+    if (length() > context_length()) break;  // the last chosen token cannot run: no logits after it
+    const float* logits = this->logits().data();
+    const int32_t next =
+        cfg.do_sample ? sample(logits, V, {cfg.temperature, cfg.top_k, cfg.top_p}, rng) : argmax(logits, V);
+    s.tokens.push_back(next);  // runs on the next step (or the next call), not now
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      s.finish = FinishReason::Stop;
+      break;
+    }
+    out.push_back(next);
+    if (on_token) on_token(next);
+  }
+  return out;
+}
+
+FinishReason Session::finish_reason() const {
+  return impl_->finish;
+}
+const std::vector<int32_t>& Session::tokens() const {
+  return impl_->tokens;
+}
+int64_t Session::length() const {
+  return static_cast<int64_t>(impl_->tokens.size());
+}
+int64_t Session::context_length() const {
+  return impl_->cache.capacity();
+}
+
+void Session::truncate(int64_t n) {
+  if (n < 0 || n > length())
+    throw ValueError("truncate: " + std::to_string(n) + " is outside [0, " + std::to_string(length()) + "]");
+  impl_->tokens.resize(static_cast<size_t>(n));
+  impl_->cached = std::min(impl_->cached, n);  // cache rows past n are overwritten by what comes next
+  impl_->finish = FinishReason::None;
+}
+
+// AutoModelForCausalLM's running half.
+
+std::vector<float> AutoModelForCausalLM::forward(const std::vector<int32_t>& ids) const {
+  if (ids.empty()) throw ValueError("forward: ids is empty");
+  Session s(*this, {.context_length = static_cast<int64_t>(ids.size())});
+  return s.append_all_logits(ids);
+}
+
+std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& input_ids,
+                                                    const GenerationConfig& cfg,
+                                                    const std::function<void(int32_t)>& on_token) const {
+  if (input_ids.empty()) throw ValueError("generate: input_ids is empty");
+  if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
+  // a cache just big enough: the prompt plus what may be generated, within the model's positions
+  const int64_t want = static_cast<int64_t>(input_ids.size()) + cfg.max_new_tokens;
+  const int64_t ctx = std::max<int64_t>(static_cast<int64_t>(input_ids.size()),
+                                        std::min<int64_t>(want, max_position_embeddings()));
+  Session s(*this, {.context_length = ctx});
+  s.append(input_ids);
+  std::vector<int32_t> out = input_ids;
+  const auto gen = s.generate(cfg, on_token);
+  out.insert(out.end(), gen.begin(), gen.end());
+  return out;
+}
+
+}  // namespace nibble

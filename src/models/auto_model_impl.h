@@ -1,0 +1,25 @@
+// AutoModelForCausalLM's state, shared by its loading half (src/models/auto_model.cpp) and its running half
+// (src/generate: forward, generate, Session).
+#pragma once
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "models/causal_lm.h"
+#include "nibble/model.h"
+
+namespace nibble {
+
+struct AutoModelForCausalLM::Impl {
+  std::string dir;  // empty for from_config
+  nlohmann::json config, generation_config;
+  std::unique_ptr<models::CausalLM> model;
+  ModelInfo info;
+  int threads = 0;  // 0 = OpenMP's default
+  void refresh_info() {
+    info.quantization_config = model->quantization_config();
+    info.num_parameters = model->num_parameters();
+  }
+};
+
+}  // namespace nibble

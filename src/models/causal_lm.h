@@ -1,0 +1,40 @@
+// What every decoder family offers the generate layer: a forward over new tokens that reads and extends a KV
+// cache it does not own, its state dict for save_pretrained, and the facts sessions and reports need.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "nibble/bitsandbytes_config.h"
+#include "nibble/tensor.h"
+#include "nn/attention.h"
+#include "nn/workspace.h"
+
+namespace nibble::models {
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  // Runs ids at positions start .. start + n - 1 (the cache holds 0 .. start - 1), writing their keys and
+  // values into kv (one KVLayer per layer). Logits for every new position (all_logits) or only the last
+  // go to `logits` ([rows, vocab]). Scratch comes from ws, which the caller keeps between calls.
+  virtual void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
+                       nn::Workspace& ws, bool all_logits, float* logits) const = 0;
+
+  virtual int64_t num_layers() const = 0;
+  virtual int64_t kv_width() const = 0;  // kv_heads * head_dim: floats per cache row
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t hidden_size() const = 0;
+  virtual int64_t max_position_embeddings() const = 0;
+
+  virtual NamedTensors state_dict() const = 0;
+  virtual size_t memory_footprint() const = 0;
+  virtual size_t decode_bytes_per_token() const = 0;
+  virtual int64_t num_parameters() const = 0;  // float-model count (quantized weights count their full shape)
+  virtual void dequantize() = 0;
+  virtual bool quantized() const = 0;
+  // The quantization config the weights carry (pre-quantized checkpoint or quantize-on-load).
+  virtual const std::optional<BitsAndBytesConfig>& quantization_config() const = 0;
+};
+
+}  // namespace nibble::models

@@ -1,0 +1,30 @@
+// Loading one nn.Linear of any decoder family from a tensor source: a pre-quantized bnb-4bit module (packed
+// weight + quant_state), a dense weight quantized on load when the config says so, or a dense Linear.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "models/tensor_source.h"
+#include "nibble/bitsandbytes_config.h"
+#include "nibble/quantize.h"
+#include "nn/linear.h"
+
+namespace nibble::models {
+
+struct LinearLoader {
+  const TensorSource& src;
+  std::string model_type;
+  DType dtype = DType::Float32;                 // of dense weights and biases
+  std::optional<BitsAndBytesConfig> quantize;   // quantize-on-load (nullopt: keep dense)
+  std::optional<Linear4bitSpec> spec;           // resolved from `quantize` once
+  bool prequantized = false;                    // the checkpoint's config.json has quantization_config
+  DType prequantized_compute = DType::Float32;  // its bnb_4bit_compute_dtype
+
+  // The Linear at `prefix` ("model.layers.0.self_attn.q_proj"), with a bias if `bias`.
+  std::unique_ptr<nn::LinearBase> load(const std::string& prefix, bool bias) const;
+  // Quantizes `weight` as the module `prefix` if the config converts it, else nullptr.
+  std::unique_ptr<nn::LinearBase> quantize_dense(const std::string& prefix, const Tensor& weight) const;
+};
+
+}  // namespace nibble::models

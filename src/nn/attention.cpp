@@ -1,0 +1,47 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "kernels/cpu/attention.h"
+#include "nibble/error.h"
+
+namespace nibble::nn {
+
+namespace {
+// Workspace slots of this module (the model uses slots from 16 up).
+enum Slot : size_t { kQ, kAtt };
+}  // namespace
+
+Attention::Attention(std::unique_ptr<LinearBase> q, std::unique_ptr<LinearBase> k,
+                     std::unique_ptr<LinearBase> v, std::unique_ptr<LinearBase> o, int64_t nq, int64_t nkv,
+                     int64_t d)
+    : q_proj(std::move(q)),
+      k_proj(std::move(k)),
+      v_proj(std::move(v)),
+      o_proj(std::move(o)),
+      heads(nq),
+      kv_heads(nkv),
+      head_dim(d) {}
+
+void Attention::forward(const float* x, int64_t T, int64_t start, const RotaryEmbedding& rope,
+                        const float* cos, const float* sin, const KVLayer& kv, Workspace& ws,
+                        float* out) const {
+  if (start + T > kv.capacity)
+    throw ValueError("KV cache full: " + std::to_string(start + T) + " positions needed, room for " +
+                     std::to_string(kv.capacity));
+  const int64_t D = head_dim, W = kv_heads * D;
+  float* q = ws.get(kQ, static_cast<size_t>(T * heads * D));
+  float* k = kv.k + start * W;  // new keys and values go straight into the cache
+  float* v = kv.v + start * W;
+  float* att = ws.get(kAtt, static_cast<size_t>(T * heads * D));
+  q_proj->forward(x, T, q);
+  k_proj->forward(x, T, k);
+  v_proj->forward(x, T, v);
+  rope.apply(q, T, heads, cos, sin);
+  rope.apply(k, T, kv_heads, cos, sin);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  kernels::attention({T, heads, kv_heads, D, start, scale}, q, kv.k, kv.v, att);
+  o_proj->forward(att, T, out);
+}
+
+}  // namespace nibble::nn

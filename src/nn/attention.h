@@ -1,0 +1,35 @@
+// Self-attention of the llama family as a module: q/k/v/o projections, rotary embedding, the causal
+// grouped-query attention over one layer of a KV cache, and the output projection.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "nn/linear.h"
+#include "nn/rotary.h"
+#include "nn/workspace.h"
+
+namespace nibble::nn {
+
+// One layer's slice of a KV cache: key and value rows [position][kv_heads * head_dim] with room for
+// `capacity` positions. The cache's owner (generate::KVCache) allocates it; the module writes new rows.
+struct KVLayer {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t capacity = 0;
+};
+
+class Attention {
+ public:
+  Attention() = default;
+  Attention(std::unique_ptr<LinearBase> q, std::unique_ptr<LinearBase> k, std::unique_ptr<LinearBase> v,
+            std::unique_ptr<LinearBase> o, int64_t heads, int64_t kv_heads, int64_t head_dim);
+  // out[T, hidden] for x[T, hidden] at positions start .. start + T - 1; cos/sin are the rotary angles of
+  // those positions (RotaryEmbedding::angles). Appends the T new keys/values to `kv` (capacity checked).
+  void forward(const float* x, int64_t T, int64_t start, const RotaryEmbedding& rope, const float* cos,
+               const float* sin, const KVLayer& kv, Workspace& ws, float* out) const;
+
+  std::unique_ptr<LinearBase> q_proj, k_proj, v_proj, o_proj;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+};
+
+}  // namespace nibble::nn

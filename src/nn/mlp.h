@@ -1,0 +1,22 @@
+// The llama family's gated MLP: down(silu(gate(x)) * up(x)).
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "nn/linear.h"
+#include "nn/workspace.h"
+
+namespace nibble::nn {
+
+class GatedMLP {
+ public:
+  GatedMLP() = default;
+  GatedMLP(std::unique_ptr<LinearBase> gate, std::unique_ptr<LinearBase> up,
+           std::unique_ptr<LinearBase> down);
+  // out[T, hidden] for x[T, hidden].
+  void forward(const float* x, int64_t T, Workspace& ws, float* out) const;
+
+  std::unique_ptr<LinearBase> gate_proj, up_proj, down_proj;
+};
+
+}  // namespace nibble::nn

@@ -1,0 +1,34 @@
+// Rotary position embedding as transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb (rotate_half
+// convention): inverse frequencies in float32 (default, linear and llama3 scaling), angle = position *
+// inv_freq in float32, then x' = x * cos + rotate_half(x) * sin per head.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nibble::nn {
+
+struct RopeConfig {
+  double theta = 10000.0;
+  std::string type = "default";  // "default", "linear", "llama3"
+  double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int64_t original_max_positions = 8192;
+};
+
+class RotaryEmbedding {
+ public:
+  RotaryEmbedding() = default;
+  RotaryEmbedding(int64_t head_dim, const RopeConfig& c);
+  // cos/sin [T, head_dim / 2] for positions start .. start + T - 1.
+  void angles(int64_t start, int64_t T, float* cos, float* sin) const;
+  // Rotates x [T, heads, head_dim] in place with the angles of its T positions; threaded when T > 1.
+  void apply(float* x, int64_t T, int64_t heads, const float* cos, const float* sin) const;
+  // Bytes of the buffers transformers registers (inv_freq and original_inv_freq).
+  size_t buffer_bytes() const { return 2 * inv_freq_.size() * sizeof(float); }
+  int64_t head_dim() const { return 2 * static_cast<int64_t>(inv_freq_.size()); }
+
+ private:
+  std::vector<float> inv_freq_;
+};
+
+}  // namespace nibble::nn

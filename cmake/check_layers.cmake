@@ -32,7 +32,6 @@ set(public_quant_type core)  # the 4-bit data types, like DType: kernels and qua
 set(public_quantize quant)
 set(public_cpu kernels)
 set(public_model models)
-set(public_models models)
 set(public_quantize_checkpoint models)
 set(public_tokenizer tokenizer)
 set(public_sampling generate)

@@ -14,6 +14,9 @@
 
 namespace nibble {
 
+// The model_type values nibble loads: "llama", "mistral", "qwen2".
+const std::vector<std::string>& supported_model_types();
+
 struct FromPretrainedOptions {
   std::optional<BitsAndBytesConfig> quantization_config = std::nullopt;
   std::optional<DType> dtype = std::nullopt;  // unquantized parameters; default: the checkpoint's torch_dtype

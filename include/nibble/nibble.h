@@ -6,7 +6,6 @@
 #include "nibble/error.h"                // IWYU pragma: export
 #include "nibble/files.h"                // IWYU pragma: export
 #include "nibble/model.h"                // IWYU pragma: export
-#include "nibble/models.h"               // IWYU pragma: export
 #include "nibble/quant_type.h"           // IWYU pragma: export
 #include "nibble/quantize.h"             // IWYU pragma: export
 #include "nibble/quantize_checkpoint.h"  // IWYU pragma: export

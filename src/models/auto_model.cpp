@@ -12,7 +12,6 @@
 #include "models/registry.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
-#include "nibble/models.h"
 
 namespace nibble {
 namespace fs = std::filesystem;

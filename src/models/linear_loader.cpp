@@ -2,8 +2,8 @@
 
 #include <map>
 
+#include "models/registry.h"
 #include "nibble/error.h"
-#include "nibble/models.h"
 
 namespace nibble::models {
 

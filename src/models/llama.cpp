@@ -2,8 +2,8 @@
 
 #include "core/progress.h"
 #include "models/linear_loader.h"
+#include "models/registry.h"
 #include "nibble/error.h"
-#include "nibble/models.h"
 
 namespace nibble::models {
 using nlohmann::json;

@@ -7,8 +7,8 @@
 #include "core/python_json.h"
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
+#include "models/registry.h"
 #include "nibble/error.h"
-#include "nibble/models.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "nibble/error.h"
-#include "nibble/models.h"
+#include "nibble/model.h"
 
 namespace nibble {
 

@@ -12,7 +12,6 @@ KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity) : capacity_(ca
                      ", " + std::to_string(width) + ", " + std::to_string(capacity) + ")");
   const auto per_layer = static_cast<size_t>(width) * static_cast<size_t>(capacity);
   const size_t n = 2 * static_cast<size_t>(layers) * per_layer;
-  bytes_ = n * sizeof(float);
   data_.reset(new float[n]);  // default-initialized: not touched until written
   views_.resize(static_cast<size_t>(layers));
   for (size_t l = 0; l < views_.size(); ++l)

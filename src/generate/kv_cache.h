@@ -16,13 +16,11 @@ class KVCache {
   KVCache(int64_t layers, int64_t width, int64_t capacity);
   std::span<const nn::KVLayer> layers() const { return views_; }
   int64_t capacity() const { return capacity_; }
-  size_t bytes() const { return bytes_; }
 
  private:
   std::unique_ptr<float[]> data_;
   std::vector<nn::KVLayer> views_;
   int64_t capacity_ = 0;
-  size_t bytes_ = 0;
 };
 
 }  // namespace nibble::generate

@@ -14,11 +14,6 @@ class Workspace {
     if (slots_[slot].size() < n) slots_[slot].resize(n);
     return slots_[slot].data();
   }
-  size_t bytes() const {
-    size_t b = 0;
-    for (const auto& s : slots_) b += s.capacity() * sizeof(float);
-    return b;
-  }
 
  private:
   std::vector<std::vector<float>> slots_;

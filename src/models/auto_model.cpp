@@ -139,9 +139,9 @@ std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& 
   return out;
 }
 
-void AutoModelForCausalLM::save_pretrained(const std::string& dir) const {
+void AutoModelForCausalLM::save_pretrained(const std::string& dir, const SavePretrainedOptions& opt) const {
   const Impl& im = *impl_;
-  AtomicDir out(dir);
+  AtomicDir out(dir, {.overwrite = opt.overwrite, .marker = "config.json", .source = im.dir});
   {
     CheckpointWriter w(out.path(), 5'000'000'000ull);
     for (const auto& [name, t] : im.model->state_dict()) w.add(name, t);

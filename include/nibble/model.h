@@ -24,6 +24,13 @@ struct FromPretrainedOptions {
   bool quiet = false;  // no progress bar / warnings on stderr
 };
 
+struct SavePretrainedOptions {
+  // Replace an existing non-empty model directory (one holding config.json and only plain files). The old
+  // directory stays in place until the new one is complete, then is swapped out atomically and removed.
+  // Without it, a non-empty `dir` is an error.
+  bool overwrite = false;
+};
+
 struct GenerationConfig {
   int max_new_tokens = 20;
   bool do_sample = false;  // greedy by default, as transformers
@@ -59,8 +66,9 @@ class AutoModelForCausalLM {
   // on_token is called with each new id as it is generated.
   std::vector<int32_t> generate(const std::vector<int32_t>& input_ids, const GenerationConfig& cfg = {},
                                 const std::function<void(int32_t)>& on_token = {}) const;
-  // Writes a checkpoint transformers loads (bnb-4bit layout when quantized), atomically.
-  void save_pretrained(const std::string& dir) const;
+  // Writes a checkpoint transformers loads (bnb-4bit layout when quantized), atomically: `dir` appears
+  // only when complete, even if the process is killed. It must not be the directory the model came from.
+  void save_pretrained(const std::string& dir, const SavePretrainedOptions& opt = {}) const;
   // Turns every Linear4bit back into a dense Linear of its original dtype.
   void dequantize();
   // transformers' get_memory_footprint(): parameter + buffer bytes.

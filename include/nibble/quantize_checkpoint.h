@@ -17,6 +17,9 @@ struct QuantizeOptions {
   std::optional<DType> dtype = std::nullopt;
   uint64_t max_shard_size = 5'000'000'000;  // transformers' save_pretrained default "5GB"
   bool quiet = false;
+  // Replace an existing non-empty output directory (a model directory: config.json and plain files) once
+  // the new one is complete; without it such a directory is an error. Never the input directory.
+  bool overwrite = false;
 };
 
 struct QuantizeReport {
@@ -26,7 +29,8 @@ struct QuantizeReport {
 };
 
 // Streams in_dir's tensors (one full-precision tensor in memory at a time) into out_dir, which appears only
-// when complete and must not already hold files.
+// when complete (also if the process is killed) and must not already hold files unless opt.overwrite.
+// Identical input and options give byte-identical output.
 QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
                                    const QuantizeOptions& opt);
 

@@ -2,8 +2,9 @@
 
 #include <filesystem>
 
-#include "nibble/files.h"
+#include "io/atomic_file.h"
 #include "nibble/error.h"
+#include "nibble/files.h"
 
 namespace nibble {
 
@@ -32,11 +33,13 @@ DType checkpoint_dtype(const nlohmann::json& config, const std::string& config_p
 
 void copy_side_files(const std::string& from_dir, const std::string& to_dir) {
   namespace fs = std::filesystem;
+  if (from_dir.empty()) return;  // a model built in memory (from_config): no files beside it
   for (const char* f :
        {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
         "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"}) {
     const fs::path src = fs::path(from_dir) / f;
-    if (fs::exists(src)) fs::copy_file(src, fs::path(to_dir) / f);
+    // written fresh rather than fs::copy_file: a read-only source (a cache) must not give a read-only output
+    if (fs::exists(src)) copy_file_contents(src.string(), (fs::path(to_dir) / f).string());
   }
 }
 

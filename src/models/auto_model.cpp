@@ -108,9 +108,9 @@ std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
   return eos;
 }
 
-void AutoModelForCausalLM::save_pretrained(const std::string& dir) const {
+void AutoModelForCausalLM::save_pretrained(const std::string& dir, const SavePretrainedOptions& opt) const {
   const Impl& im = *impl_;
-  AtomicDir out(dir);
+  AtomicDir out(dir, {.overwrite = opt.overwrite, .marker = "config.json", .source = im.dir});
   {
     CheckpointWriter w(out.path(), 5'000'000'000ull);
     for (const auto& [name, t] : im.model->state_dict()) w.add(name, t);

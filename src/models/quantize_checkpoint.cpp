@@ -33,7 +33,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   const DType dtype = opt.dtype.value_or(checkpoint_dtype(config, config_path));
 
   const Checkpoint in = Checkpoint::open(in_dir);
-  AtomicDir out(out_dir);
+  AtomicDir out(out_dir, {.overwrite = opt.overwrite, .marker = "config.json", .source = in_dir});
   if (in.names().empty()) throw FormatError(in_dir + ": the checkpoint holds no tensors");
   // keep tied-weight aliases the source recorded (e.g. model.embed_tokens.weight -> lm_head.weight)
   std::map<std::string, std::string> metadata{{"format", "pt"}};

@@ -14,18 +14,21 @@ void add_quantize(CLI::App& app) {
   struct Args {
     std::string in, out, dtype = "auto", max_shard = "5GB";
     int64_t blocksize = 64;
-    bool quiet = false;
+    bool quiet = false, overwrite = false;
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub =
       app.add_subcommand("quantize", "quantize a HuggingFace checkpoint to a bnb-4bit checkpoint");
   sub->add_option("IN_DIR", a->in, "HuggingFace model directory")->required();
-  sub->add_option("OUT_DIR", a->out, "output directory (must not exist, or be empty)")->required();
+  sub->add_option("OUT_DIR", a->out, "output directory (must not exist, or be empty, unless --overwrite)")
+      ->required();
   add_quant_flags(sub, a->q, false);
   sub->add_option("--blocksize", a->blocksize, "quantization block size (32..4096, default 64)");
   sub->add_option("--dtype", a->dtype, "dtype of the unquantized tensors: auto|float16|bfloat16|float32");
   sub->add_option("--max-shard-size", a->max_shard, "largest output shard (default 5GB)");
+  sub->add_flag("--overwrite", a->overwrite,
+                "replace an existing OUT_DIR (a model directory) once the new output is complete");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar");
   sub->callback([a] {
     QuantizeOptions opt;
@@ -39,6 +42,7 @@ void add_quantize(CLI::App& app) {
     }
     opt.max_shard_size = parse_size(a->max_shard);
     opt.quiet = a->quiet;
+    opt.overwrite = a->overwrite;
     const QuantizeReport r = quantize_checkpoint(a->in, a->out, opt);
     if (!a->quiet)
       std::fprintf(stderr,

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
@@ -22,8 +23,12 @@ inline std::map<std::string, std::string> read_dir(const std::string& dir) {
   std::map<std::string, std::string> out;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return out;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    out[e.path().filename().string()] = read_bytes(e.path().string());
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    std::ifstream f(e.path(), std::ios::binary);  // one read per file (read_bytes goes char by char)
+    std::string bytes(std::filesystem::file_size(e.path()), '\0');
+    f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out[e.path().filename().string()] = std::move(bytes);
+  }
   return out;
 }
 

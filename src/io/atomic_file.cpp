@@ -186,9 +186,9 @@ AtomicFile::~AtomicFile() {
 void AtomicFile::commit() {
   // data on disk before the name: after a power loss the file is the old one or the complete new one
   const bool flushed = std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0;
-  const int e = errno;
-  if (!flushed) std::remove(tmp_.c_str());
+  int e = errno;
   const bool closed = std::fclose(f_) == 0;
+  if (flushed && !closed) e = errno;
   f_ = nullptr;
   if (!flushed || !closed) {
     std::remove(tmp_.c_str());

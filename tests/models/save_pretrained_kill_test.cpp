@@ -125,7 +125,7 @@ TEST(SavePretrainedKill, AbsentOrCompleteAndOverwriteOldOrNew) {
     }
     std::cout << "[ save_pretrained" << (overwrite ? " --overwrite" : "") << ": " << mid_write
               << " killed mid-write, run time " << T << " s ]\n";
-    EXPECT_GE(mid_write, 5);
+    EXPECT_GE(mid_write, 4);  // at least the four filesystem-state kill points land inside the save
     fs::remove_all(out);
     if (overwrite) fs::copy(d / "ref_b", out);
     a.save_pretrained(out, {.overwrite = overwrite});

@@ -416,6 +416,16 @@ std::vector<Case> cases() {
   add("qs_shape_huge", B, I, quant_state_field("shape", {int64_t{1} << 40, int64_t{1} << 40}),
       {"quant_state.bitsandbytes__nf4: 'shape'"});
   add("qs_shape_mismatch", B, I, quant_state_field("shape", {128, 64}), {"model.layers.0.self_attn.q_proj"});
+  add("qs_shape_1d", B, I, quant_state_field("shape", {4096}),
+      {"model.safetensors", "model.layers.0.self_attn.q_proj", "2-D"});
+  add("qs_packed_weight_short", B, I,
+      [](const std::string& d) {
+        edit_tensors(d + "/model.safetensors", [](NamedTensors& ts) {
+          for (auto& [n, t] : ts)
+            if (n == "model.layers.0.self_attn.q_proj.weight") t = Tensor::empty(DType::UInt8, {7, 1});
+        });
+      },
+      {"model.safetensors", "model.layers.0.self_attn.q_proj", "packed 4-bit weight has 7 bytes"});
   add("qs_quant_type_nf5", B, I, quant_state_field("quant_type", "nf5"),
       {"quant_state.bitsandbytes__nf4: 'quant_type' is 'nf5'"});
   add("qs_dtype_int8", B, I, quant_state_field("dtype", "int8"),

@@ -1,13 +1,23 @@
 // Fuzz entry points for the parsers of files nibble did not write. Each must either succeed or throw a
-// nibble::Error; anything else (a crash, a sanitizer report, another exception type) is a bug. Shared by the
-// libFuzzer binaries (fuzz/*.cpp, preset "fuzz") and the mutation smoke test run by CTest.
+// nibble::Error; anything else (a crash, a sanitizer report, a hang, another exception type such as a raw
+// nlohmann::json exception or std::bad_alloc) is a bug: the entry points catch only nibble::Error, so
+// libFuzzer reports everything else. Shared by the libFuzzer binaries (fuzz/*.cpp, preset "fuzz", run in CI
+// over fuzz/corpus/<target>/) and the mutation smoke test run by CTest (tests/fuzz_smoke_test.cpp).
 #pragma once
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 
+#include "io/hf_config.h"
+#include "io/json_field.h"
+#include "models/llama.h"
+#include "models/registry.h"
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/error.h"
 #include "nibble/quantize.h"
@@ -16,6 +26,42 @@
 
 namespace nibble::fuzz {
 
+namespace detail {
+// A directory of this process for targets whose entry point reads files (removed at exit).
+inline const std::string& scratch_dir() {
+  struct Dir {
+    std::string path;
+    Dir() {
+      path =
+          (std::filesystem::temp_directory_path() / ("nibble-fuzz-" + std::to_string(::getpid()))).string();
+      std::filesystem::create_directories(path);
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir d;
+  return d.path;
+}
+inline void write_file(const std::string& path, const uint8_t* data, size_t size) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+}
+inline void write_file(const std::string& path, const std::string& s) {
+  write_file(path, reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+// A small valid tokenizer.json: byte-level BPE with a template post-processor.
+inline const char* kTinyTokenizer =
+    R"({"model": {"type": "BPE", "vocab": {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "ab": 4,
+  "Ġ": 5}, "merges": ["a b"]}, "added_tokens": [{"id": 0, "content": "<s>", "special": true},
+  {"id": 1, "content": "</s>", "special": true}], "pre_tokenizer": {"type": "ByteLevel"},
+  "decoder": {"type": "ByteLevel"}, "post_processor": {"type": "TemplateProcessing",
+  "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
+  "special_tokens": {"<s>": {"id": "<s>", "ids": [0]}}}})";
+}  // namespace detail
+
+// A safetensors file: header, then every byte of every tensor.
 inline void safetensors(const uint8_t* data, size_t size) {
   auto st = Storage::allocate(size);
   if (size) std::memcpy(st->mutable_data(), data, size);
@@ -31,6 +77,7 @@ inline void safetensors(const uint8_t* data, size_t size) {
   }
 }
 
+// tokenizer.json, then encode and decode a string that exercises every pipeline stage.
 inline void tokenizer_json(const uint8_t* data, size_t size) {
   try {
     const Tokenizer t =
@@ -41,8 +88,21 @@ inline void tokenizer_json(const uint8_t* data, size_t size) {
   }
 }
 
+// tokenizer_config.json beside a small valid tokenizer.json, read by Tokenizer::from_pretrained.
+inline void tokenizer_config_json(const uint8_t* data, size_t size) {
+  const std::string& dir = detail::scratch_dir();
+  static const bool once = (detail::write_file(dir + "/tokenizer.json", detail::kTinyTokenizer), true);
+  (void)once;
+  detail::write_file(dir + "/tokenizer_config.json", data, size);
+  try {
+    const Tokenizer t = Tokenizer::from_pretrained(dir);
+    (void)t.decode(t.encode("ab a"));
+  } catch (const Error&) {
+  }
+}
+
+// The packed quant_state JSON of a bnb-4bit weight, in a state whose other tensors are valid.
 inline void quant_state_json(const uint8_t* data, size_t size) {
-  // a valid state whose packed JSON is replaced by the fuzz input
   static const Quantized4bit q = [] {
     std::vector<float> w(64 * 8);
     for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 17) - 8.0f;
@@ -59,12 +119,39 @@ inline void quant_state_json(const uint8_t* data, size_t size) {
   }
 }
 
+// config.json as from_pretrained reads it before touching weights: model_type, the llama-family sizes,
+// dtype, eos_token_id, architectures and the quantization_config (bitsandbytes' rules).
 inline void config_json(const uint8_t* data, size_t size) {
   try {
-    const auto j = nlohmann::json::parse(data, data + size);
-    (void)AutoQuantizationConfig::from_dict(j).to_json_string();
+    const auto j = jsonf::parse_json({reinterpret_cast<const char*>(data), size}, "config.json");
+    check_model_type(j, "config.json");
+    const auto c = models::LlamaConfig::from_json(j, "config.json");
+    (void)checkpoint_dtype(j, "config.json");
+    (void)eos_token_ids(j, "config.json", c.vocab);
+    if (const auto* a = jsonf::find_array(j, "architectures", jsonf::JsonPath("config.json"));
+        a && !a->empty())
+      (void)jsonf::as_string((*a)[0], jsonf::JsonPath("config.json", "architectures[0]"));
+    if (const auto* q = jsonf::find(j, "quantization_config", jsonf::JsonPath("config.json")))
+      (void)AutoQuantizationConfig::from_dict(*q).to_json_string();
   } catch (const Error&) {
-  } catch (const nlohmann::json::exception&) {  // the JSON text itself is malformed: parse's own error
+  }
+}
+
+// model.safetensors.index.json beside a small valid shard, read by Checkpoint::open.
+inline void index_json(const uint8_t* data, size_t size) {
+  const std::string& dir = detail::scratch_dir();
+  static const bool once = [&] {
+    save_safetensors(dir + "/model.safetensors",
+                     {{"a", Tensor::from_vector(DType::Float32, {2}, std::vector<float>{1, 2})},
+                      {"b", Tensor::from_vector(DType::UInt8, {3}, std::vector<uint8_t>{1, 2, 3})}});
+    return true;
+  }();
+  (void)once;
+  detail::write_file(dir + "/model.safetensors.index.json", data, size);
+  try {
+    const Checkpoint c = Checkpoint::open(dir);
+    for (const auto& n : c.names()) (void)c.get(n);
+  } catch (const Error&) {
   }
 }
 

@@ -3,6 +3,8 @@
 // libFuzzer is the "fuzz" preset.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <map>
 #include <random>
 
 #include "../fuzz/targets.h"
@@ -58,7 +60,49 @@ TEST(FuzzSmoke, QuantStateJson) {
       5000, nibble::fuzz::quant_state_json);
 }
 
-TEST(FuzzSmoke, QuantizationConfigJson) {
-  mutate_and_run(nibble::BitsAndBytesConfig{.load_in_4bit = true}.to_json_string(false), 5000,
+TEST(FuzzSmoke, ConfigJson) {
+  // the example model's config.json and a bnb-4bit checkpoint's (with quantization_config)
+  for (const std::string& path :
+       {nibble::test::example_model() + "/config.json",
+        nibble::test::golden_dir() + "/checkpoints/tiny-llama-bnb-nf4-dq/config.json"})
+    mutate_and_run(nibble::test::read_bytes(path), 3000, nibble::fuzz::config_json);
+  mutate_and_run(nibble::BitsAndBytesConfig{.load_in_4bit = true}.to_json_string(false), 2000,
                  nibble::fuzz::config_json);
+}
+
+TEST(FuzzSmoke, TokenizerConfigJson) {
+  mutate_and_run(nibble::test::read_bytes(nibble::test::example_model() + "/tokenizer_config.json"), 300,
+                 nibble::fuzz::tokenizer_config_json);
+  mutate_and_run(R"({"bos_token": {"content": "<s>"}, "eos_token": "</s>"})", 300,
+                 nibble::fuzz::tokenizer_config_json);
+}
+
+TEST(FuzzSmoke, IndexJson) {
+  mutate_and_run(
+      R"({"metadata": {"total_size": 11}, "weight_map": {"a": "model.safetensors", "b": "model.safetensors"}})",
+      600, nibble::fuzz::index_json);
+}
+
+// The committed libFuzzer corpus (fuzz/corpus/<target>/, minimized by -merge=1) runs through the same entry
+// points, so every input the campaigns kept is replayed by CTest and under ASan+UBSan.
+TEST(FuzzSmoke, CommittedCorpus) {
+  namespace fs = std::filesystem;
+  const std::map<std::string, void (*)(const uint8_t*, size_t)> targets{
+      {"safetensors", nibble::fuzz::safetensors},
+      {"tokenizer_json", nibble::fuzz::tokenizer_json},
+      {"tokenizer_config_json", nibble::fuzz::tokenizer_config_json},
+      {"quant_state_json", nibble::fuzz::quant_state_json},
+      {"config_json", nibble::fuzz::config_json},
+      {"index_json", nibble::fuzz::index_json}};
+  const fs::path root = fs::path(NIBBLE_SOURCE_DIR) / "fuzz" / "corpus";
+  size_t inputs = 0;
+  for (const auto& [name, target] : targets) {
+    ASSERT_TRUE(fs::is_directory(root / name)) << root / name;
+    for (const auto& e : fs::directory_iterator(root / name)) {
+      const std::string s = nibble::test::read_bytes(e.path().string());
+      target(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+      ++inputs;
+    }
+  }
+  EXPECT_GT(inputs, targets.size());
 }

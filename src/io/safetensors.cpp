@@ -13,6 +13,8 @@
 
 #include "nibble/files.h"
 #include "io/atomic_file.h"
+#include "io/hf_config.h"
+#include "io/json_field.h"
 #include "nibble/error.h"
 #include "core/python_json.h"
 
@@ -64,12 +66,9 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<Storage> bytes, const std
     }
     return true;
   };
-  json header;
-  try {
-    header = json::parse(hb, hb + n, cb);
-  } catch (const json::exception& e) {
-    bad(label, std::string("header is not valid JSON: ") + e.what());
-  }
+  // depth: {name: {"shape": [..]}} is 3 deep; parse_json turns every parse failure into a FormatError
+  const json header = jsonf::parse_json({hb, static_cast<size_t>(n)}, label + ": invalid safetensors: header",
+                                        {.max_bytes = kMaxSafetensorsHeader, .max_depth = 16}, cb);
   f.index_.clear();
   if (!dup.empty()) bad(label, "duplicate tensor name '" + dup + "' in header");
   if (!header.is_object()) bad(label, "header is not a JSON object");
@@ -245,22 +244,16 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   std::vector<std::string> files;
   std::unordered_map<std::string, std::string> expected;  // tensor -> shard per the index
   if (fs::exists(index)) {
-    json j;
-    try {
-      j = json::parse(read_text_file(index.string()));
-    } catch (const json::exception& e) {
-      throw FormatError(index.string() + ": invalid JSON: " + e.what());
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      throw FormatError(index.string() + ": missing object 'weight_map'");
+    const json j = read_json_file(index.string());
+    const jsonf::JsonPath root(index.string());
+    const json& weight_map = jsonf::get_object(j, "weight_map", root);
     std::set<std::string> seen;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string())
-        throw FormatError(index.string() + ": weight_map['" + it.key() + "'] is not a string");
-      const auto shard = it.value().get<std::string>();
-      if (shard.find('/') != std::string::npos || shard == "..")
-        throw FormatError(index.string() + ": shard name '" + shard +
-                          "' must be a file in the same directory");
+    for (auto it = weight_map.begin(); it != weight_map.end(); ++it) {
+      const jsonf::JsonPath at = root / "weight_map" / it.key();
+      const std::string& shard = jsonf::as_string(it.value(), at);
+      if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
+          shard.find('\0') != std::string::npos)
+        at.fail("names shard '" + shard + "'; it must be a file in the same directory");
       expected[it.key()] = shard;
       if (seen.insert(shard).second) files.push_back(shard);
     }

@@ -8,6 +8,7 @@
 #include "core/threads.h"
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
+#include "io/json_field.h"
 #include "models/auto_model_impl.h"
 #include "models/registry.h"
 #include "nibble/error.h"
@@ -23,7 +24,7 @@ AutoModelForCausalLM& AutoModelForCausalLM::operator=(AutoModelForCausalLM&&) no
 AutoModelForCausalLM::~AutoModelForCausalLM() = default;
 
 namespace {
-void fill_info(AutoModelForCausalLM::Impl& im, DType dtype);
+void fill_info(AutoModelForCausalLM::Impl& im, DType dtype, const std::string& config_path);
 
 void check_model_dir(const std::string& dir) {
   std::error_code ec;
@@ -47,7 +48,7 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   im.config = read_json_file(cpath);
   check_model_type(im.config, cpath);
   const std::string gpath = (fs::path(dir) / "generation_config.json").string();
-  if (fs::exists(gpath)) im.generation_config = read_json_file(gpath);
+  const json generation_config = fs::exists(gpath) ? read_json_file(gpath) : json::object();
   if (im.config.contains("quantization_config") && opt.quantization_config && !opt.quiet)
     std::fprintf(
         stderr,
@@ -59,7 +60,9 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(im.config, cpath));
   lo.quiet = opt.quiet;
   im.model = models::create_model(im.config, models::CheckpointSource(dir), lo);
-  fill_info(im, lo.dtype);
+  fill_info(im, lo.dtype, cpath);
+  im.eos = eos_token_ids(generation_config, gpath, im.info.vocab_size);
+  if (im.eos.empty()) im.eos = eos_token_ids(im.config, cpath, im.info.vocab_size);
   return m;
 }
 
@@ -76,17 +79,18 @@ AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& con
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(config, "config"));
   lo.quiet = opt.quiet;
   im.model = models::create_model(config, models::RandomSource(config, lo.dtype, seed), lo);
-  fill_info(im, lo.dtype);
+  fill_info(im, lo.dtype, "config");
+  im.eos = eos_token_ids(config, "config", im.info.vocab_size);
   return m;
 }
 
 namespace {
-void fill_info(AutoModelForCausalLM::Impl& im, DType dtype) {
+void fill_info(AutoModelForCausalLM::Impl& im, DType dtype, const std::string& config_path) {
   const auto& c = *im.model;
-  im.info.model_type = im.config["model_type"].get<std::string>();
-  if (im.config.contains("architectures") && im.config["architectures"].is_array() &&
-      !im.config["architectures"].empty())
-    im.info.architecture = im.config["architectures"][0].get<std::string>();
+  const jsonf::JsonPath root(config_path);
+  im.info.model_type = jsonf::get_string(im.config, "model_type", root);
+  if (const json* a = jsonf::find_array(im.config, "architectures", root); a && !a->empty())
+    im.info.architecture = jsonf::as_string((*a)[0], (root / "architectures")[0]);
   im.info.num_layers = c.num_layers();
   im.info.hidden_size = c.hidden_size();
   im.info.vocab_size = c.vocab_size();
@@ -96,16 +100,7 @@ void fill_info(AutoModelForCausalLM::Impl& im, DType dtype) {
 }  // namespace
 
 std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
-  std::vector<int32_t> eos;
-  for (const json* src : {&impl_->generation_config, &impl_->config}) {
-    if (!src->is_object() || !src->contains("eos_token_id")) continue;
-    const json& e = (*src)["eos_token_id"];
-    if (e.is_number_integer()) eos.push_back(e.get<int32_t>());
-    if (e.is_array())
-      for (const auto& x : e) eos.push_back(x.get<int32_t>());
-    if (!eos.empty()) break;
-  }
-  return eos;
+  return impl_->eos;
 }
 
 void AutoModelForCausalLM::save_pretrained(const std::string& dir, const SavePretrainedOptions& opt) const {

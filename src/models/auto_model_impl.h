@@ -4,6 +4,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "models/causal_lm.h"
 #include "nibble/model.h"
@@ -12,7 +13,8 @@ namespace nibble {
 
 struct AutoModelForCausalLM::Impl {
   std::string dir;  // empty for from_config
-  nlohmann::json config, generation_config;
+  nlohmann::json config;
+  std::vector<int32_t> eos;  // generation_config.json's eos_token_id, else config.json's (checked at load)
   std::unique_ptr<models::CausalLM> model;
   ModelInfo info;
   int threads = 0;  // 0 = OpenMP's default

@@ -25,8 +25,12 @@ std::unique_ptr<nn::LinearBase> LinearLoader::load(const std::string& prefix, bo
         d[prefix + ".weight." + k] = src.get(prefix + ".weight." + k);
     d[qs] = src.get(qs);
     QuantState s = QuantState::from_dict(d, src.where(qs) + ": " + prefix);
-    return std::make_unique<nn::Linear4bit>(src.get(prefix + ".weight"), std::move(s), std::move(b),
-                                            prequantized_compute);
+    try {
+      return std::make_unique<nn::Linear4bit>(src.get(prefix + ".weight"), std::move(s), std::move(b),
+                                              prequantized_compute);
+    } catch (const FormatError& e) {  // its shape checks do not know the file
+      throw FormatError(src.where(qs) + ": " + prefix + ": " + e.what());
+    }
   }
   const std::string wname = prefix + ".weight";
   const Tensor w = src.get(wname);

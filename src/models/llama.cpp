@@ -25,7 +25,8 @@ nn::RopeConfig LlamaConfig::rope() const {
 LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt)
     : dtype_(opt.dtype) {
   const std::string dir = ck.label();
-  c_ = LlamaConfig::from_json(config, dir + "/config.json");
+  const std::string cpath = dir + "/config.json";
+  c_ = LlamaConfig::from_json(config, cpath);
   LinearLoader loader{.src = ck,
                       .model_type = c_.model_type,
                       .dtype = dtype_,
@@ -33,7 +34,14 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
                       .spec = std::nullopt,
                       .prequantized = config.contains("quantization_config")};
   if (loader.prequantized) {
-    qcfg_ = AutoQuantizationConfig::from_dict(config["quantization_config"]);
+    // the file is at fault, whichever rule its quantization_config breaks: say which file and key
+    try {
+      qcfg_ = AutoQuantizationConfig::from_dict(config.at("quantization_config"));
+    } catch (const NotSupportedError& e) {
+      throw NotSupportedError(cpath + ": 'quantization_config': " + e.what());
+    } catch (const Error& e) {
+      throw FormatError(cpath + ": 'quantization_config': " + e.what());
+    }
     loader.prequantized_compute = qcfg_->compute_dtype();
   } else if (opt.quant && opt.quant->is_quantizable()) {
     if (opt.quant->load_in_8bit)

@@ -1,4 +1,7 @@
 // config.json of the llama family (llama, mistral, qwen2) -> LlamaConfig.
+#include <algorithm>
+
+#include "io/json_field.h"
 #include "models/llama.h"
 #include "nibble/error.h"
 
@@ -6,60 +9,68 @@ namespace nibble::models {
 using nlohmann::json;
 
 namespace {
+using jsonf::IntRange;
+using jsonf::NumberRange;
 
-int64_t get_int(const json& j, const char* key, const std::string& path, std::optional<int64_t> def = {}) {
-  if (!j.contains(key) || j[key].is_null()) {
-    if (def) return *def;
-    throw FormatError(path + ": missing integer '" + key + "'");
-  }
-  if (!j[key].is_number_integer() || j[key].get<int64_t>() < 0)
-    throw FormatError(path + ": '" + key + "' must be a non-negative integer");
-  return j[key].get<int64_t>();
-}
-
-double get_num(const json& j, const char* key, double def, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return def;
-  if (!j[key].is_number()) throw FormatError(path + ": '" + key + "' must be a number");
-  return j[key].get<double>();
-}
+// Bounds on declared sizes: far above any published model (hidden 16384, 126 layers, vocab 262144,
+// 1M positions), low enough that products of them cannot overflow and a hostile config.json cannot make
+// nibble plan absurd allocations before the checkpoint's tensor shapes are checked against it.
+constexpr IntRange kHidden{1, 1 << 20}, kIntermediate{1, 1 << 22}, kLayers{0, 1 << 12}, kHeads{1, 1 << 12},
+    kHeadDim{2, 1 << 12}, kVocab{1, 1 << 24}, kPositions{1, int64_t{1} << 26};
+constexpr NumberRange kPositive{1e-30, 1e30};
 
 }  // namespace
 
 LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
+  const jsonf::JsonPath root(path);
+  jsonf::as_object(j, root);
   LlamaConfig c;
-  c.model_type = j.value("model_type", "");
-  c.hidden = get_int(j, "hidden_size", path);
-  c.intermediate = get_int(j, "intermediate_size", path);
-  c.layers = get_int(j, "num_hidden_layers", path);
-  c.heads = get_int(j, "num_attention_heads", path);
-  c.kv_heads = get_int(j, "num_key_value_heads", path, c.heads);
-  c.vocab = get_int(j, "vocab_size", path);
-  c.max_positions = get_int(j, "max_position_embeddings", path, 2048);
-  if (c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0)
-    throw FormatError(path + ": num_attention_heads must be a positive multiple of num_key_value_heads");
-  c.head_dim = get_int(j, "head_dim", path, c.hidden / c.heads);
-  if (c.head_dim == 0 || c.head_dim % 2 != 0)
-    throw FormatError(path + ": head_dim must be a positive even number");
-  c.rms_eps = get_num(j, "rms_norm_eps", 1e-6, path);
-  c.rope_theta = get_num(j, "rope_theta", 10000.0, path);
+  c.model_type = jsonf::get_string_or(j, "model_type", root, "");
+  c.hidden = jsonf::get_int(j, "hidden_size", root, kHidden);
+  c.intermediate = jsonf::get_int(j, "intermediate_size", root, kIntermediate);
+  c.layers = jsonf::get_int(j, "num_hidden_layers", root, kLayers);
+  c.heads = jsonf::get_int(j, "num_attention_heads", root, kHeads);
+  c.kv_heads = jsonf::get_int_or(j, "num_key_value_heads", root, c.heads, {1, c.heads});
+  c.vocab = jsonf::get_int(j, "vocab_size", root, kVocab);
+  c.max_positions = jsonf::get_int_or(j, "max_position_embeddings", root, 2048, kPositions);
+  if (c.heads % c.kv_heads != 0)
+    (root / "num_attention_heads")
+        .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
+              std::to_string(c.kv_heads) + ")");
+  c.head_dim = jsonf::get_int_or(j, "head_dim", root, std::max<int64_t>(c.hidden / c.heads, 1), kHeadDim);
+  if (c.head_dim % 2 != 0)
+    (root / "head_dim").fail("must be a positive even number, found " + std::to_string(c.head_dim));
+  // every weight the config declares holds at most 2^31 elements
+  jsonf::checked_product({c.vocab, c.hidden}, root, "vocab_size * hidden_size (embed_tokens)");
+  jsonf::checked_product({c.intermediate, c.hidden}, root, "intermediate_size * hidden_size (mlp)");
+  jsonf::checked_product({c.heads, c.head_dim, c.hidden}, root,
+                         "num_attention_heads * head_dim * hidden_size (q_proj)");
+  c.rms_eps = jsonf::get_number_or(j, "rms_norm_eps", root, 1e-6, {0.0, 1.0});
+  c.rope_theta = jsonf::get_number_or(j, "rope_theta", root, 10000.0, kPositive);
   // transformers 5 writes rope_parameters {rope_theta, rope_type, factor, ...}; 4.x writes rope_theta +
   // rope_scaling
-  const json rp =
-      j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"] : json();
-  if (rp.is_object()) c.rope_theta = get_num(rp, "rope_theta", c.rope_theta, path);
-  c.tie_word_embeddings = j.value("tie_word_embeddings", false);
-  c.attention_bias = c.model_type == "qwen2" || j.value("attention_bias", false);
-  c.mlp_bias = j.value("mlp_bias", false);
-  const json rs = rp.is_object() ? rp : j.contains("rope_scaling") ? j["rope_scaling"] : json();
-  if (rs.is_object()) {
-    c.rope_type = rs.value("rope_type", rs.value("type", "default"));
-    c.rope_factor = get_num(rs, "factor", 1.0, path);
-    c.low_freq_factor = get_num(rs, "low_freq_factor", 1.0, path);
-    c.high_freq_factor = get_num(rs, "high_freq_factor", 4.0, path);
-    c.original_max_positions = get_int(rs, "original_max_position_embeddings", path, 8192);
+  const json* rp = jsonf::find(j, "rope_parameters", root);
+  if (rp && !rp->is_object()) rp = nullptr;  // transformers 5 also allows a per-layer-type mapping; ignored
+  if (rp)
+    c.rope_theta = jsonf::get_number_or(*rp, "rope_theta", root / "rope_parameters", c.rope_theta, kPositive);
+  c.tie_word_embeddings = jsonf::get_bool_or(j, "tie_word_embeddings", root, false);
+  c.attention_bias = jsonf::get_bool_or(j, "attention_bias", root, false) || c.model_type == "qwen2";
+  c.mlp_bias = jsonf::get_bool_or(j, "mlp_bias", root, false);
+  const char* rs_key = rp ? "rope_parameters" : "rope_scaling";
+  if (const json* rs = jsonf::find_object(j, rs_key, root)) {
+    const jsonf::JsonPath at = root / rs_key;
+    c.rope_type =
+        jsonf::get_string_or(*rs, "rope_type", at, jsonf::get_string_or(*rs, "type", at, "default"));
     if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3")
       throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
                               "' is not supported (default, linear, llama3)");
+    c.rope_factor = jsonf::get_number_or(*rs, "factor", at, 1.0, kPositive);
+    c.low_freq_factor = jsonf::get_number_or(*rs, "low_freq_factor", at, 1.0, kPositive);
+    c.high_freq_factor = jsonf::get_number_or(*rs, "high_freq_factor", at, 4.0, kPositive);
+    c.original_max_positions =
+        jsonf::get_int_or(*rs, "original_max_position_embeddings", at, 8192, kPositions);
+    if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
+      (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
   }
   return c;
 }

@@ -29,7 +29,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   if (config.contains("quantization_config"))
     throw ValueError(config_path +
                      ": the checkpoint is already quantized (config.json has quantization_config)");
-  const std::string model_type = config["model_type"].get<std::string>();
+  const std::string model_type = jsonf::get_string(config, "model_type", jsonf::JsonPath(config_path));
   const DType dtype = opt.dtype.value_or(checkpoint_dtype(config, config_path));
 
   const Checkpoint in = Checkpoint::open(in_dir);

@@ -2,6 +2,7 @@
 
 #include <functional>
 
+#include "models/llama.h"
 #include "models/tensor_source.h"
 #include "nibble/error.h"
 
@@ -11,11 +12,8 @@ RandomSource::RandomSource(const nlohmann::json& config, DType dtype, uint64_t s
     : config_(config), dtype_(dtype), seed_(seed) {}
 
 Shape RandomSource::shape_of(const std::string& n) const {
-  const int64_t H = config_.at("hidden_size"), I = config_.at("intermediate_size"),
-                V = config_.at("vocab_size");
-  const int64_t NQ = config_.at("num_attention_heads");
-  const int64_t NKV = config_.value("num_key_value_heads", NQ);
-  const int64_t D = config_.value("head_dim", H / NQ);
+  const LlamaConfig c = LlamaConfig::from_json(config_, "config");  // checked sizes, as the model sees them
+  const int64_t H = c.hidden, I = c.intermediate, V = c.vocab, NQ = c.heads, NKV = c.kv_heads, D = c.head_dim;
   auto ends = [&](const char* s) { return n.ends_with(s); };
   if (n == "model.embed_tokens.weight" || n == "lm_head.weight") return {V, H};
   if (ends("layernorm.weight") || n == "model.norm.weight") return {H};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "io/json_field.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
 
@@ -13,9 +14,7 @@ const std::vector<std::string>& supported_model_types() {
 }
 
 void check_model_type(const nlohmann::json& config, const std::string& config_path) {
-  if (!config.contains("model_type") || !config["model_type"].is_string())
-    throw FormatError(config_path + ": missing string field 'model_type'");
-  const auto t = config["model_type"].get<std::string>();
+  const std::string& t = jsonf::get_string(config, "model_type", jsonf::JsonPath(config_path));
   const auto& ok = supported_model_types();
   if (std::find(ok.begin(), ok.end(), t) == ok.end())
     throw NotSupportedError(config_path + ": model_type '" + t +

@@ -7,6 +7,7 @@
 
 #include "nibble/files.h"
 #include "io/atomic_file.h"
+#include "io/hf_config.h"
 #include "nibble/error.h"
 #include "core/python_json.h"
 
@@ -237,12 +238,7 @@ BitsAndBytesConfig BitsAndBytesConfig::from_dict(const json& d, std::vector<std:
 
 BitsAndBytesConfig BitsAndBytesConfig::from_json_file(const std::string& path,
                                                       std::vector<std::string>* unused) {
-  json d;
-  try {
-    d = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    throw FormatError(path + ": invalid JSON: " + e.what());
-  }
+  const json d = read_json_file(path);
   try {
     return from_dict(d, unused);
   } catch (const Error& e) {

@@ -1,5 +1,6 @@
 #include <nlohmann/json.hpp>
 
+#include "io/json_field.h"
 #include "nibble/error.h"
 #include "core/python_json.h"
 #include "nibble/quantize.h"
@@ -66,17 +67,6 @@ void expect_tensor(const Tensor& t, DType dt, const Shape& shape, const std::str
                    std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()));
 }
 
-int64_t get_int(const nlohmann::json& j, const char* key, const std::string& where) {
-  if (!j.contains(key) || !j[key].is_number_integer())
-    bad(where, std::string("JSON needs integer '") + key + "'");
-  return j[key].get<int64_t>();
-}
-
-std::string get_str(const nlohmann::json& j, const char* key, const std::string& where) {
-  if (!j.contains(key) || !j[key].is_string()) bad(where, std::string("JSON needs string '") + key + "'");
-  return j[key].get<std::string>();
-}
-
 }  // namespace
 
 QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, const std::string& where) {
@@ -101,31 +91,35 @@ QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, cons
   const std::string key_type = qs_key.substr(prefix.size());
   if (qs.dtype() != DType::UInt8 || qs.shape().size() != 1)
     bad(where, qs_key + " must be a 1-D uint8 tensor");
-  nlohmann::json j;
-  try {
-    const auto* p = reinterpret_cast<const char*>(qs.raw());
-    j = nlohmann::json::parse(p, p + qs.nbytes());
-  } catch (const nlohmann::json::exception& e) {
-    bad(where, qs_key + " does not hold valid JSON: " + e.what());
-  }
-  if (!j.is_object()) bad(where, qs_key + " JSON is not an object");
+  // the packed JSON: a small object bitsandbytes wrote (python json.dumps), read with the checked accessors
+  const jsonf::JsonPath root(where + ": " + qs_key);
+  const auto* p = reinterpret_cast<const char*>(qs.raw());
+  const nlohmann::json j =
+      jsonf::parse_json({p, qs.nbytes()}, root.file(), {.max_bytes = 1 << 20, .max_depth = 8});
+  jsonf::as_object(j, root);
 
   QuantState s;
-  const std::string qt = get_str(j, "quant_type", where);
-  if (qt != "nf4" && qt != "fp4") bad(where, "quant_type '" + qt + "' is not nf4 or fp4");
-  if (qt != key_type) bad(where, "quant_type '" + qt + "' does not match the key " + qs_key);
+  const std::string qt = jsonf::get_string(j, "quant_type", root);
+  if (qt != "nf4" && qt != "fp4") (root / "quant_type").fail("is '" + qt + "', not nf4 or fp4");
+  if (qt != key_type) (root / "quant_type").fail("is '" + qt + "', which does not match the key " + qs_key);
   s.quant_type = parse_quant_type(qt);
-  s.blocksize = get_int(j, "blocksize", where);
+  s.blocksize = jsonf::get_int(j, "blocksize", root, {32, 4096});
   if (!valid_4bit_blocksize(s.blocksize))
-    bad(where, "blocksize " + std::to_string(s.blocksize) + " is not 32..4096");
-  const std::string dts = get_str(j, "dtype", where);
+    (root / "blocksize").fail("is " + std::to_string(s.blocksize) + ", not a power of two in 32..4096");
+  const std::string dts = jsonf::get_string(j, "dtype", root);
   auto dt = dtype_from_name(dts);
-  if (!dt || !dtype_is_float(*dt)) bad(where, "dtype '" + dts + "' is not a float dtype");
+  if (!dt || !dtype_is_float(*dt)) (root / "dtype").fail("is '" + dts + "', not a float dtype");
   s.dtype = *dt;
-  if (!j.contains("shape") || !j["shape"].is_array()) bad(where, "JSON needs array 'shape'");
-  for (const auto& e : j["shape"]) {
-    if (!e.is_number_unsigned()) bad(where, "shape entries must be non-negative integers");
-    s.shape.push_back(e.get<int64_t>());
+  const nlohmann::json& shape = jsonf::get_array(j, "shape", root);
+  if (shape.empty() || shape.size() > 8)
+    (root / "shape").fail("has " + std::to_string(shape.size()) + " dimensions (expected 1 to 8)");
+  constexpr int64_t kMaxElements = int64_t{1} << 48;  // far past any weight; keeps numel() from overflowing
+  int64_t numel = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const int64_t d = jsonf::as_int(shape[i], (root / "shape")[i], {0, kMaxElements});
+    if (d != 0 && numel > kMaxElements / d) (root / "shape").fail("holds more than 2^48 elements");
+    numel *= d;
+    s.shape.push_back(d);
   }
   const int64_t nb = s.num_blocks();
   s.nested = d.count("nested_absmax") != 0;
@@ -136,13 +130,10 @@ QuantState QuantState::from_dict(const std::map<std::string, Tensor>& full, cons
   expect_tensor(s.code, DType::Float32, {16}, where, "quant_map");
   if (s.nested) {
     if (!d.count("nested_quant_map")) bad(where, "missing nested_quant_map");
-    s.nested_blocksize = get_int(j, "nested_blocksize", where);
-    if (s.nested_blocksize <= 0) bad(where, "nested_blocksize must be positive");
-    const std::string ndt = get_str(j, "nested_dtype", where);
-    if (ndt != "float32") bad(where, "nested_dtype '" + ndt + "' is not float32");
-    if (!j.contains("nested_offset") || !j["nested_offset"].is_number())
-      bad(where, "JSON needs number 'nested_offset'");
-    s.offset = static_cast<float>(j["nested_offset"].get<double>());
+    s.nested_blocksize = jsonf::get_int(j, "nested_blocksize", root, {1, int64_t{1} << 20});
+    const std::string ndt = jsonf::get_string(j, "nested_dtype", root);
+    if (ndt != "float32") (root / "nested_dtype").fail("is '" + ndt + "', not float32");
+    s.offset = static_cast<float>(jsonf::get_number(j, "nested_offset", root, {-3.4e38, 3.4e38}));
     s.nested_absmax = d["nested_absmax"];
     s.nested_code = d["nested_quant_map"];
     expect_tensor(s.absmax, DType::UInt8, {nb}, where, "absmax");

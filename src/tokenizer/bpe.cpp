@@ -1,5 +1,6 @@
 #include "tokenizer/bpe.h"
 
+#include <limits>
 #include <queue>
 
 #include "nibble/error.h"
@@ -31,56 +32,59 @@ std::vector<std::string> utf8_chars(const std::string& s) {
   return out;
 }
 
-Bpe::Bpe(const nlohmann::json& model, const std::string& label) {
-  auto bad = [&](const std::string& what) { throw FormatError(label + ": model: " + what); };
-  if (!model.is_object()) bad("not an object");
-  if (model.value("type", "BPE") != "BPE")
-    bad("type '" + model.value("type", "") + "' is not supported (only BPE)");
-  if (!model.contains("vocab") || !model["vocab"].is_object()) bad("missing object 'vocab'");
-  for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-    if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-        it.value().get<int64_t>() > (1 << 30))
-      bad("vocab['" + it.key() + "'] is not a valid id");
-    add_token(it.key(), it.value().get<int32_t>());
+Bpe::Bpe(const nlohmann::json& model, const jsonf::JsonPath& at) {
+  jsonf::as_object(model, at);
+  const std::string type = jsonf::get_string_or(model, "type", at, "BPE");
+  if (type != "BPE") (at / "type").fail("is '" + type + "'; nibble supports only BPE");
+  const nlohmann::json& vocab = jsonf::get_object(model, "vocab", at);
+  // ids must run 0..n-1 over the n entries (checked below), so any id >= n is an error; bounding it first
+  // keeps a hostile id (2^30) from sizing the id -> token table.
+  const auto n = static_cast<int64_t>(vocab.size());
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    const jsonf::JsonPath vat = at / "vocab" / it.key();
+    const int64_t id = jsonf::as_int(it.value(), vat, {0, std::numeric_limits<int32_t>::max()});
+    if (id >= n)
+      vat.fail("is " + std::to_string(id) + ", not below the number of vocab entries (" + std::to_string(n) +
+               "); ids must run from 0 without gaps");
+    add_token(it.key(), static_cast<int32_t>(id));
   }
   for (size_t i = 0; i < id_to_token_.size(); ++i)
     if (id_to_token_[i].empty() && vocab_.count("") == 0)
-      bad("vocab ids are not contiguous (no id " + std::to_string(i) + ")");
-  if (model.contains("unk_token") && model["unk_token"].is_string()) {
-    auto u = token_to_id(model["unk_token"].get<std::string>());
-    if (u) unk_ = *u;
+      (at / "vocab").fail("ids are not contiguous (no id " + std::to_string(i) + ")");
+  if (const nlohmann::json* u = jsonf::find(model, "unk_token", at)) {
+    if (auto id = token_to_id(jsonf::as_string(*u, at / "unk_token"))) unk_ = *id;
   }
-  byte_fallback_ = model.value("byte_fallback", false);
-  fuse_unk_ = model.value("fuse_unk", false);
-  if (model.contains("continuing_subword_prefix") && !model["continuing_subword_prefix"].is_null())
-    bad("continuing_subword_prefix is not supported");
+  byte_fallback_ = jsonf::get_bool_or(model, "byte_fallback", at, false);
+  fuse_unk_ = jsonf::get_bool_or(model, "fuse_unk", at, false);
+  if (jsonf::find(model, "continuing_subword_prefix", at))
+    (at / "continuing_subword_prefix").fail("is set; nibble does not support it");
   for (int b = 0; b < 256; ++b) {
     char buf[8];
     std::snprintf(buf, sizeof buf, "<0x%02X>", b);
     auto id = token_to_id(buf);
     byte_ids_[b] = id ? *id : -1;
   }
-  if (!model.contains("merges") || !model["merges"].is_array()) bad("missing array 'merges'");
-  int32_t rank = 0;
-  for (const auto& m : model["merges"]) {
+  const nlohmann::json& merges = jsonf::get_array(model, "merges", at);
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const jsonf::JsonPath mat = (at / "merges")[i];
+    const nlohmann::json& m = merges[i];
     std::string a, b;
     if (m.is_string()) {
-      const auto s = m.get<std::string>();
+      const auto& s = m.get_ref<const std::string&>();
       const auto sp = s.find(' ', 1);
-      if (sp == std::string::npos) bad("merge '" + s + "' is not 'left right'");
+      if (sp == std::string::npos) mat.fail("is '" + s + "', not 'left right'");
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      a = m[0].get<std::string>();
-      b = m[1].get<std::string>();
+    } else if (m.is_array() && m.size() == 2) {
+      a = jsonf::as_string(m[0], mat[0]);
+      b = jsonf::as_string(m[1], mat[1]);
     } else {
-      bad("merge #" + std::to_string(rank) + " is neither a string nor a pair");
+      mat.fail("must be a string 'left right' or a pair of strings, found " + jsonf::describe(m));
     }
     auto ia = token_to_id(a), ib = token_to_id(b), im = token_to_id(a + b);
-    if (!ia || !ib || !im) bad("merge '" + a + " " + b + "' uses tokens not in the vocab");
+    if (!ia || !ib || !im) mat.fail("merges '" + a + " " + b + "', which uses tokens not in the vocab");
     const uint64_t key = (static_cast<uint64_t>(*ia) << 32) | static_cast<uint32_t>(*ib);
-    merges_.emplace(key, Merge{rank, *im});
-    ++rank;
+    merges_.emplace(key, Merge{static_cast<int32_t>(i), *im});
   }
 }
 

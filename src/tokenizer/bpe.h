@@ -7,12 +7,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "io/json_field.h"
+
 namespace nibble::tok {
 
 class Bpe {
  public:
-  // `model` is tokenizer.json's "model" object; `label` names the file in errors.
-  Bpe(const nlohmann::json& model, const std::string& label);
+  // `model` is tokenizer.json's "model" object, at path `at` (which names the file in errors).
+  Bpe(const nlohmann::json& model, const jsonf::JsonPath& at);
   // Tokenizes one pre-tokenized word (already normalized / byte-level mapped).
   void encode_word(const std::string& word, std::vector<int32_t>& out) const;
   std::optional<int32_t> token_to_id(const std::string& t) const;

@@ -15,23 +15,27 @@ using nlohmann::json;
 
 namespace {
 
-[[noreturn]] void bad(const std::string& label, const std::string& what) {
-  throw FormatError(label + ": " + what);
-}
-
-std::string str_field(const json& j, const char* key, const std::string& label, const std::string& where) {
-  if (!j.contains(key) || !j[key].is_string()) bad(label, where + ": missing string '" + key + "'");
-  return j[key].get<std::string>();
-}
+using jsonf::JsonPath;
 
 // The "pattern" of Replace/Split: {"String": s} or {"Regex": r}. Returns (is_regex, text).
-std::pair<bool, std::string> pattern_of(const json& j, const std::string& label, const std::string& where) {
-  if (!j.contains("pattern") || !j["pattern"].is_object()) bad(label, where + ": missing object 'pattern'");
-  const json& p = j["pattern"];
-  if (p.contains("String") && p["String"].is_string()) return {false, p["String"].get<std::string>()};
-  if (p.contains("Regex") && p["Regex"].is_string()) return {true, p["Regex"].get<std::string>()};
-  bad(label, where + ": pattern must be {\"String\": ...} or {\"Regex\": ...}");
+std::pair<bool, std::string> pattern_of(const json& j, const JsonPath& at) {
+  const json& p = jsonf::get_object(j, "pattern", at);
+  if (jsonf::find(p, "String", at / "pattern"))
+    return {false, jsonf::get_string(p, "String", at / "pattern")};
+  if (jsonf::find(p, "Regex", at / "pattern")) return {true, jsonf::get_string(p, "Regex", at / "pattern")};
+  (at / "pattern").fail("must be {\"String\": ...} or {\"Regex\": ...}");
 }
+
+// An optional array member ("normalizers" of a Sequence, ...): absent or null is empty.
+const json& array_or_empty(const json& j, const char* key, const JsonPath& at) {
+  static const json empty = json::array();
+  const json* a = jsonf::find_array(j, key, at);
+  return a ? *a : empty;
+}
+
+// ICU's match-time limit, in its "steps" (about a millisecond each): real tokenizer patterns take far less
+// per match; a pathological one (catastrophic backtracking) fails instead of hanging.
+constexpr int32_t kRegexTimeLimit = 2000;
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
   if (from.empty()) return s;
@@ -44,19 +48,22 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 }
 
 // A compiled ICU regex; ICU supports \p{L}, \p{N}, (?i:...) and lookahead, which tokenizer.json patterns use.
-std::shared_ptr<icu::RegexPattern> compile(const std::string& re, const std::string& label) {
+std::shared_ptr<icu::RegexPattern> compile(const std::string& re, const JsonPath& at) {
   UErrorCode st = U_ZERO_ERROR;
   UParseError pe;
   std::shared_ptr<icu::RegexPattern> p(icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(re), pe, st));
-  if (U_FAILURE(st)) bad(label, "invalid regex '" + re + "': " + u_errorName(st));
+  if (U_FAILURE(st) || !p) at.fail("is an invalid regex '" + re + "': " + u_errorName(st));
   return p;
 }
 
-// Regex matches of `s` as (begin, end) byte offsets.
-std::vector<std::pair<size_t, size_t>> matches(const icu::RegexPattern& p, const std::string& s) {
+// Regex matches of `s` as (begin, end) byte offsets. `where` names the pattern in errors.
+std::vector<std::pair<size_t, size_t>> matches(const icu::RegexPattern& p, const std::string& s,
+                                               const std::string& where) {
   const icu::UnicodeString u = icu::UnicodeString::fromUTF8(s);
   UErrorCode st = U_ZERO_ERROR;
   std::unique_ptr<icu::RegexMatcher> m(p.matcher(u, st));
+  if (U_SUCCESS(st) && m) m->setTimeLimit(kRegexTimeLimit, st);
+  if (U_FAILURE(st) || !m) throw FormatError(where + ": cannot run regex: " + u_errorName(st));
   std::vector<std::pair<size_t, size_t>> out;
   // map UTF-16 indices back to UTF-8 byte offsets
   std::vector<size_t> byte_at(static_cast<size_t>(u.length()) + 1, s.size());
@@ -76,6 +83,9 @@ std::vector<std::pair<size_t, size_t>> matches(const icu::RegexPattern& p, const
     const auto a = static_cast<size_t>(m->start(st)), e = static_cast<size_t>(m->end(st));
     if (e > a) out.emplace_back(byte_at[a], byte_at[e]);
   }
+  if (U_FAILURE(st))
+    throw FormatError(where + ": regex matching failed (" + u_errorName(st) +
+                      "; a pattern that backtracks without bound?)");
   return out;
 }
 
@@ -134,6 +144,21 @@ std::vector<std::string> split_words(const std::string& s, const std::vector<std
 
 const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
+// Metaspace's "replacement" (one character, default U+2581) and "prepend_scheme" (older files: the boolean
+// "add_prefix_space").
+std::string metaspace_replacement(const json& j, const JsonPath& at) {
+  const std::string rep = jsonf::get_string_or(j, "replacement", at, "\xe2\x96\x81");
+  if (rep.empty()) (at / "replacement").fail("must not be empty");
+  return rep;
+}
+std::string metaspace_scheme(const json& j, const JsonPath& at) {
+  const std::string s = jsonf::get_string_or(
+      j, "prepend_scheme", at, jsonf::get_bool_or(j, "add_prefix_space", at, true) ? "always" : "never");
+  if (s != "always" && s != "first" && s != "never")
+    (at / "prepend_scheme").fail("must be \"always\", \"first\" or \"never\", found '" + s + "'");
+  return s;
+}
+
 std::string to_byte_level(const std::string& s) {
   std::string out;
   for (unsigned char c : s) out += byte_to_unicode()[c];
@@ -159,12 +184,14 @@ const std::vector<std::string>& byte_to_unicode() {
   return m;
 }
 
-Normalizer make_normalizer(const json& j, const std::string& label) {
+Normalizer make_normalizer(const json& j, const JsonPath& at) {
   if (j.is_null()) return [](const std::string& s) { return s; };
-  const std::string type = str_field(j, "type", label, "normalizer");
+  const std::string type = jsonf::get_string(j, "type", at);
   if (type == "Sequence") {
     std::vector<Normalizer> parts;
-    for (const auto& n : j.value("normalizers", json::array())) parts.push_back(make_normalizer(n, label));
+    const json& list = array_or_empty(j, "normalizers", at);
+    for (size_t i = 0; i < list.size(); ++i)
+      parts.push_back(make_normalizer(list[i], (at / "normalizers")[i]));
     return [parts](const std::string& s) {
       std::string r = s;
       for (const auto& p : parts) r = p(r);
@@ -172,19 +199,20 @@ Normalizer make_normalizer(const json& j, const std::string& label) {
     };
   }
   if (type == "Prepend") {
-    const std::string pre = str_field(j, "prepend", label, "Prepend normalizer");
+    const std::string pre = jsonf::get_string(j, "prepend", at);
     return [pre](const std::string& s) { return s.empty() ? s : pre + s; };
   }
   if (type == "Replace") {
-    const auto [is_re, pat_ref] = pattern_of(j, label, "Replace normalizer");
+    const auto [is_re, pat_ref] = pattern_of(j, at);
     const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
-    const std::string content = str_field(j, "content", label, "Replace normalizer");
+    const std::string content = jsonf::get_string(j, "content", at);
     if (!is_re) return [pat, content](const std::string& s) { return replace_all(s, pat, content); };
-    auto re = compile(pat, label);
-    return [re, content](const std::string& s) {
+    auto re = compile(pat, at / "pattern");
+    const std::string where = (at / "pattern").str();
+    return [re, content, where](const std::string& s) {
       std::string out;
       size_t pos = 0;
-      for (auto [a, e] : matches(*re, s)) {
+      for (auto [a, e] : matches(*re, s, where)) {
         out += s.substr(pos, a - pos) + content;
         pos = e;
       }
@@ -197,7 +225,7 @@ Normalizer make_normalizer(const json& j, const std::string& label) {
                                 : type == "NFKC" ? icu::Normalizer2::getNFKCInstance(st)
                                 : type == "NFD"  ? icu::Normalizer2::getNFDInstance(st)
                                                  : icu::Normalizer2::getNFKDInstance(st);
-    if (U_FAILURE(st)) bad(label, "cannot load ICU normalizer " + type);
+    if (U_FAILURE(st)) (at / "type").fail("names ICU normalizer " + type + ", which cannot be loaded");
     return [n](const std::string& s) {
       UErrorCode e = U_ZERO_ERROR;
       std::string out;
@@ -212,16 +240,17 @@ Normalizer make_normalizer(const json& j, const std::string& label) {
       return out;
     };
   }
-  bad(label, "normalizer type '" + type + "' is not supported");
+  (at / "type").fail("is '" + type + "', a normalizer type nibble does not support");
 }
 
-PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
+PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
   if (j.is_null()) return [](const std::vector<std::string>& w) { return w; };
-  const std::string type = str_field(j, "type", label, "pre_tokenizer");
+  const std::string type = jsonf::get_string(j, "type", at);
   if (type == "Sequence") {
     std::vector<PreTokenizer> parts;
-    for (const auto& p : j.value("pretokenizers", json::array()))
-      parts.push_back(make_pre_tokenizer(p, label));
+    const json& list = array_or_empty(j, "pretokenizers", at);
+    for (size_t i = 0; i < list.size(); ++i)
+      parts.push_back(make_pre_tokenizer(list[i], (at / "pretokenizers")[i]));
     return [parts](const std::vector<std::string>& w) {
       std::vector<std::string> r = w;
       for (const auto& p : parts) r = p(r);
@@ -229,24 +258,29 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
     };
   }
   if (type == "Split") {
-    const auto [is_re, pat_ref] = pattern_of(j, label, "Split pre_tokenizer");
+    const auto [is_re, pat_ref] = pattern_of(j, at);
     const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
-    auto re = compile(is_re ? pat : std::string("\\Q") + pat + "\\E", label);
-    const std::string behavior = j.value("behavior", "Isolated");
-    const bool invert = j.value("invert", false);
-    return [re, behavior, invert](const std::vector<std::string>& words) {
+    auto re = compile(is_re ? pat : std::string("\\Q") + pat + "\\E", at / "pattern");
+    const std::string where = (at / "pattern").str();
+    const std::string behavior = jsonf::get_string_or(j, "behavior", at, "Isolated");
+    if (behavior != "Isolated" && behavior != "Removed" && behavior != "MergedWithPrevious" &&
+        behavior != "MergedWithNext" && behavior != "Contiguous")
+      (at / "behavior").fail("'" + behavior + "' is not a split behavior");
+    const bool invert = jsonf::get_bool_or(j, "invert", at, false);
+    return [re, behavior, invert, where](const std::vector<std::string>& words) {
       std::vector<std::string> out;
       for (const auto& w : words)
-        for (auto& p : split_words(w, matches(*re, w), behavior, invert))
+        for (auto& p : split_words(w, matches(*re, w, where), behavior, invert))
           if (!p.empty()) out.push_back(std::move(p));
       return out;
     };
   }
   if (type == "ByteLevel") {
-    const bool prefix = j.value("add_prefix_space", false);
-    const bool use_regex = j.value("use_regex", true);
-    auto re = compile(kGpt2Pattern, label);
-    return [re, prefix, use_regex](const std::vector<std::string>& words) {
+    const bool prefix = jsonf::get_bool_or(j, "add_prefix_space", at, false);
+    const bool use_regex = jsonf::get_bool_or(j, "use_regex", at, true);
+    auto re = compile(kGpt2Pattern, at);
+    const std::string where = at.str();
+    return [re, prefix, use_regex, where](const std::vector<std::string>& words) {
       std::vector<std::string> out;
       for (size_t i = 0; i < words.size(); ++i) {
         std::string w = words[i];
@@ -255,16 +289,15 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
           out.push_back(to_byte_level(w));
           continue;
         }
-        for (auto [a, e] : matches(*re, w)) out.push_back(to_byte_level(w.substr(a, e - a)));
+        for (auto [a, e] : matches(*re, w, where)) out.push_back(to_byte_level(w.substr(a, e - a)));
       }
       return out;
     };
   }
   if (type == "Metaspace") {
-    const std::string rep = j.value("replacement", "\xe2\x96\x81");
-    const std::string scheme =
-        j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
-    const bool split = j.value("split", true);
+    const std::string rep = metaspace_replacement(j, at);
+    const std::string scheme = metaspace_scheme(j, at);
+    const bool split = jsonf::get_bool_or(j, "split", at, true);
     return [rep, scheme, split](const std::vector<std::string>& words) {
       std::vector<std::string> out;
       for (size_t i = 0; i < words.size(); ++i) {
@@ -286,35 +319,37 @@ PreTokenizer make_pre_tokenizer(const json& j, const std::string& label) {
     };
   }
   if (type == "Digits") {
-    const bool individual = j.value("individual_digits", false);
-    auto re = compile(individual ? "\\p{Nd}" : "\\p{Nd}+", label);
-    return [re](const std::vector<std::string>& words) {
+    const bool individual = jsonf::get_bool_or(j, "individual_digits", at, false);
+    auto re = compile(individual ? "\\p{Nd}" : "\\p{Nd}+", at);
+    const std::string where = at.str();
+    return [re, where](const std::vector<std::string>& words) {
       std::vector<std::string> out;
       for (const auto& w : words)
-        for (auto& p : split_words(w, matches(*re, w), "Isolated", false))
+        for (auto& p : split_words(w, matches(*re, w, where), "Isolated", false))
           if (!p.empty()) out.push_back(std::move(p));
       return out;
     };
   }
-  bad(label, "pre_tokenizer type '" + type + "' is not supported");
+  (at / "type").fail("is '" + type + "', a pre_tokenizer type nibble does not support");
 }
 
-Decoder make_decoder(const json& j, const std::string& label) {
+Decoder make_decoder(const json& j, const JsonPath& at) {
   if (j.is_null()) return [](std::vector<std::string> t) { return t; };
-  const std::string type = str_field(j, "type", label, "decoder");
+  const std::string type = jsonf::get_string(j, "type", at);
   if (type == "Sequence") {
     std::vector<Decoder> parts;
-    for (const auto& d : j.value("decoders", json::array())) parts.push_back(make_decoder(d, label));
+    const json& list = array_or_empty(j, "decoders", at);
+    for (size_t i = 0; i < list.size(); ++i) parts.push_back(make_decoder(list[i], (at / "decoders")[i]));
     return [parts](std::vector<std::string> t) {
       for (const auto& p : parts) t = p(std::move(t));
       return t;
     };
   }
   if (type == "Replace") {
-    const auto [is_re, pat_ref] = pattern_of(j, label, "Replace decoder");
+    const auto [is_re, pat_ref] = pattern_of(j, at);
     const std::string pat = pat_ref;  // a named copy: clang 14 cannot capture structured bindings
-    if (is_re) bad(label, "Replace decoder with a regex pattern is not supported");
-    const std::string content = str_field(j, "content", label, "Replace decoder");
+    if (is_re) (at / "pattern").fail("is a regex; a Replace decoder with a regex pattern is not supported");
+    const std::string content = jsonf::get_string(j, "content", at);
     return [pat, content](std::vector<std::string> t) {
       for (auto& s : t) s = replace_all(s, pat, content);
       return t;
@@ -357,8 +392,9 @@ Decoder make_decoder(const json& j, const std::string& label) {
     };
   }
   if (type == "Strip") {
-    const std::string content = str_field(j, "content", label, "Strip decoder");
-    const int start = j.value("start", 0), stop = j.value("stop", 0);
+    const std::string content = jsonf::get_string(j, "content", at);
+    const auto start = static_cast<int>(jsonf::get_int_or(j, "start", at, 0, {0, 1024}));
+    const auto stop = static_cast<int>(jsonf::get_int_or(j, "stop", at, 0, {0, 1024}));
     return [content, start, stop](std::vector<std::string> t) {
       for (auto& s : t) {
         for (int i = 0; i < start && s.rfind(content, 0) == 0; ++i) s.erase(0, content.size());
@@ -391,9 +427,8 @@ Decoder make_decoder(const json& j, const std::string& label) {
     };
   }
   if (type == "Metaspace") {
-    const std::string rep = j.value("replacement", "\xe2\x96\x81");
-    const std::string scheme =
-        j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
+    const std::string rep = metaspace_replacement(j, at);
+    const std::string scheme = metaspace_scheme(j, at);
     return [rep, scheme](std::vector<std::string> t) {
       for (size_t i = 0; i < t.size(); ++i) {
         t[i] = replace_all(t[i], rep, " ");
@@ -402,7 +437,7 @@ Decoder make_decoder(const json& j, const std::string& label) {
       return t;
     };
   }
-  bad(label, "decoder type '" + type + "' is not supported");
+  (at / "type").fail("is '" + type + "', a decoder type nibble does not support");
 }
 
 }  // namespace nibble::tok

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "io/json_field.h"
+
 namespace nibble::tok {
 
 using Normalizer = std::function<std::string(const std::string&)>;
@@ -16,11 +18,11 @@ using PreTokenizer = std::function<std::vector<std::string>(const std::vector<st
 // Transforms the list of token strings into text pieces (HF decode_chain).
 using Decoder = std::function<std::vector<std::string>(std::vector<std::string>)>;
 
-// Each returns an identity stage for JSON null; throws FormatError (naming `label` and the type) for unknown
-// or malformed stages.
-Normalizer make_normalizer(const nlohmann::json& j, const std::string& label);
-PreTokenizer make_pre_tokenizer(const nlohmann::json& j, const std::string& label);
-Decoder make_decoder(const nlohmann::json& j, const std::string& label);
+// Each returns an identity stage for JSON null; throws FormatError (naming the file, the key path `at` of `j`
+// and the type) for unknown or malformed stages.
+Normalizer make_normalizer(const nlohmann::json& j, const jsonf::JsonPath& at);
+PreTokenizer make_pre_tokenizer(const nlohmann::json& j, const jsonf::JsonPath& at);
+Decoder make_decoder(const nlohmann::json& j, const jsonf::JsonPath& at);
 
 // GPT-2's byte <-> printable-unicode map used by ByteLevel pre-tokenizer and decoder.
 const std::vector<std::string>& byte_to_unicode();

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 
 #include "nibble/files.h"
 #include "io/hf_config.h"
+#include "io/json_field.h"
 #include "nibble/error.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/pipeline.h"
@@ -38,73 +40,99 @@ Tokenizer::~Tokenizer() = default;
 
 namespace {
 
-// TemplateProcessing "single": special-token ids before and after the sequence $A.
-void parse_template(const json& pp, const std::string& label, Tokenizer::Impl& im) {
+using jsonf::JsonPath;
+
+// A pipeline stage of tokenizer.json ("normalizer", ...): null when absent.
+const json& member_or_null(const json& j, const char* key) {
+  static const json null;
+  const auto it = j.find(key);
+  return it == j.end() ? null : *it;
+}
+
+// TemplateProcessing "single": special-token ids before and after the sequence $A, each a token id of the
+// vocabulary.
+void parse_template(const json& pp, const JsonPath& at, Tokenizer::Impl& im) {
   if (pp.is_null()) return;
-  const std::string type = pp.value("type", "");
+  const std::string type = jsonf::get_string_or(pp, "type", at, "");
   if (type == "Sequence") {
-    for (const auto& p : pp.value("processors", json::array())) parse_template(p, label, im);
+    if (const json* list = jsonf::find_array(pp, "processors", at))
+      for (size_t i = 0; i < list->size(); ++i) parse_template((*list)[i], (at / "processors")[i], im);
     return;
   }
   if (type == "ByteLevel") return;  // only adjusts offsets
   if (type != "TemplateProcessing")
-    throw FormatError(label + ": post_processor type '" + type + "' is not supported");
-  if (!pp.contains("single") || !pp["single"].is_array())
-    throw FormatError(label + ": TemplateProcessing needs 'single'");
-  const json& specials = pp.value("special_tokens", json::object());
+    (at / "type").fail("is '" + type + "', a post_processor nibble does not support");
+  const json& single = jsonf::get_array(pp, "single", at);
+  static const json no_specials = json::object();
+  const json* found = jsonf::find_object(pp, "special_tokens", at);
+  const json& specials = found ? *found : no_specials;
+  const jsonf::IntRange id_range{0, im.bpe->size() - 1};
   bool seen_seq = false;
-  for (const auto& piece : pp["single"]) {
-    if (piece.contains("Sequence")) {
+  for (size_t i = 0; i < single.size(); ++i) {
+    const JsonPath pat = (at / "single")[i];
+    const json& piece = jsonf::as_object(single[i], pat);
+    if (jsonf::find(piece, "Sequence", pat)) {
       seen_seq = true;
       continue;
     }
-    if (!piece.contains("SpecialToken") || !piece["SpecialToken"].contains("id"))
-      throw FormatError(label + ": TemplateProcessing piece is neither Sequence nor SpecialToken");
-    const std::string name = piece["SpecialToken"]["id"].get<std::string>();
-    if (!specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
-      throw FormatError(label + ": TemplateProcessing special token '" + name + "' has no ids");
-    for (const auto& id : specials[name]["ids"])
-      (seen_seq ? im.suffix_ids : im.prefix_ids).push_back(id.get<int32_t>());
+    if (!jsonf::find(piece, "SpecialToken", pat)) pat.fail("is neither a Sequence nor a SpecialToken");
+    const std::string& name =
+        jsonf::get_string(jsonf::get_object(piece, "SpecialToken", pat), "id", pat / "SpecialToken");
+    const JsonPath sat = at / "special_tokens" / name;
+    const json* special = jsonf::find(specials, name, at / "special_tokens");
+    if (!special) sat.fail("is missing (the special token of " + pat.path() + ")");
+    const json& ids = jsonf::get_array(*special, "ids", sat);
+    for (size_t k = 0; k < ids.size(); ++k)
+      (seen_seq ? im.suffix_ids : im.prefix_ids)
+          .push_back(static_cast<int32_t>(jsonf::as_int(ids[k], (sat / "ids")[k], id_range)));
   }
 }
 
-std::optional<int32_t> special_from_config(const json& cfg, const char* key, const Tokenizer& t) {
-  if (!cfg.contains(key)) return std::nullopt;
-  const json& v = cfg[key];
-  if (v.is_string()) return t.token_to_id(v.get<std::string>());
-  if (v.is_object() && v.contains("content") && v["content"].is_string())
-    return t.token_to_id(v["content"].get<std::string>());
-  return std::nullopt;
+// bos_token / eos_token of tokenizer_config.json: a token string, {"content": token, ...} or null.
+std::optional<int32_t> special_from_config(const json& cfg, const char* key, const JsonPath& root,
+                                           const Tokenizer& t) {
+  const json* v = jsonf::find(cfg, key, root);
+  if (!v) return std::nullopt;
+  if (v->is_object()) return t.token_to_id(jsonf::get_string(*v, "content", root / key));
+  if (!v->is_string())
+    (root / key).fail("must be a token string or an object with \"content\", found " + jsonf::describe(*v));
+  return t.token_to_id(v->get_ref<const std::string&>());
 }
+
+// tokenizer.json is the one large JSON file a checkpoint carries (a few MB; the largest published ones ~30
+// MB).
+constexpr jsonf::ParseLimits kTokenizerJsonLimits{.max_bytes = size_t{1} << 30};
 
 }  // namespace
 
 Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw FormatError(label + ": invalid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw FormatError(label + ": not a JSON object");
+  const json j = jsonf::parse_json(text, label, kTokenizerJsonLimits);
+  const JsonPath root(label);
+  jsonf::as_object(j, root);
   Tokenizer t;
   Impl& im = *t.impl_;
-  if (!j.contains("model")) throw FormatError(label + ": missing 'model'");
-  im.bpe = std::make_unique<tok::Bpe>(j["model"], label);
-  for (const auto& a : j.value("added_tokens", json::array())) {
-    if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
-        !a["content"].is_string())
-      throw FormatError(label + ": added_tokens entries need integer 'id' and string 'content'");
-    const int32_t id = a["id"].get<int32_t>();
-    if (id < 0 || id > (1 << 30))
-      throw FormatError(label + ": added token id " + std::to_string(id) + " out of range");
-    AddedToken at{a["content"].get<std::string>(), id, a.value("special", false),
-                  a.value("normalized", !a.value("special", false)), ""};
-    if (at.content.empty())
-      throw FormatError(label + ": added token " + std::to_string(id) + " has empty content");
-    im.added.push_back(at);
+  im.bpe = std::make_unique<tok::Bpe>(jsonf::get_object(j, "model", root), root / "model");
+  static const json none = json::array();
+  const json* found = jsonf::find_array(j, "added_tokens", root);
+  const json& added = found ? *found : none;
+  // Added tokens may extend the vocabulary past the model's ids, but only so far: an id sizes the id -> token
+  // table, so a bound keeps a hostile id (2^30) from allocating gigabytes.
+  const int64_t n_ids = int64_t{im.bpe->size()} + static_cast<int64_t>(added.size());
+  const int64_t max_id = 2 * n_ids + 1024;
+  for (size_t i = 0; i < added.size(); ++i) {
+    const JsonPath at = (root / "added_tokens")[i];
+    const json& a = jsonf::as_object(added[i], at);
+    const int64_t id = jsonf::get_int(a, "id", at, {0, std::numeric_limits<int32_t>::max()});
+    if (id > max_id)
+      (at / "id").fail("is " + std::to_string(id) + ", beyond 2 x (vocab + added_tokens entries) + 1024 = " +
+                       std::to_string(max_id) + "; nibble rejects such sparse ids");
+    const bool special = jsonf::get_bool_or(a, "special", at, false);
+    AddedToken tok{jsonf::get_string(a, "content", at), static_cast<int32_t>(id), special,
+                   jsonf::get_bool_or(a, "normalized", at, !special), ""};
+    if (tok.content.empty()) (at / "content").fail("is empty");
+    im.added.push_back(tok);
   }
-  im.normalizer = tok::make_normalizer(j.value("normalizer", json()), label);
+  im.normalizer = tok::make_normalizer(member_or_null(j, "normalizer"), root / "normalizer");
   // HF tokenizers stores a normalized added token under its normalized content (and decodes it as that)
   for (auto& a : im.added) {
     a.match = a.normalized ? im.normalizer(a.content) : a.content;
@@ -115,21 +143,23 @@ Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label
   im.is_special.assign(static_cast<size_t>(im.bpe->size()), false);
   for (const auto& a : im.added)
     if (a.special) im.is_special[static_cast<size_t>(a.id)] = true;
-  im.pre = tok::make_pre_tokenizer(j.value("pre_tokenizer", json()), label);
-  im.decoder = tok::make_decoder(j.value("decoder", json()), label);
-  parse_template(j.value("post_processor", json()), label, im);
+  im.pre = tok::make_pre_tokenizer(member_or_null(j, "pre_tokenizer"), root / "pre_tokenizer");
+  im.decoder = tok::make_decoder(member_or_null(j, "decoder"), root / "decoder");
+  parse_template(member_or_null(j, "post_processor"), root / "post_processor", im);
   return t;
 }
 
 Tokenizer Tokenizer::from_pretrained(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / "tokenizer.json").string();
   if (!std::filesystem::exists(path)) throw IoError(path + ": not found (nibble reads HF tokenizer.json)");
-  Tokenizer t = from_json(read_text_file(path), path);
+  Tokenizer t = from_json(read_json_text(path, kTokenizerJsonLimits.max_bytes), path);
   const std::string cfg_path = (std::filesystem::path(dir) / "tokenizer_config.json").string();
   if (std::filesystem::exists(cfg_path)) {
     const json cfg = read_json_file(cfg_path);
-    t.impl_->bos = special_from_config(cfg, "bos_token", t);
-    t.impl_->eos = special_from_config(cfg, "eos_token", t);
+    const JsonPath root(cfg_path);
+    jsonf::as_object(cfg, root);
+    t.impl_->bos = special_from_config(cfg, "bos_token", root, t);
+    t.impl_->eos = special_from_config(cfg, "eos_token", root, t);
   }
   return t;
 }

@@ -86,7 +86,7 @@ TEST(Safetensors, Malformed) {
   }
   {
     std::string s = raw_file(R"({"a": {"dtype")", "");
-    expect_bad(s, {"not valid JSON"});
+    expect_bad(s, {"header: invalid JSON"});
   }
   expect_bad(raw_file(R"([1,2])", ""), {"not a JSON object"});
   expect_bad(raw_file(R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", "xx"),

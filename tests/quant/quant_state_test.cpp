@@ -133,7 +133,7 @@ TEST(QuantState, MalformedDictsAreClearErrors) {
     d[p + "quant_state.bitsandbytes__nf4"] =
         Tensor::from_bytes(DType::UInt8, {static_cast<int64_t>(js.size())},
                            {reinterpret_cast<const uint8_t*>(js.data()), js.size()});
-    expect_error(d, "blocksize 48");
+    expect_error(d, "'blocksize' is 48");
   }
   EXPECT_THROW(dequantize_4bit(Tensor::empty(DType::UInt8, {10, 1}), q.state), FormatError);
 }

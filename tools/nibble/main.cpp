@@ -2,9 +2,28 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "commands.h"
 #include "nibble/error.h"
+
+namespace {
+// An error message as one line: control characters from hostile files (a token with a newline) escaped.
+std::string one_line(const char* what) {
+  std::string out;
+  for (const char* p = what; *p; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"nibble: bitsandbytes-compatible 4-bit quantization and inference for HuggingFace models"};
@@ -16,10 +35,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const nibble::Error& e) {
-    std::fprintf(stderr, "nibble: error: %s\n", e.what());
+    std::fprintf(stderr, "nibble: error: %s\n", one_line(e.what()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "nibble: error: %s\n", e.what());
+    std::fprintf(stderr, "nibble: error: %s\n", one_line(e.what()).c_str());
     return 1;
   }
   return 0;

@@ -139,6 +139,10 @@ const ModelInfo& AutoModelForCausalLM::info() const {
 int64_t AutoModelForCausalLM::max_position_embeddings() const {
   return impl_->model->max_position_embeddings();
 }
+std::vector<std::pair<std::string, int64_t>> AutoModelForCausalLM::kernel_paths(int64_t tokens) const {
+  const auto m = impl_->model->kernel_paths(tokens);
+  return {m.begin(), m.end()};
+}
 int AutoModelForCausalLM::threads() const {
   return impl_->threads;
 }

@@ -2,8 +2,10 @@
 // cache it does not own, its state dict for save_pretrained, and the facts sessions and reports need.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <span>
+#include <string>
 
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/tensor.h"
@@ -33,6 +35,8 @@ class CausalLM {
   virtual int64_t num_parameters() const = 0;  // float-model count (quantized weights count their full shape)
   virtual void dequantize() = 0;
   virtual bool quantized() const = 0;
+  // How many of the model's linear layers (lm_head included) run on each kernel path for T tokens.
+  virtual std::map<std::string, int64_t> kernel_paths(int64_t T) const = 0;
   // The quantization config the weights carry (pre-quantized checkpoint or quantize-on-load).
   virtual const std::optional<BitsAndBytesConfig>& quantization_config() const = 0;
 };

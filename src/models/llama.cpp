@@ -215,6 +215,13 @@ bool LlamaModel::quantized() const {
   return lm_head_ && lm_head_->quantized();
 }
 
+std::map<std::string, int64_t> LlamaModel::kernel_paths(int64_t T) const {
+  std::map<std::string, int64_t> n;
+  for (const auto* l : linears()) ++n[l->kernel_path(T)];
+  ++n[(lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).kernel_path(T)];
+  return n;
+}
+
 void LlamaModel::dequantize() {
   auto deq = [](std::unique_ptr<nn::LinearBase>& l) {
     if (!l || !l->quantized()) return;

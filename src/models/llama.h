@@ -63,6 +63,7 @@ class LlamaModel final : public CausalLM {
   int64_t num_parameters() const override;
   void dequantize() override;
   bool quantized() const override;
+  std::map<std::string, int64_t> kernel_paths(int64_t T) const override;
   const std::optional<BitsAndBytesConfig>& quantization_config() const override { return qcfg_; }
   const LlamaConfig& config() const { return c_; }
 

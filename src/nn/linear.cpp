@@ -49,6 +49,11 @@ NamedTensors Linear::state_dict() const {
   return d;
 }
 
+std::string Linear::kernel_path(int64_t) const {
+  const DType dt = weight_.dtype();
+  return kernels::gemm_path_name(kernels::gemm_dense_auto_path(dt, in_features), dt);
+}
+
 size_t Linear::parameter_bytes() const {
   return weight_.nbytes() + (bias_ ? bias_->nbytes() : 0);
 }
@@ -79,6 +84,10 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n)
         y[t * out_features + n] += round_to(compute_, bias_f_[static_cast<size_t>(n)]);
+}
+
+std::string Linear4bit::kernel_path(int64_t T) const {
+  return kernels::gemm_path_name(kernels::gemm_auto_path(view_, T, compute_), compute_);
 }
 
 kernels::Q4Weights q4_weights(const Tensor& packed, const QuantState& state) {

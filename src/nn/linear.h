@@ -22,6 +22,8 @@ class LinearBase {
   // Parameter bytes as torch counts them (packed 4-bit data only for Linear4bit).
   virtual size_t parameter_bytes() const = 0;
   virtual bool quantized() const { return false; }
+  // The kernel path forward takes for T tokens on this CPU ("avx2", "avx512-bf16", "reference", ...).
+  virtual std::string kernel_path(int64_t T) const = 0;
   int64_t in_features = 0, out_features = 0;
 };
 
@@ -32,6 +34,7 @@ class Linear final : public LinearBase {
   void forward(const float* x, int64_t T, float* y) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override;
+  std::string kernel_path(int64_t T) const override;
   const Tensor& weight() const { return weight_; }
 
  private:
@@ -51,6 +54,7 @@ class Linear4bit final : public LinearBase {
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
   bool quantized() const override { return true; }
+  std::string kernel_path(int64_t T) const override;
   Tensor dequantized_weight() const { return dequantize_4bit(packed_, state_); }
   const std::optional<Tensor>& bias() const { return bias_; }
   const QuantState& state() const { return state_; }

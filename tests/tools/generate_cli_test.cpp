@@ -110,6 +110,8 @@ TEST(GenerateCli, InfoReportsFootprintAndRss) {
   EXPECT_LT(field(q.out, "memory footprint"), 0.5 * field(f.out, "memory footprint"));
   EXPECT_GT(field(q.out, "peak RSS after load"), 0);
   EXPECT_NE(q.out.find("\"bnb_4bit_quant_type\": \"nf4\""), std::string::npos);
+  EXPECT_NE(q.out.find("kernels (1 token): "), std::string::npos) << q.out;
+  EXPECT_NE(q.out.find("kernels (512 tokens): "), std::string::npos) << q.out;
 }
 
 TEST(GenerateCli, ErrorsAreOneLine) {

@@ -128,6 +128,10 @@ void add_bench(CLI::App& app) {
         cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
     j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
     j["kernel"] = path;
+    // what each linear layer actually runs (a "reference" entry is a scalar fallback)
+    for (const auto& [key, tokens] :
+         {std::pair<const char*, int64_t>{"kernels_decode", 1}, {"kernels_prefill", a->p}})
+      for (const auto& [name, n] : model->kernel_paths(std::max<int64_t>(tokens, 1))) j[key][name] = n;
     j["threads"] = a->threads;  // 0: all cores
     j["load_seconds"] = load_s;
     j["weights_bytes"] = model->memory_footprint();

@@ -17,7 +17,7 @@ void add_generate(CLI::App& app) {
     int max_new_tokens = 50, top_k = 50, threads = 0;
     float temperature = 1.0f, top_p = 1.0f;
     uint64_t seed = 0;
-    bool do_sample = false, quiet = false;
+    bool do_sample = false, quiet = false, verbose = false;
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
@@ -34,6 +34,7 @@ void add_generate(CLI::App& app) {
   sub->add_option("--seed", a->seed, "random seed for sampling");
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar or stats");
+  sub->add_flag("-v,--verbose", a->verbose, "also print the kernel path each linear layer takes");
   sub->callback([a] {
     FromPretrainedOptions opt;
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
@@ -44,6 +45,10 @@ void add_generate(CLI::App& app) {
     const Tokenizer tok = Tokenizer::from_pretrained(a->model);
     const auto t1 = std::chrono::steady_clock::now();
     const auto ids = tok.encode(a->prompt);
+    if (a->verbose)
+      std::fprintf(stderr, "kernels: prompt (%zu tokens) %s | decode %s\n", ids.size(),
+                   describe_kernels(model.kernel_paths(static_cast<int64_t>(ids.size()))).c_str(),
+                   describe_kernels(model.kernel_paths(1)).c_str());
     std::fputs(tok.decode(ids).c_str(), stdout);
     std::fflush(stdout);
     StreamDecoder stream(tok, ids);

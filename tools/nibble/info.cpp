@@ -35,6 +35,9 @@ void add_info(CLI::App& app) {
     std::printf("memory footprint: %zu bytes (%.2f MB)\n", m.memory_footprint(),
                 static_cast<double>(m.memory_footprint()) / 1e6);
     std::printf("peak RSS after load: %.2f MB\n", static_cast<double>(ru.ru_maxrss) / 1e3);
+    // the path each linear layer's kernel takes here ("reference" = the scalar fallback)
+    std::printf("kernels (1 token): %s\n", describe_kernels(m.kernel_paths(1)).c_str());
+    std::printf("kernels (512 tokens): %s\n", describe_kernels(m.kernel_paths(512)).c_str());
     if (i.quantization_config) {
       std::cout << "quantization_config: " << i.quantization_config->to_json_string(false);
     } else {

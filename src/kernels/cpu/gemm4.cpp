@@ -97,12 +97,23 @@ std::pair<int64_t, int64_t> thread_rows(int64_t n) {
   return {a, std::min(n, a + per)};
 }
 
+namespace {
+bool dense_avx512(DType wdt, int64_t K) {
+  return (wdt == DType::Float32 || wdt == DType::BFloat16) && K % 32 == 0 && avx512::supported(wdt);
+}
+bool dense_avx2(DType wdt, int64_t K) {
+  return (wdt == DType::Float32 || wdt == DType::BFloat16) && K % 8 == 0 && avx2::supported(wdt);
+}
+}  // namespace
+
+GemmPath gemm_dense_auto_path(DType wdt, int64_t K) {
+  return dense_avx512(wdt, K) ? GemmPath::Avx512 : dense_avx2(wdt, K) ? GemmPath::Avx2 : GemmPath::Reference;
+}
+
 void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
                 GemmPath path) {
-  const bool fast_dtype = wdt == DType::Float32 || wdt == DType::BFloat16;
-  const bool avx512 = fast_dtype && K % 32 == 0 && avx512::supported(wdt);
-  const bool avx2 = fast_dtype && K % 8 == 0 && avx2::supported(wdt);
-  if (path == GemmPath::Auto) path = avx512 ? GemmPath::Avx512 : avx2 ? GemmPath::Avx2 : GemmPath::Reference;
+  const bool avx512 = dense_avx512(wdt, K), avx2 = dense_avx2(wdt, K);
+  if (path == GemmPath::Auto) path = gemm_dense_auto_path(wdt, K);
   if ((path == GemmPath::Avx512 && !avx512) || (path == GemmPath::Avx2 && !avx2) || path == GemmPath::Amx)
     throw NotSupportedError("gemm_dense: the " + gemm_path_name(path, wdt) + " path is not available for " +
                             std::string(dtype_name(wdt)) + " weights with K = " + std::to_string(K) +

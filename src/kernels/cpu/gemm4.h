@@ -55,6 +55,8 @@ bool gemm_path_available(GemmPath p, DType compute);
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute,
                GemmPath path = GemmPath::Auto);
 
+// The path gemm_dense's Auto takes for weights of this dtype and row length.
+GemmPath gemm_dense_auto_path(DType wdtype, int64_t K);
 // Dense y = x @ W^T for float32 / bfloat16 weights (the unquantized lm_head and friends), threaded.
 void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y,
                 GemmPath path = GemmPath::Auto);

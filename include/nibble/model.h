@@ -79,11 +79,10 @@ class AutoModelForCausalLM {
   size_t decode_bytes_per_token() const;
   const ModelInfo& info() const;
   int64_t max_position_embeddings() const;
-  int threads() const;
+  int threads() const;  // FromPretrainedOptions::threads (0 = all cores)
   // The CPU kernel path each linear layer (lm_head included) takes for `tokens` tokens on this machine, with
   // how many layers take it: ("avx2", 15), ... A "reference" entry is a scalar fallback.
-  std::vector<std::pair<std::string, int64_t>> kernel_paths(
-      int64_t tokens = 1) const;  // FromPretrainedOptions::threads (0 = all cores)
+  std::vector<std::pair<std::string, int64_t>> kernel_paths(int64_t tokens = 1) const;
   std::vector<int32_t> default_eos_token_ids() const;
 
   struct Impl;

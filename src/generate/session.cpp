@@ -24,7 +24,6 @@ int64_t default_context(const AutoModelForCausalLM& m) {
 struct Session::Impl {
   const AutoModelForCausalLM::Impl& model;
   int threads;
-  std::vector<int32_t> eos;  // the model's default end-of-sequence ids
   generate::KVCache cache;
   nn::Workspace ws;
   std::vector<int32_t> tokens;
@@ -44,19 +43,22 @@ struct Session::Impl {
       throw ValueError("context full: " + std::to_string(cached + n) + " tokens do not fit in a context of " +
                        std::to_string(cache.capacity()));
     const int64_t V = model.model->vocab_size();
-    for (const int32_t id : ids)
-      if (id < 0 || id >= V)
-        throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
+    const size_t before = tokens.size();
     tokens.insert(tokens.end(), ids.begin(), ids.end());
     const std::span<const int32_t> run_ids(tokens.data() + cached, static_cast<size_t>(n));
     const ThreadScope scope(threads);
-    if (all) {
-      all->resize(static_cast<size_t>(n * V));
-      model.model->forward(run_ids, cached, cache.layers(), ws, true, all->data());
-      logits.assign(all->end() - V, all->end());
-    } else {
-      logits.resize(static_cast<size_t>(V));
-      model.model->forward(run_ids, cached, cache.layers(), ws, false, logits.data());
+    try {  // the model rejects bad ids (out of the vocabulary) before it writes the cache
+      if (all) {
+        all->resize(static_cast<size_t>(n * V));
+        model.model->forward(run_ids, cached, cache.layers(), ws, true, all->data());
+        logits.assign(all->end() - V, all->end());
+      } else {
+        logits.resize(static_cast<size_t>(V));
+        model.model->forward(run_ids, cached, cache.layers(), ws, false, logits.data());
+      }
+    } catch (...) {
+      tokens.resize(before);  // a rejected append leaves the session as it was
+      throw;
     }
     cached += n;
   }
@@ -65,7 +67,6 @@ struct Session::Impl {
 Session::Session(const AutoModelForCausalLM& model, const SessionOptions& opt) {
   const int64_t ctx = opt.context_length > 0 ? opt.context_length : default_context(model);
   impl_ = std::make_unique<Impl>(*model.impl_, ctx, opt.threads > 0 ? opt.threads : model.threads());
-  impl_->eos = model.default_eos_token_ids();
 }
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
@@ -95,7 +96,7 @@ std::vector<int32_t> Session::generate(const GenerationConfig& cfg,
   Impl& s = *impl_;
   if (s.tokens.empty()) throw ValueError("generate: the session holds no tokens (append a prompt first)");
   if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
-  const std::vector<int32_t> eos = cfg.eos_token_id.empty() ? s.eos : cfg.eos_token_id;
+  const std::vector<int32_t> eos = cfg.eos_token_id.empty() ? s.model.eos : cfg.eos_token_id;
   const int64_t V = s.model.model->vocab_size();
   std::mt19937_64 rng(cfg.seed);
   std::vector<int32_t> out;

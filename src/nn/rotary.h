@@ -25,7 +25,6 @@ class RotaryEmbedding {
   void apply(float* x, int64_t T, int64_t heads, const float* cos, const float* sin) const;
   // Bytes of the buffers transformers registers (inv_freq and original_inv_freq).
   size_t buffer_bytes() const { return 2 * inv_freq_.size() * sizeof(float); }
-  int64_t head_dim() const { return 2 * static_cast<int64_t>(inv_freq_.size()); }
 
  private:
   std::vector<float> inv_freq_;

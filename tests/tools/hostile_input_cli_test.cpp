@@ -315,16 +315,17 @@ std::vector<Case> cases() {
       write_text(d + "/model.safetensors", b);
     };
   };
+  auto set_byte = [](size_t at, char c) {  // one byte of the header text (it starts at offset 8)
+    return [at, c](const std::string& d) {
+      std::string b = test::read_bytes(d + "/model.safetensors");
+      b[at] = c;
+      write_text(d + "/model.safetensors", b);
+    };
+  };
   add("st_header_len_2p62", E, G, set_len(uint64_t{1} << 62),
       {"model.safetensors", "header length", "100 MB limit"});
   add("st_header_len_past_file", E, G, set_len(50'000'000), {"model.safetensors", "exceeds the file size"});
-  add("st_header_not_json", E, G,
-      [](const std::string& d) {
-        std::string b = test::read_bytes(d + "/model.safetensors");
-        b[8] = 'x';
-        write_text(d + "/model.safetensors", b);
-      },
-      {"model.safetensors", "header: invalid JSON"});
+  add("st_header_not_json", E, G, set_byte(8, 'x'), {"model.safetensors", "header: invalid JSON"});
   add("st_truncated", E, G,
       [](const std::string& d) {
         const std::string b = test::read_bytes(d + "/model.safetensors");
@@ -364,13 +365,7 @@ std::vector<Case> cases() {
         });
       },
       {"model.layers.1.mlp.up_proj.weight"});
-  add("st_quantize_header_not_json", E, Q,
-      [](const std::string& d) {
-        std::string b = test::read_bytes(d + "/model.safetensors");
-        b[9] = '{';
-        write_text(d + "/model.safetensors", b);
-      },
-      {"model.safetensors", "header: invalid JSON"});
+  add("st_quantize_header_not_json", E, Q, set_byte(9, '{'), {"model.safetensors", "header: invalid JSON"});
 
   // ---- model.safetensors.index.json
   auto index = [](const json& j) {

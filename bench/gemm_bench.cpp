@@ -147,13 +147,15 @@ struct Matrix {
   }
 };
 
-// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16), path (0 auto, 1 avx2)
+// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16, 2 f16), path (0 auto, 1 avx2)
 void BM_Gemm4(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
   const GemmPath path = state.range(6) == 1 ? GemmPath::Avx2 : GemmPath::Auto;
   const QuantType qt = state.range(3) == 0 ? QuantType::NF4 : QuantType::FP4;
   const bool dq = state.range(4) != 0;
-  const DType cd = state.range(5) == 0 ? DType::Float32 : DType::BFloat16;
+  const DType cd = state.range(5) == 0   ? DType::Float32
+                   : state.range(5) == 1 ? DType::BFloat16
+                                         : DType::Float16;
   const double bw = probe_bandwidth();
   const size_t one = static_cast<size_t>(N * K / 2);
   const size_t copies = M == 1 ? std::max<size_t>(1, (size_t{256} << 20) / one + 1) : 1;
@@ -171,6 +173,9 @@ void BM_Gemm4(benchmark::State& state) {
       benchmark::Counter(iters * static_cast<double>(mats[0].bytes) / 1e9, benchmark::Counter::kIsRate);
   state.counters["GFLOP/s"] =
       benchmark::Counter(iters * 2.0 * static_cast<double>(M * N * K) / 1e9, benchmark::Counter::kIsRate);
+  // tokens (rows of x) per second: with M > 1 one read of the weights serves M tokens
+  state.counters["tokens/s"] =
+      benchmark::Counter(iters * static_cast<double>(M), benchmark::Counter::kIsRate);
   state.counters["probe_GB/s"] = bw / 1e9;
   if (cd == DType::BFloat16) {
     state.counters["bf16_peak_GFLOP/s"] = probe_bf16_peak_gflops();
@@ -184,14 +189,17 @@ void BM_Gemm4(benchmark::State& state) {
 void shapes(benchmark::internal::Benchmark* b) {
   for (auto [N, K] : {std::pair<int64_t, int64_t>{4096, 4096}, {11008, 4096}, {4096, 11008}, {14336, 4096}})
     for (int64_t M : {1, 16, 512})
-      for (int64_t cd : {0, 1}) b->Args({N, K, M, 0, 1, cd, 0});
+      for (int64_t cd : {0, 1, 2}) b->Args({N, K, M, 0, 1, cd, 0});
+  // small batches (concurrent requests decoded together): tokens/s against M = 1
+  for (int64_t M : {2, 4, 8})
+    for (int64_t cd : {1, 2}) b->Args({4096, 4096, M, 0, 1, cd, 0});
   // quant type / double quant variations at one shape
   for (int64_t q : {0, 1})
     for (int64_t dq : {0, 1}) b->Args({4096, 4096, 1, q, dq, 1, 0});
   // the AVX2 path (CPUs without AVX-512), where this CPU can run it
   if (gemm_path_available(GemmPath::Avx2, DType::Float32))
     for (int64_t M : {1, 16, 512})
-      for (int64_t cd : {0, 1}) b->Args({4096, 4096, M, 0, 1, cd, 1});
+      for (int64_t cd : {0, 1, 2}) b->Args({4096, 4096, M, 0, 1, cd, 1});
 }
 BENCHMARK(BM_Gemm4)->Apply(shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 

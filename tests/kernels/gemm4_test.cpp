@@ -1,8 +1,8 @@
 // The fused 4-bit GEMV/GEMM (AVX2, AVX-512 float32, AVX512-BF16, AMX-BF16) against the scalar reference.
 // Tolerance: the fast paths multiply by each block's absmax after the dot product instead of rounding
 // code * absmax per weight, and sum in another order. Per output the difference is bounded by
-// eps * sum_k |x_k * w_k| with eps = 1e-5 (float32) and 2^-7 (bfloat16: one rounding of each weight and of
-// the result, 2^-8 each).
+// eps * sum_k |x_k * w_k| with eps = 1e-5 (float32), 2^-7 (bfloat16: one rounding of each weight and of
+// the result, 2^-8 each) and 2^-10 (float16: the same two roundings, 2^-11 each).
 #include "kernels/cpu/gemm4.h"
 
 #include <gtest/gtest.h>
@@ -62,7 +62,9 @@ void check_fast_path(DType cd, GemmPath path) {
             std::vector<float> yr(static_cast<size_t>(M * N)), yf(yr.size());
             gemm_4bit(w, x.data(), M, yr.data(), cd, GemmPath::Reference);
             gemm_4bit(w, x.data(), M, yf.data(), cd, path);
-            const double eps = cd == DType::BFloat16 ? std::ldexp(1.0, -7) : 1e-5;
+            const double eps = cd == DType::BFloat16 ? std::ldexp(1.0, -7)
+                               : cd == DType::Float16 ? std::ldexp(1.0, -10)
+                                                      : 1e-5;
             for (int64_t m = 0; m < M; ++m)
               for (int64_t n = 0; n < N; ++n) {
                 double mag = 0;
@@ -101,6 +103,13 @@ TEST(Gemm4, Avx2Bf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Avx2);
 }
 
+// float16 compute: the table rounded to float16 (vcvtph2ps widens it) for one token; code * absmax rounded to
+// float16 per weight for several, x rounded to float16, float32 sums.
+TEST(Gemm4, Avx2Fp16MatchesReference) {
+  if (!gemm_path_available(GemmPath::Avx2, DType::Float16)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  check_fast_path(DType::Float16, GemmPath::Avx2);
+}
+
 // AMX tiles (TDPBF16PS) accumulate bfloat16 products in float32 like vdpbf16ps: same tolerance.
 TEST(Gemm4, AmxBf16MatchesReference) {
   if (!gemm_path_available(GemmPath::Amx, DType::BFloat16)) GTEST_SKIP() << "no AMX-BF16 on this CPU/kernel";
@@ -113,8 +122,9 @@ TEST(Gemm4, DenseMatchesNaive) {
   std::normal_distribution<float> nd;
   std::vector<float> w(static_cast<size_t>(N * K));
   for (auto& e : w) e = nd(rng);
-  const Tensor wf = Tensor::from_vector(DType::Float32, {N, K}, w), wb = wf.to(DType::BFloat16);
-  const std::vector<float> wbf = wb.to_float_vector();
+  const Tensor wf = Tensor::from_vector(DType::Float32, {N, K}, w), wb = wf.to(DType::BFloat16),
+               wh = wf.to(DType::Float16);
+  const std::vector<float> wbf = wb.to_float_vector(), whf = wh.to_float_vector();
   for (int64_t M : {1, 3, 9}) {
     std::vector<float> x(static_cast<size_t>(M * K));
     for (auto& e : x) e = nd(rng);
@@ -123,18 +133,22 @@ TEST(Gemm4, DenseMatchesNaive) {
                             {DType::BFloat16, GemmPath::Auto},
                             {DType::Float32, GemmPath::Avx2},
                             {DType::BFloat16, GemmPath::Avx2},
+                            {DType::Float16, GemmPath::Auto},
+                            {DType::Float16, GemmPath::Avx2},
                             {DType::Float32, GemmPath::Reference},
-                            {DType::BFloat16, GemmPath::Reference}}) {
+                            {DType::BFloat16, GemmPath::Reference},
+                            {DType::Float16, GemmPath::Reference}}) {
       if (!gemm_path_available(path, dt)) continue;  // AVX2 on a CPU without it: the Auto case still runs
       SCOPED_TRACE(gemm_path_name(path, dt));
-      gemm_dense(dt == DType::Float32 ? wf.raw() : wb.raw(), dt, N, K, x.data(), M, y.data(), path);
-      const std::vector<float>& ww = dt == DType::Float32 ? w : wbf;
+      const Tensor& wt = dt == DType::Float32 ? wf : dt == DType::BFloat16 ? wb : wh;
+      gemm_dense(wt.raw(), dt, N, K, x.data(), M, y.data(), path);
+      const std::vector<float>& ww = dt == DType::Float32 ? w : dt == DType::BFloat16 ? wbf : whf;
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) {
           double want = 0, mag = 0;
           for (int64_t k = 0; k < K; ++k) {
             // bfloat16 weights meet x rounded to bfloat16 (vdpbf16ps; the AVX2 path does the same) on the
-            // fast paths; float32 weights meet float32 x
+            // fast paths; float32 and float16 weights meet float32 x
             const float xv = dt == DType::BFloat16 && path != GemmPath::Reference
                                  ? bf16_to_float(float_to_bf16(x[static_cast<size_t>(m * K + k)]))
                                  : x[static_cast<size_t>(m * K + k)];

@@ -65,7 +65,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
   if (path == GemmPath::Avx2) {
     if (!avx2::supported(compute) || !fast_shape(w))
       throw NotSupportedError(
-          "gemm_4bit: the avx2 path needs AVX2 and FMA, float32 or bfloat16 compute, "
+          "gemm_4bit: the avx2 path needs AVX2, FMA and F16C, float32, bfloat16 or float16 compute, "
           "K % blocksize == 0 and K % 32 == 0");
     avx2::gemm_4bit(w, x, M, y, compute);
     return;
@@ -102,7 +102,7 @@ bool dense_avx512(DType wdt, int64_t K) {
   return (wdt == DType::Float32 || wdt == DType::BFloat16) && K % 32 == 0 && avx512::supported(wdt);
 }
 bool dense_avx2(DType wdt, int64_t K) {
-  return (wdt == DType::Float32 || wdt == DType::BFloat16) && K % 8 == 0 && avx2::supported(wdt);
+  return K % 8 == 0 && avx2::supported(wdt);
 }
 }  // namespace
 

@@ -1,46 +1,152 @@
-// AVX2 + FMA paths of the fused 4-bit GEMV/GEMM and the dense GEMM, for CPUs without AVX-512 (most laptops
-// and desktops, AMD before Zen 4). Functions carry target attributes and run only after a CPU feature check.
+// AVX2 + FMA + F16C paths of the fused 4-bit GEMV/GEMM and the dense GEMM, for CPUs without AVX-512 (most
+// laptops and desktops, AMD before Zen 4) and for float16 compute on every x86 CPU that has no faster path.
+// Functions carry target attributes and run only after a CPU feature check.
 //
-// The 16-entry code table is two 8-lane halves: vpermps on each, blended on bit 3 of the index. 8 packed
-// bytes (16 elements) widen to 8 x 32-bit lanes; the high nibbles (even elements) and the low ones (odd
-// elements) meet x pre-split per 16-element chunk into its 8 even and 8 odd elements (the dot product does
-// not care about order). bfloat16 compute follows the AVX512-BF16 path's arithmetic: x and the table rounded
-// to bfloat16, products summed in float32, each block's sum scaled by its absmax. M > 1 decodes 4 rows at a
-// time (code * absmax rounded to the compute dtype, in the same split order) and reuses them for every token.
+// The 16-entry code table lives in byte planes, one vpshufb each: 16 packed bytes (32 weights) widen to one
+// register of nibble indices (the high nibbles, elements 2j, in the low 128-bit lane; the low nibbles,
+// elements 2j + 1, in the high lane), and
+//  - bfloat16 compute looks up the low and high byte of bfloat16(code), interleaves them (vpunpck) into
+//    words and widens each word to float32 with a shift or a mask: 2 lookups + 2 unpacks + 4 ALU ops for
+//    32 weights, instead of 2 vpermps + a blend per 8 weights;
+//  - float16 compute looks up the bytes of float16(code) the same way and widens with vcvtph2ps (F16C);
+//  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice.
+// The lookups come out in a fixed permuted order; x is prepared once per call in that order (rounded to the
+// compute dtype), so the dot product needs no shuffles. Per block, the sum of code * x is scaled by the
+// block's absmax (bfloat16 and float16: as on the AVX512-BF16 path, the table is rounded to the compute
+// dtype instead of each code * absmax; see gemm4_test.cpp for the bound).
+//
+// M > 1 decodes 4 rows at a time exactly as the reference does (code * absmax in float32, rounded to the
+// compute dtype) into a buffer and reuses them for every token.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "kernels/cpu/gemm4.h"
 #include "nibble/tensor.h"
 
-#define NB_AVX2 __attribute__((target("avx2,fma")))
+#define NB_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble::kernels::avx2 {
 
 namespace {
 
 float round_compute(DType cd, float v) {
-  return cd == DType::BFloat16 ? bf16_to_float(float_to_bf16(v)) : v;
+  if (cd == DType::BFloat16) return bf16_to_float(float_to_bf16(v));
+  if (cd == DType::Float16) return fp16_to_float(float_to_fp16(v));
+  return v;
 }
 
-// x rounded to the compute dtype, each 16-element chunk as 8 even then 8 odd elements
-std::vector<float> split_x(const float* x, int64_t M, int64_t K, DType cd) {
-  std::vector<float> xd(static_cast<size_t>(M * K));
+// Scratch that grows to the largest size asked of it and is reused, so the decode loop allocates nothing
+// after its first token.
+float* scratch(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// A chunk of 32 weights (16 packed bytes) becomes one register of nibble indices, position p in 0..31
+// holding element p < 16 ? 2p : 2(p - 16) + 1 (high nibbles in the low lane). A chunk of 64 (32 bytes, when
+// the blocksize allows) becomes two, high nibbles (elements 2p) and low ones (2p + 1), saving the lane
+// insert and half the nibble masking. decode() turns a register into 4 float32 registers; lane `lane` of
+// register i holds position pos_of(cd, i, lane).
+int pos_of(DType cd, int i, int lane) {
+  const int half = lane / 4, q = lane % 4;
+  switch (cd) {
+    case DType::BFloat16:  // words from vpunpck{l,h}bw (i / 2), low/high word of each dword (i % 2)
+      return half * 16 + (i / 2) * 8 + 2 * q + (i % 2);
+    default:  // float32 / float16: dwords from vpunpck{l,h}wd of the byte interleaves
+      return half * 16 + i * 4 + q;
+  }
+}
+
+// The element (within its chunk) that float slot s of the decoded chunk holds.
+int elem_of(DType cd, int64_t chunk, int s) {
+  const int g = s / 8, lane = s % 8;
+  if (chunk == 64) return 2 * pos_of(cd, g % 4, lane) + g / 4;
+  const int p = pos_of(cd, g, lane);
+  return p < 16 ? 2 * p : 2 * (p - 16) + 1;
+}
+
+// Finite float32 lanes rounded to the compute dtype (round to nearest even, as float_to_bf16 /
+// float_to_fp16), kept as float32.
+NB_AVX2 inline __m256 round_vec(__m256 v, DType cd) {
+  if (cd == DType::Float16) return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  if (cd != DType::BFloat16) return v;
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// n floats (n % 8 == 0) rounded to the compute dtype in place
+NB_AVX2 void round_in_place(float* v, int64_t n, DType cd) {
+  if (cd == DType::Float32) return;
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(v + i, round_vec(_mm256_loadu_ps(v + i), cd));
+}
+
+// x rounded to the compute dtype, each chunk of `chunk` elements in the order decode() produces for `order`
+float* prepare_x(const float* x, int64_t M, int64_t K, DType round, DType order, int64_t chunk,
+                 std::vector<float>& buf) {
+  std::array<int, 64> src{};
+  for (int s = 0; s < chunk; ++s) src[static_cast<size_t>(s)] = elem_of(order, chunk, s);
+  float* xd = scratch(buf, static_cast<size_t>(M * K));
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t c = 0; c < K; c += 16)
-      for (int64_t j = 0; j < 8; ++j) {
-        xd[static_cast<size_t>(m * K + c + j)] = round_compute(cd, x[m * K + c + 2 * j]);
-        xd[static_cast<size_t>(m * K + c + 8 + j)] = round_compute(cd, x[m * K + c + 2 * j + 1]);
-      }
+    for (int64_t c = 0; c < K; c += chunk)
+      for (int s = 0; s < chunk; ++s) xd[m * K + c + s] = x[m * K + c + src[static_cast<size_t>(s)]];
+  round_in_place(xd, M * K, round);
   return xd;
 }
 
-NB_AVX2 inline __m256 lookup(__m256i idx, __m256 lo, __m256 hi) {
-  const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
-  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+// Byte planes of the 16-entry table in the compute dtype, each broadcast to both 128-bit lanes.
+struct Lut {
+  __m256i plane[4];
+};
+
+NB_AVX2 Lut make_lut(const float* code, DType cd) {
+  alignas(32) uint8_t b[4][32];
+  for (int e = 0; e < 16; ++e) {
+    uint32_t bits;
+    if (cd == DType::BFloat16) {
+      bits = float_to_bf16(code[e]);
+    } else {  // float32, or float16 (the code rounded to float16, widened exactly)
+      const float v = round_compute(cd, code[e]);
+      __builtin_memcpy(&bits, &v, 4);
+    }
+    for (int k = 0; k < 4; ++k) b[k][e] = b[k][e + 16] = static_cast<uint8_t>(bits >> (8 * k));
+  }
+  Lut t;
+  for (int k = 0; k < 4; ++k) t.plane[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b[k]));
+  return t;
+}
+
+// 16 packed bytes -> nibble indices: high nibbles (elements 0, 2, ..., 30) in the low lane, low nibbles in
+// the high lane
+NB_AVX2 inline __m256i nibble_indices(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m = _mm_set1_epi8(15);
+  return _mm256_set_m128i(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+}
+
+template <DType CD>
+NB_AVX2 inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
+  const __m256i b0 = _mm256_shuffle_epi8(t.plane[0], idx), b1 = _mm256_shuffle_epi8(t.plane[1], idx);
+  const __m256i w0 = _mm256_unpacklo_epi8(b0, b1), w1 = _mm256_unpackhi_epi8(b0, b1);
+  if constexpr (CD == DType::BFloat16) {
+    const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    f[0] = _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16));
+    f[1] = _mm256_castsi256_ps(_mm256_and_si256(w0, hi));
+    f[2] = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
+    f[3] = _mm256_castsi256_ps(_mm256_and_si256(w1, hi));
+  } else {
+    const __m256i b2 = _mm256_shuffle_epi8(t.plane[2], idx), b3 = _mm256_shuffle_epi8(t.plane[3], idx);
+    const __m256i v0 = _mm256_unpacklo_epi8(b2, b3), v1 = _mm256_unpackhi_epi8(b2, b3);
+    f[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w0, v0));
+    f[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w0, v0));
+    f[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w1, v1));
+    f[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w1, v1));
+  }
 }
 
 NB_AVX2 inline float hsum(__m256 v) {
@@ -50,75 +156,85 @@ NB_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 packed bytes -> high nibbles (elements 0, 2, ..., 14) and low nibbles (1, 3, ..., 15) as 8 lanes each
-NB_AVX2 inline void nibbles(const uint8_t* p, __m256i& hi, __m256i& lo) {
-  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  hi = _mm256_srli_epi32(v, 4);
-  lo = _mm256_and_si256(v, _mm256_set1_epi32(15));
+// 32 packed bytes -> high nibbles (elements 2p) and low nibbles (2p + 1), 32 indices each
+NB_AVX2 inline void nibble_indices64(const uint8_t* p, __m256i& hi, __m256i& lo) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i m = _mm256_set1_epi8(15);
+  hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+  lo = _mm256_and_si256(v, m);
 }
 
-struct Table {
-  __m256 lo, hi;
-};
-
-NB_AVX2 Table make_table(const Q4Weights& w, DType cd) {
-  alignas(32) float t[16];
-  for (int i = 0; i < 16; ++i) t[i] = round_compute(cd, w.code[i]);
-  return {_mm256_load_ps(t), _mm256_load_ps(t + 8)};
-}
-
-NB_AVX2 void gemv(const Q4Weights& w, const float* xd, float* y, int64_t n0, int64_t n1, DType cd) {
+// y[n] for rows [n0, n1) of a single token; xd prepared in CD's order for chunks of C (64 needs
+// blocksize % 64 == 0). CD is the lookup (bfloat16 or float32); cd the compute dtype the table is rounded to.
+template <DType CD, int64_t C>
+NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
-  const Table t = make_table(w, cd);
+  const Lut t = make_lut(w.code, cd);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
-    __m256 total = _mm256_setzero_ps();
+    __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (int64_t c = b * bs; c < (b + 1) * bs; c += 16) {
-        _mm_prefetch(reinterpret_cast<const char*>(row + c / 2 + K / 2), _MM_HINT_T1);  // next row
-        __m256i hi, lo;
-        nibbles(row + c / 2, hi, lo);
-        a0 = _mm256_fmadd_ps(lookup(hi, t.lo, t.hi), _mm256_loadu_ps(xd + c), a0);
-        a1 = _mm256_fmadd_ps(lookup(lo, t.lo, t.hi), _mm256_loadu_ps(xd + c + 8), a1);
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+             a3 = _mm256_setzero_ps();
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
+        __m256 f[8];
+        if constexpr (C == 64) {
+          __m256i hi, lo;
+          nibble_indices64(row + c / 2, hi, lo);
+          decode<CD>(hi, t, f);
+          decode<CD>(lo, t, f + 4);
+        } else {
+          decode<CD>(nibble_indices(row + c / 2), t, f);
+        }
+        a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
+        a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
+        a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
+        a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 24), a3);
+        if constexpr (C == 64) {
+          a0 = _mm256_fmadd_ps(f[4], _mm256_loadu_ps(xd + c + 32), a0);
+          a1 = _mm256_fmadd_ps(f[5], _mm256_loadu_ps(xd + c + 40), a1);
+          a2 = _mm256_fmadd_ps(f[6], _mm256_loadu_ps(xd + c + 48), a2);
+          a3 = _mm256_fmadd_ps(f[7], _mm256_loadu_ps(xd + c + 56), a3);
+        }
       }
-      total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(w.block_absmax(n * nbr + b)), total);
+      const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
+      total0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, total0);
+      total1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, total1);
     }
-    y[n] = hsum(total);
+    y[n] = hsum(_mm256_add_ps(total0, total1));
   }
 }
 
-// bfloat16 round-to-nearest-even of finite float32 lanes, kept as float32
-NB_AVX2 inline __m256 round_bf16(__m256 v) {
-  const __m256i b = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+template <DType CD>
+void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t chunk) {
+#pragma omp parallel
+  {
+    const auto [a, b] = thread_rows(w.N);
+    if (chunk == 64)
+      gemv<CD, 64>(w, cd, xd, y, a, b);
+    else
+      gemv<CD, 32>(w, cd, xd, y, a, b);
+  }
 }
 
-// one row as code * absmax rounded to the compute dtype (the reference's weight), in the split order
-// raw: the float32 code table (the reference multiplies before rounding)
-NB_AVX2 void decode_row(const Q4Weights& w, int64_t n, DType cd, const Table& raw, float* out) {
+// one row as code * absmax rounded to the compute dtype (the reference's weight), in decode<Float32>'s
+// order; raw: the float32 code table (the reference multiplies before rounding)
+NB_AVX2 void decode_row(const Q4Weights& w, int64_t n, DType cd, const Lut& raw, float* out) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   const uint8_t* row = w.packed + n * K / 2;
   for (int64_t b = 0; b < nbr; ++b) {
     const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
-    for (int64_t c = b * bs; c < (b + 1) * bs; c += 16) {
-      __m256i hi, lo;
-      nibbles(row + c / 2, hi, lo);
-      __m256 vh = _mm256_mul_ps(lookup(hi, raw.lo, raw.hi), s),
-             vl = _mm256_mul_ps(lookup(lo, raw.lo, raw.hi), s);
-      if (cd == DType::BFloat16) {
-        vh = round_bf16(vh);
-        vl = round_bf16(vl);
+    for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+      __m256 f[4];
+      decode<DType::Float32>(nibble_indices(row + c / 2), raw, f);
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(out + c + 8 * i, round_vec(_mm256_mul_ps(f[i], s), cd));
       }
-      _mm256_storeu_ps(out + c, vh);
-      _mm256_storeu_ps(out + c + 8, vl);
     }
   }
 }
 
-// y[m, n0 + r] for r < rows, all tokens, given decoded rows (split order) and split x
+// y[m, n0 + r] for r < rows, all tokens, given decoded rows and x in the same order
 NB_AVX2 void rows_times_tokens(const float* const* wr, int64_t rows, const float* xd, int64_t M, int64_t K,
                                float* y, int64_t N, int64_t n0) {
   for (int64_t m = 0; m < M; ++m) {
@@ -148,65 +264,101 @@ NB_AVX2 void rows_times_tokens(const float* const* wr, int64_t rows, const float
   }
 }
 
+// 8 weights of a dense row as float32
+NB_AVX2 inline __m256 load8(const void* w, DType wdt, int64_t k) {
+  if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
+  if (wdt == DType::Float16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// one token: y[n] = x . w_n, weights converted in registers
+NB_AVX2 void dense_gemv(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, float* y) {
+  const size_t es = dtype_size(wdt);
+#pragma omp parallel
+  {
+    const auto [n0, n1] = thread_rows(N);
+    for (int64_t n = n0; n < n1; ++n) {
+      const void* wn = static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * es;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16) {
+        a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load8(wn, wdt, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+      }
+      if (k < K) a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
+      y[n] = hsum(_mm256_add_ps(a0, a1));
+    }
+  }
+}
+
+thread_local std::vector<float> tl_x, tl_rows;
+
 }  // namespace
 
 bool supported(DType compute) {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         (compute == DType::Float32 || compute == DType::BFloat16);
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+         (compute == DType::Float32 || compute == DType::BFloat16 || compute == DType::Float16);
 }
 
 // Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
   const int64_t N = w.N, K = w.K;
-  const std::vector<float> xd = split_x(x, M, K, compute);
   if (M == 1) {
-#pragma omp parallel
-    {
-      const auto [a, b] = thread_rows(N);
-      gemv(w, xd.data(), y, a, b, compute);
-    }
+    const int64_t chunk = w.blocksize % 64 == 0 ? 64 : 32;
+    const DType order = compute == DType::BFloat16 ? DType::BFloat16 : DType::Float32;
+    const float* xd = prepare_x(x, 1, K, compute, order, chunk, tl_x);
+    if (compute == DType::BFloat16)
+      gemv_rows<DType::BFloat16>(w, compute, xd, y, chunk);
+    else  // float16: the float32 lookup of a table rounded to float16
+      gemv_rows<DType::Float32>(w, compute, xd, y, chunk);
     return;
   }
+  const float* xd = prepare_x(x, M, K, compute, DType::Float32, 32, tl_x);
   constexpr int64_t R = 4;
   const int64_t tiles = (N + R - 1) / R;
 #pragma omp parallel
   {
-    std::vector<float> buf(static_cast<size_t>(R * K));
-    const Table raw = make_table(w, DType::Float32);
+    float* buf = scratch(tl_rows, static_cast<size_t>(R * K));
+    const Lut raw = make_lut(w.code, DType::Float32);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < tiles; ++i) {
       const int64_t n0 = i * R, rows = std::min(R, N - n0);
       const float* wr[R];
       for (int64_t r = 0; r < rows; ++r) {
-        decode_row(w, n0 + r, compute, raw, buf.data() + r * K);
-        wr[r] = buf.data() + r * K;
+        decode_row(w, n0 + r, compute, raw, buf + r * K);
+        wr[r] = buf + r * K;
       }
-      rows_times_tokens(wr, rows, xd.data(), M, K, y, N, n0);
+      rows_times_tokens(wr, rows, xd, M, K, y, N, n0);
     }
   }
 }
 
-// Dense float32 / bfloat16 weights; bfloat16 weights meet x rounded to bfloat16, as on the AVX512-BF16 path.
+// Dense float32 / bfloat16 / float16 weights. bfloat16 weights meet x rounded to bfloat16, as on the
+// AVX512-BF16 path; float32 and float16 weights meet float32 x (float16 widens exactly, as in the reference).
 // Requires K % 8 == 0.
 void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
-  const bool bf = wdt == DType::BFloat16;
-  std::vector<float> xr;  // bfloat16 weights: x rounded to bfloat16
-  if (bf) {
-    xr.resize(static_cast<size_t>(M * K));
-    for (size_t i = 0; i < xr.size(); ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
+  const float* xs = x;
+  if (wdt == DType::BFloat16) {
+    float* xr = scratch(tl_x, static_cast<size_t>(M * K));
+    for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
+    xs = xr;
   }
-  const float* xs = bf ? xr.data() : x;
+  if (M == 1) {
+    dense_gemv(wp, wdt, N, K, xs, y);
+    return;
+  }
 #pragma omp parallel
   {
-    std::vector<float> row(static_cast<size_t>(K));
+    float* row = scratch(tl_rows, static_cast<size_t>(K));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const float* wn = static_cast<const float*>(wp) + n * K;
-      if (bf) {
+      if (wdt != DType::Float32) {
         convert_floats(wdt, static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * 2, DType::Float32,
-                       row.data(), static_cast<size_t>(K));
-        wn = row.data();
+                       row, static_cast<size_t>(K));
+        wn = row;
       }
       const float* wr[1] = {wn};
       rows_times_tokens(wr, 1, xs, M, K, y, N, n);

@@ -103,8 +103,8 @@ TEST(Gemm4, Avx2Bf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Avx2);
 }
 
-// float16 compute: the table rounded to float16 (vcvtph2ps widens it) for one token; code * absmax rounded to
-// float16 per weight for several, x rounded to float16, float32 sums.
+// float16 compute: the code table rounded to float16 (looked up as float32), x rounded to float16, float32
+// sums scaled by each block's absmax.
 TEST(Gemm4, Avx2Fp16MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx2, DType::Float16)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
   check_fast_path(DType::Float16, GemmPath::Avx2);

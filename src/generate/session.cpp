@@ -32,7 +32,10 @@ struct Session::Impl {
   FinishReason finish = FinishReason::None;
 
   Impl(const AutoModelForCausalLM::Impl& m, int64_t ctx, int th)
-      : model(m), threads(th), cache(m.model->num_layers(), m.model->kv_width(), ctx) {}
+      : model(m), threads(th), cache(m.model->num_layers(), m.model->kv_width(), ctx) {
+    tokens.reserve(static_cast<size_t>(ctx));  // no reallocation in the decode loop
+    logits.reserve(static_cast<size_t>(m.model->vocab_size()));
+  }
 
   // Runs tokens[cached, size) plus `ids`; all-position logits into *all if given.
   void run(std::span<const int32_t> ids, std::vector<float>* all) {

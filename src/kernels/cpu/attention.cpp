@@ -27,6 +27,9 @@ template <typename Dot, typename Axpy>
 void one_head(const AttentionShape& s, const float* qv, const float* kc, const float* vc, int64_t hk,
               int64_t pos, float* out, std::vector<float>& sc, Dot dot, Axpy axpy) {
   const int64_t D = s.head_dim, stride = s.kv_heads * D;
+  // capacity in steps of 1024 positions: a decode loop reallocates once per 1024 tokens, not per token
+  if (sc.capacity() < static_cast<size_t>(pos + 1))
+    sc.reserve(static_cast<size_t>((pos + 1024) / 1024 * 1024));
   sc.resize(static_cast<size_t>(pos + 1));
   for (int64_t j = 0; j <= pos; ++j)
     sc[static_cast<size_t>(j)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
@@ -170,7 +173,8 @@ void run(const AttentionShape& s, const float* q, const float* kc, const float* 
   const int64_t group = s.heads / s.kv_heads, D = s.head_dim;
 #pragma omp parallel
   {
-    std::vector<float> sc;
+    // scores of one head, reused across calls: the decode loop allocates nothing after its first token
+    static thread_local std::vector<float> sc;
 #pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t t = 0; t < s.T; ++t)
       for (int64_t h = 0; h < s.heads; ++h)

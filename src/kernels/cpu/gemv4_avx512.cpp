@@ -11,7 +11,9 @@ namespace nibble::kernels::avx512 {
 NB_AVX512 void gemv_f32(const Q4Weights& w, const float* x, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   // de-interleave x per 32-element chunk: 16 even elements, then 16 odd ones
-  std::vector<float> xd(static_cast<size_t>(K));
+  // (per thread, reused across calls: no allocation per token once grown)
+  static thread_local std::vector<float> xd;
+  if (xd.size() < static_cast<size_t>(K)) xd.resize(static_cast<size_t>(K));
   for (int64_t c = 0; c < K; c += 32)
     for (int64_t j = 0; j < 16; ++j) {
       xd[static_cast<size_t>(c + j)] = x[c + 2 * j];

@@ -62,7 +62,7 @@ void check_fast_path(DType cd, GemmPath path) {
             std::vector<float> yr(static_cast<size_t>(M * N)), yf(yr.size());
             gemm_4bit(w, x.data(), M, yr.data(), cd, GemmPath::Reference);
             gemm_4bit(w, x.data(), M, yf.data(), cd, path);
-            const double eps = cd == DType::BFloat16 ? std::ldexp(1.0, -7)
+            const double eps = cd == DType::BFloat16  ? std::ldexp(1.0, -7)
                                : cd == DType::Float16 ? std::ldexp(1.0, -10)
                                                       : 1e-5;
             for (int64_t m = 0; m < M; ++m)
@@ -90,6 +90,12 @@ TEST(Gemm4, Avx512Float32MatchesReference) {
 TEST(Gemm4, Avx512Bf16MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx512, DType::BFloat16)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
   check_fast_path(DType::BFloat16, GemmPath::Avx512);
+}
+
+// float16 compute on AVX-512: the float32 kernels on a table and x rounded to float16.
+TEST(Gemm4, Avx512Fp16MatchesReference) {
+  if (!gemm_path_available(GemmPath::Avx512, DType::Float16)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  check_fast_path(DType::Float16, GemmPath::Avx512);
 }
 
 // AVX2 + FMA (CPUs without AVX-512): float32 FMAs; bfloat16 compute rounds x and the table like vdpbf16ps.

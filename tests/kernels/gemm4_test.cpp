@@ -197,3 +197,52 @@ TEST(Attention, FastPathMatchesReference) {
     }
   }
 }
+
+// Opt-in int8 activations: the AVX2 path against the int8 reference (same quantized operands, exact integer
+// dot products: only float32 scaling and summation order differ), and the int8 reference against the exact
+// bitsandbytes reference (activation and table quantization: a loose bound, and a real difference).
+TEST(Gemm4Int8, Avx2MatchesInt8Reference) {
+  if (gemm_int8_auto_path(Q4Weights{.K = 64, .blocksize = 64}) != GemmPath::Avx2)
+    GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64},
+                          {64, 128, 32},
+                          {5, 4096, 4096},
+                          {130, 512, 128},
+                          {3, 2048, 256},
+                          {9, 96, 32}}) {
+    for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
+      for (bool dq : {false, true}) {
+        const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs + 1));
+        const Q4Weights w = view(c.q);
+        const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
+        for (int64_t M : {1, 2, 3, 4, 7}) {
+          SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " bs=" + std::to_string(bs) +
+                       " " + std::string(quant_type_name(qt)) + (dq ? " dq" : "") + " M=" + std::to_string(M));
+          std::mt19937 rng(static_cast<unsigned>(M + 100));
+          std::normal_distribution<float> nd;
+          std::vector<float> x(static_cast<size_t>(M * K));
+          for (auto& e : x) e = nd(rng);
+          std::vector<float> yr(static_cast<size_t>(M * N)), yf(yr.size()), ye(yr.size());
+          gemm_4bit_int8(w, x.data(), M, yr.data(), GemmPath::Reference);
+          gemm_4bit_int8(w, x.data(), M, yf.data(), GemmPath::Avx2);
+          gemm_4bit(w, x.data(), M, ye.data(), DType::Float32, GemmPath::Reference);
+          double err = 0, total_mag = 0;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double mag = 0;
+              for (int64_t k = 0; k < K; ++k)
+                mag += std::fabs(x[static_cast<size_t>(m * K + k)] * deq.data<float>()[n * K + k]);
+              const size_t i = static_cast<size_t>(m * N + n);
+              ASSERT_LE(std::fabs(yf[i] - yr[i]), 1e-5 * mag + 1e-30) << "m=" << m << " n=" << n;
+              // each product is off by at most half a step of x (d / 2) and of the table (1 / 254) relative
+              ASSERT_LE(std::fabs(yr[i] - ye[i]), 0.02 * mag + 1e-6) << "m=" << m << " n=" << n;
+              err += std::fabs(yr[i] - ye[i]);
+              total_mag += mag;
+            }
+          EXPECT_GT(err, 0.0) << "int8 activations changed nothing: the int8 path is not in use";
+          EXPECT_LT(err, 0.005 * total_mag);
+        }
+      }
+    }
+  }
+}

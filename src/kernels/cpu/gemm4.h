@@ -61,6 +61,19 @@ GemmPath gemm_dense_auto_path(DType wdtype, int64_t K);
 void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y,
                 GemmPath path = GemmPath::Auto);
 
+// Opt-in int8 activations (FromPretrainedOptions::activations = Int8, `--fast-activations int8`), the
+// llama.cpp way rather than bitsandbytes': each token's x is quantized per block of 32 consecutive elements
+// to int8 (d = max |x| / 127, q = x / d rounded to nearest even), the 16-entry code table to int8
+// (round(code * 127)), and each row's sum is
+//   y[m, n] = sum over weight blocks b: absmax_b * (1/127) * sum over x blocks j in b: d_j * (int32 sum of t
+//   * q)
+// with exact integer dot products. Needs K % 32 == 0 and blocksize % 32 == 0, K % blocksize == 0.
+// Paths: the scalar reference, AVX2 (vpmaddubsw).
+bool int8_shape_ok(const Q4Weights& w);
+GemmPath gemm_int8_auto_path(const Q4Weights& w);
+std::string gemm_int8_path_name(GemmPath p);
+void gemm_4bit_int8(const Q4Weights& w, const float* x, int64_t M, float* y, GemmPath path = GemmPath::Auto);
+
 // Inside an OpenMP parallel region: this thread's contiguous share [first, second) of n output rows.
 std::pair<int64_t, int64_t> thread_rows(int64_t n);
 

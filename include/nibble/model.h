@@ -18,11 +18,19 @@ namespace nibble {
 // The model_type values nibble loads: "llama", "mistral", "qwen2".
 const std::vector<std::string>& supported_model_types();
 
+// How 4-bit linear layers meet their input. Exact (the default): bitsandbytes' numerics, x in the compute
+// dtype and float32 sums. Int8 (opt-in, `--fast-activations int8`): llama.cpp's way, x quantized per block of
+// 32 to int8 and the code table to int8, exact integer dot products: faster on CPUs without AVX-512, not
+// bitsandbytes' numerics (measure it with `nibble perplexity --reference`). Layers whose shape the int8
+// kernels do not take (K or blocksize not a multiple of 32) stay exact.
+enum class Activations { Exact, Int8 };
+
 struct FromPretrainedOptions {
   std::optional<BitsAndBytesConfig> quantization_config = std::nullopt;
   std::optional<DType> dtype = std::nullopt;  // unquantized parameters; default: the checkpoint's torch_dtype
   int threads = 0;     // this model's CPU threads (loading, forward, generate, its sessions); 0 = all cores
   bool quiet = false;  // no progress bar / warnings on stderr
+  Activations activations = Activations::Exact;
 };
 
 struct SavePretrainedOptions {

@@ -59,6 +59,7 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& di
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(im.config, cpath));
   lo.quiet = opt.quiet;
+  lo.int8_activations = opt.activations == Activations::Int8;
   im.model = models::create_model(im.config, models::CheckpointSource(dir), lo);
   fill_info(im, lo.dtype, cpath);
   im.eos = eos_token_ids(generation_config, gpath, im.info.vocab_size);
@@ -78,6 +79,7 @@ AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& con
   lo.quant = opt.quantization_config;
   lo.dtype = opt.dtype.value_or(checkpoint_dtype(config, "config"));
   lo.quiet = opt.quiet;
+  lo.int8_activations = opt.activations == Activations::Int8;
   im.model = models::create_model(config, models::RandomSource(config, lo.dtype, seed), lo);
   fill_info(im, lo.dtype, "config");
   im.eos = eos_token_ids(config, "config", im.info.vocab_size);

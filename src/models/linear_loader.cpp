@@ -26,8 +26,8 @@ std::unique_ptr<nn::LinearBase> LinearLoader::load(const std::string& prefix, bo
     d[qs] = src.get(qs);
     QuantState s = QuantState::from_dict(d, src.where(qs) + ": " + prefix);
     try {
-      return std::make_unique<nn::Linear4bit>(src.get(prefix + ".weight"), std::move(s), std::move(b),
-                                              prequantized_compute);
+      return with_activations(std::make_unique<nn::Linear4bit>(src.get(prefix + ".weight"), std::move(s),
+                                                               std::move(b), prequantized_compute));
     } catch (const FormatError& e) {  // its shape checks do not know the file
       throw FormatError(src.where(qs) + ": " + prefix + ": " + e.what());
     }
@@ -39,8 +39,8 @@ std::unique_ptr<nn::LinearBase> LinearLoader::load(const std::string& prefix, bo
                       std::string(dtype_name(w.dtype())) + " " + shape_str(w.shape()));
   const Tensor wd = w.dtype() == dtype ? w : w.to(dtype);
   if (!prequantized && spec && should_quantize(model_type, wname, *quantize)) {
-    auto lin =
-        nn::Linear4bit::quantize(wd, std::move(b), *spec, src.where(wname) + ": tensor '" + wname + "'");
+    auto lin = with_activations(
+        nn::Linear4bit::quantize(wd, std::move(b), *spec, src.where(wname) + ": tensor '" + wname + "'"));
     src.release(wname);  // the full-precision weight leaves resident memory once quantized
     return lin;
   }
@@ -50,7 +50,12 @@ std::unique_ptr<nn::LinearBase> LinearLoader::load(const std::string& prefix, bo
 std::unique_ptr<nn::LinearBase> LinearLoader::quantize_dense(const std::string& prefix,
                                                              const Tensor& weight) const {
   if (prequantized || !spec || !should_quantize(model_type, prefix + ".weight", *quantize)) return nullptr;
-  return nn::Linear4bit::quantize(weight, std::nullopt, *spec, prefix + ".weight");
+  return with_activations(nn::Linear4bit::quantize(weight, std::nullopt, *spec, prefix + ".weight"));
+}
+
+std::unique_ptr<nn::LinearBase> LinearLoader::with_activations(std::unique_ptr<nn::Linear4bit> lin) const {
+  lin->set_int8_activations(int8_activations);
+  return lin;
 }
 
 }  // namespace nibble::models

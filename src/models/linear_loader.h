@@ -20,11 +20,15 @@ struct LinearLoader {
   std::optional<Linear4bitSpec> spec;           // resolved from `quantize` once
   bool prequantized = false;                    // the checkpoint's config.json has quantization_config
   DType prequantized_compute = DType::Float32;  // its bnb_4bit_compute_dtype
+  bool int8_activations = false;                // 4-bit layers take the opt-in int8-activation kernels
 
   // The Linear at `prefix` ("model.layers.0.self_attn.q_proj"), with a bias if `bias`.
   std::unique_ptr<nn::LinearBase> load(const std::string& prefix, bool bias) const;
   // Quantizes `weight` as the module `prefix` if the config converts it, else nullptr.
   std::unique_ptr<nn::LinearBase> quantize_dense(const std::string& prefix, const Tensor& weight) const;
+
+ private:
+  std::unique_ptr<nn::LinearBase> with_activations(std::unique_ptr<nn::Linear4bit> lin) const;
 };
 
 }  // namespace nibble::models

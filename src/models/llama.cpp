@@ -32,7 +32,8 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
                       .dtype = dtype_,
                       .quantize = std::nullopt,
                       .spec = std::nullopt,
-                      .prequantized = config.contains("quantization_config")};
+                      .prequantized = config.contains("quantization_config"),
+                      .int8_activations = opt.int8_activations};
   if (loader.prequantized) {
     // the file is at fault, whichever rule its quantization_config breaks: say which file and key
     try {

@@ -43,6 +43,7 @@ struct LoadOptions {
   std::optional<BitsAndBytesConfig> quant;  // quantize-on-load (ignored for pre-quantized checkpoints)
   DType dtype = DType::Float32;
   bool quiet = false;
+  bool int8_activations = false;  // FromPretrainedOptions::activations == Int8
 };
 
 class LlamaModel final : public CausalLM {

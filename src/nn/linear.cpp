@@ -79,7 +79,10 @@ std::unique_ptr<Linear4bit> Linear4bit::quantize(const Tensor& weight, std::opti
 void Linear4bit::forward(const float* x, int64_t T, float* y) const {
   // bitsandbytes: x and the weight in the compute dtype, float32 accumulation; the fused kernel decodes the
   // weight on the fly (kernels/cpu/gemm4.h states the tolerance against dequantize-then-matmul)
-  kernels::gemm_4bit(view_, x, T, y, compute_);
+  if (int8_)
+    kernels::gemm_4bit_int8(view_, x, T, y);
+  else
+    kernels::gemm_4bit(view_, x, T, y, compute_);
   if (!bias_f_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n)
@@ -87,6 +90,7 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
 }
 
 std::string Linear4bit::kernel_path(int64_t T) const {
+  if (int8_) return kernels::gemm_int8_path_name(kernels::gemm_int8_auto_path(view_));
   return kernels::gemm_path_name(kernels::gemm_auto_path(view_, T, compute_), compute_);
 }
 

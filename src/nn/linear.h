@@ -59,6 +59,10 @@ class Linear4bit final : public LinearBase {
   const std::optional<Tensor>& bias() const { return bias_; }
   const QuantState& state() const { return state_; }
   DType compute_dtype() const { return compute_; }
+  // Opt-in int8 activations (kernels/cpu/gemm4.h); ignored (the layer stays exact) for shapes the int8
+  // kernels do not take.
+  void set_int8_activations(bool on) { int8_ = on && kernels::int8_shape_ok(view_); }
+  bool int8_activations() const { return int8_; }
 
  private:
   Tensor packed_;
@@ -67,6 +71,7 @@ class Linear4bit final : public LinearBase {
   std::vector<float> bias_f_;
   kernels::Q4Weights view_;  // what the fused kernels read: packed data and (possibly nested) absmax
   DType compute_;
+  bool int8_ = false;
 };
 
 // Rounds v to `dt` and back (identity for float32).

@@ -81,7 +81,8 @@ void add_bench(CLI::App& app) {
                                                       .bnb_4bit_compute_dtype = DType::BFloat16,
                                                       .bnb_4bit_quant_type = "nf4",
                                                       .bnb_4bit_use_double_quant = true};
-    FromPretrainedOptions opt{.quantization_config = cfg, .threads = a->threads, .quiet = true};
+    FromPretrainedOptions opt{
+        .quantization_config = cfg, .threads = a->threads, .quiet = true, .activations = activations(a->q)};
     auto t0 = std::chrono::steady_clock::now();
     std::optional<AutoModelForCausalLM> model;
     if (!a->synthetic.empty()) {

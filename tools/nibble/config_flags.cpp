@@ -10,6 +10,11 @@ void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags) {
   if (with_load_flags) {
     f.l4_opt = app->add_flag("--load-in-4bit", f.load_in_4bit, "quantize linear layers to 4-bit on load");
     f.l8_opt = app->add_flag("--load-in-8bit", f.load_in_8bit, "LLM.int8 (8-bit) quantization");
+    app->add_option(
+           "--fast-activations", f.fast_activations,
+           "int8: 4-bit layers quantize their input to int8 per block of 32 (llama.cpp's way; faster, "
+           "not bitsandbytes' numerics); none (default): exact")
+        ->check(CLI::IsMember({"none", "int8"}));
   }
   f.quant_type_opt =
       app->add_option("--quant-type", f.quant_type, "bnb_4bit_quant_type: fp4 (default) or nf4");
@@ -26,6 +31,10 @@ bool any_quant_flag(const QuantFlags& f) {
   return !f.config_file.empty() || f.load_in_4bit || f.load_in_8bit || f.double_quant ||
          (f.quant_type_opt && f.quant_type_opt->count()) || (f.compute_opt && f.compute_opt->count()) ||
          (f.storage_opt && f.storage_opt->count()) || (f.skip_opt && f.skip_opt->count());
+}
+
+Activations activations(const QuantFlags& f) {
+  return f.fast_activations == "int8" ? Activations::Int8 : Activations::Exact;
 }
 
 BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit) {

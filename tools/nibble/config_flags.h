@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "nibble/bitsandbytes_config.h"
+#include "nibble/model.h"
 
 namespace nibble::cli {
 
@@ -18,6 +19,7 @@ struct QuantFlags {
   std::string compute_dtype;
   std::string quant_storage;
   std::string skip_modules;
+  std::string fast_activations = "none";  // --fast-activations (commands that load a model)
   CLI::Option* quant_type_opt = nullptr;
   CLI::Option* compute_opt = nullptr;
   CLI::Option* storage_opt = nullptr;
@@ -31,7 +33,9 @@ void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags);
 // default_4bit: whether load_in_4bit is on without --load-in-4bit (true for quantize).
 // Prints transformers' "Unused kwargs" note to stderr for unknown keys in --config.
 BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit);
-// True if any quantization flag or --config was given.
+// True if any quantization flag or --config was given (--fast-activations is not one).
 bool any_quant_flag(const QuantFlags& f);
+// FromPretrainedOptions::activations from --fast-activations.
+Activations activations(const QuantFlags& f);
 
 }  // namespace nibble::cli

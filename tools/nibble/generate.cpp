@@ -40,6 +40,7 @@ void add_generate(CLI::App& app) {
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
     opt.threads = a->threads;
     opt.quiet = a->quiet;
+    opt.activations = activations(a->q);
     const auto t0 = std::chrono::steady_clock::now();
     const auto model = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const Tokenizer tok = Tokenizer::from_pretrained(a->model);

@@ -21,7 +21,7 @@ void add_info(CLI::App& app) {
   sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
   add_quant_flags(sub, a->q, true);
   sub->callback([a] {
-    FromPretrainedOptions opt{.quiet = true};
+    FromPretrainedOptions opt{.quiet = true, .activations = activations(a->q)};
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
     const auto m = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const ModelInfo& i = m.info();

@@ -29,7 +29,7 @@ void add_perplexity(CLI::App& app) {
   add_quant_flags(sub, a->q, true);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->callback([a] {
-    FromPretrainedOptions opt{.threads = a->threads, .quiet = true};
+    FromPretrainedOptions opt{.threads = a->threads, .quiet = true, .activations = activations(a->q)};
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
     const auto model = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const Tokenizer tok = Tokenizer::from_pretrained(a->model);

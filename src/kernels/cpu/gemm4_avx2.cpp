@@ -225,8 +225,10 @@ void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t 
 template <DType CD, int MT>
 NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m0, float* y, int64_t n0,
                         int64_t n1) {
-  // 8 independent FMA chains in flight (4-cycle latency x 2 FMAs per cycle): NA accumulators per token
-  constexpr int NA = MT >= 8 ? 1 : 8 / MT;
+  // 2 accumulators per token whatever the group size, so a token's result does not depend on which tokens
+  // share its group (a prefix recomputed after Session::truncate is bit-identical); 8 FMA chains in flight
+  // at MT = 4
+  constexpr int NA = 2;
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
   const Lut t = make_lut(w.code, cd);
   const float* xm = xd + m0 * K;

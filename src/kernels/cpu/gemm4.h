@@ -1,7 +1,8 @@
 // Fused dequantize-and-multiply for bitsandbytes 4-bit weights (NF4/FP4, any blocksize, nested absmax decoded
 // on the fly): y[M, N] = x[M, K] @ W[N, K]^T. A scalar reference defines the result (bitsandbytes'
-// dequantize-then-matmul in the compute dtype); AVX2+FMA, AVX-512 (float32 compute), AVX512-BF16 and AMX-BF16
-// (bfloat16 compute) paths are chosen at run time and tested against it within a stated tolerance.
+// dequantize-then-matmul in the compute dtype); AVX2+FMA+F16C (every compute dtype), AVX-512 (float32 and
+// float16 compute), AVX512-BF16 and AMX-BF16 (bfloat16 compute) paths are chosen at run time and tested
+// against it within a stated tolerance.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -51,7 +52,8 @@ std::string gemm_path_name(GemmPath p, DType compute);
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 
-// compute: Float32, BFloat16 or Float16 (float16 runs the reference rounding on the float32 path).
+// compute: Float32, BFloat16 or Float16 (the fast paths round x and the code table to float16 and sum in
+// float32; docs/DESIGN-NOTES.md states the rounding).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute,
                GemmPath path = GemmPath::Auto);
 

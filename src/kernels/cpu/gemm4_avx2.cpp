@@ -1,15 +1,15 @@
 // AVX2 + FMA + F16C paths of the fused 4-bit GEMV/GEMM and the dense GEMM, for CPUs without AVX-512 (most
-// laptops and desktops, AMD before Zen 4) and for float16 compute on every x86 CPU that has no faster path.
+// laptops and desktops, AMD before Zen 4) and for float16 compute on x86 CPUs without a faster path.
 // Functions carry target attributes and run only after a CPU feature check.
 //
-// The 16-entry code table lives in byte planes, one vpshufb each: 16 packed bytes (32 weights) widen to one
-// register of nibble indices (the high nibbles, elements 2j, in the low 128-bit lane; the low nibbles,
-// elements 2j + 1, in the high lane), and
+// The 16-entry code table lives in byte planes, one vpshufb each. Packed bytes widen to registers of 32
+// nibble indices (16 bytes: high nibbles, elements 2j, in the low 128-bit lane and low nibbles, elements
+// 2j + 1, in the high lane; 32 bytes: one register of high nibbles and one of low nibbles), and
 //  - bfloat16 compute looks up the low and high byte of bfloat16(code), interleaves them (vpunpck) into
 //    words and widens each word to float32 with a shift or a mask: 2 lookups + 2 unpacks + 4 ALU ops for
 //    32 weights, instead of 2 vpermps + a blend per 8 weights;
-//  - float16 compute looks up the bytes of float16(code) the same way and widens with vcvtph2ps (F16C);
-//  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice.
+//  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice; float16 compute
+//    does the same with the code rounded to float16 (widened to float32 exactly).
 // The lookups come out in a fixed permuted order; x is prepared once per call in that order (rounded to the
 // compute dtype), so the dot product needs no shuffles. Per block, the sum of code * x is scaled by the
 // block's absmax (bfloat16 and float16: as on the AVX512-BF16 path, the table is rounded to the compute
@@ -178,6 +178,9 @@ NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
       for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
         __m256 f[8];
         if constexpr (C == 64) {
+          // the next row, one cache line per step: a row is only K / 2 bytes, too short for the hardware
+          // prefetcher to ramp up within it
+          _mm_prefetch(reinterpret_cast<const char*>(row + K / 2 + c / 2), _MM_HINT_T0);
           __m256i hi, lo;
           nibble_indices64(row + c / 2, hi, lo);
           decode<CD>(hi, t, f);

@@ -72,6 +72,12 @@ void check_fast_path(DType cd, GemmPath path) {
                   mag += std::fabs(x[static_cast<size_t>(m * K + k)] * deq.data<float>()[n * K + k]);
                 const size_t i = static_cast<size_t>(m * N + n);
                 ASSERT_LE(std::fabs(yf[i] - yr[i]), eps * mag + 1e-30) << "m=" << m << " n=" << n;
+                // float16 compute looks up bitsandbytes' float16 weights themselves: only the order of the
+                // float32 sums differs, then the same rounding of the output (at most one float16 step apart)
+                if (cd == DType::Float16) {
+                  ASSERT_LE(std::fabs(yf[i] - yr[i]), 1e-6 * mag + std::ldexp(std::fabs(yr[i]), -10) + 1e-30)
+                      << "m=" << m << " n=" << n;
+                }
               }
           }
         }
@@ -92,12 +98,6 @@ TEST(Gemm4, Avx512Bf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Avx512);
 }
 
-// float16 compute on AVX-512: the float32 kernels on a table and x rounded to float16.
-TEST(Gemm4, Avx512Fp16MatchesReference) {
-  if (!gemm_path_available(GemmPath::Avx512, DType::Float16)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  check_fast_path(DType::Float16, GemmPath::Avx512);
-}
-
 // AVX2 + FMA (CPUs without AVX-512): float32 FMAs; bfloat16 compute rounds x and the table like vdpbf16ps.
 TEST(Gemm4, Avx2Float32MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx2, DType::Float32)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
@@ -109,8 +109,8 @@ TEST(Gemm4, Avx2Bf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Avx2);
 }
 
-// float16 compute: the code table rounded to float16 (looked up as float32), x rounded to float16, float32
-// sums scaled by each block's absmax.
+// float16 compute: bitsandbytes' numerics - each block's 16 weights fp16(code * absmax) looked up, x rounded
+// to float16, float32 sums, the output rounded to float16.
 TEST(Gemm4, Avx2Fp16MatchesReference) {
   if (!gemm_path_available(GemmPath::Avx2, DType::Float16)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
   check_fast_path(DType::Float16, GemmPath::Avx2);
@@ -217,7 +217,8 @@ TEST(Gemm4Int8, Avx2MatchesInt8Reference) {
         const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
         for (int64_t M : {1, 2, 3, 4, 7}) {
           SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " bs=" + std::to_string(bs) +
-                       " " + std::string(quant_type_name(qt)) + (dq ? " dq" : "") + " M=" + std::to_string(M));
+                       " " + std::string(quant_type_name(qt)) + (dq ? " dq" : "") +
+                       " M=" + std::to_string(M));
           std::mt19937 rng(static_cast<unsigned>(M + 100));
           std::normal_distribution<float> nd;
           std::vector<float> x(static_cast<size_t>(M * K));

@@ -55,7 +55,11 @@ int pos_of(DType cd, int i, int lane) {
   switch (cd) {
     case DType::BFloat16:  // words from vpunpck{l,h}bw (i / 2), low/high word of each dword (i % 2)
       return half * 16 + (i / 2) * 8 + 2 * q + (i % 2);
-    default:  // float32 / float16: dwords from vpunpck{l,h}wd of the byte interleaves
+    case DType::Float16: {  // vcvtph2ps of the low / high 128-bit half of each vpunpck{l,h}bw result
+      constexpr int base[4] = {0, 16, 8, 24};
+      return base[i] + lane;
+    }
+    default:  // float32: dwords from vpunpck{l,h}wd of the byte interleaves
       return half * 16 + i * 4 + q;
   }
 }
@@ -109,14 +113,27 @@ NB_AVX2 Lut make_lut(const float* code, DType cd) {
     uint32_t bits;
     if (cd == DType::BFloat16) {
       bits = float_to_bf16(code[e]);
-    } else {  // float32, or float16 (the code rounded to float16, widened exactly)
-      const float v = round_compute(cd, code[e]);
-      __builtin_memcpy(&bits, &v, 4);
+    } else {
+      __builtin_memcpy(&bits, &code[e], 4);
     }
     for (int k = 0; k < 4; ++k) b[k][e] = b[k][e + 16] = static_cast<uint8_t>(bits >> (8 * k));
   }
   Lut t;
   for (int k = 0; k < 4; ++k) t.plane[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b[k]));
+  return t;
+}
+
+// float16 compute looks up bitsandbytes' dequantized weight itself, fp16(code * absmax): per block, the 16
+// values as a low-byte and a high-byte plane (the code table as two float32 registers in `code`).
+NB_AVX2 inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
+  const __m256 s = _mm256_set1_ps(absmax);
+  const __m128i h0 = _mm256_cvtps_ph(_mm256_mul_ps(code[0], s), _MM_FROUND_TO_NEAREST_INT);
+  const __m128i h1 = _mm256_cvtps_ph(_mm256_mul_ps(code[1], s), _MM_FROUND_TO_NEAREST_INT);
+  const __m128i bytes = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m128i a = _mm_shuffle_epi8(h0, bytes), b = _mm_shuffle_epi8(h1, bytes);
+  Lut t;
+  t.plane[0] = _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(a, b));
+  t.plane[1] = _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(a, b));
   return t;
 }
 
@@ -138,6 +155,11 @@ NB_AVX2 inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
     f[1] = _mm256_castsi256_ps(_mm256_and_si256(w0, hi));
     f[2] = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
     f[3] = _mm256_castsi256_ps(_mm256_and_si256(w1, hi));
+  } else if constexpr (CD == DType::Float16) {
+    f[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(w0));
+    f[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(w0, 1));
+    f[2] = _mm256_cvtph_ps(_mm256_castsi256_si128(w1));
+    f[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(w1, 1));
   } else {
     const __m256i b2 = _mm256_shuffle_epi8(t.plane[2], idx), b3 = _mm256_shuffle_epi8(t.plane[3], idx);
     const __m256i v0 = _mm256_unpacklo_epi8(b2, b3), v1 = _mm256_unpackhi_epi8(b2, b3);
@@ -168,19 +190,22 @@ NB_AVX2 inline void nibble_indices64(const uint8_t* p, __m256i& hi, __m256i& lo)
 template <DType CD, int64_t C>
 NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
-  const Lut t = make_lut(w.code, cd);
+  Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
+  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
     __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+           a3 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-             a3 = _mm256_setzero_ps();
+      if constexpr (CD == DType::Float16) {  // the weights carry their absmax: sums run over the whole row
+        t = block_lut_fp16(code, w.block_absmax(n * nbr + b));
+      } else {
+        a0 = a1 = a2 = a3 = _mm256_setzero_ps();
+      }
       for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
         __m256 f[8];
         if constexpr (C == 64) {
-          // the next row, one cache line per step: a row is only K / 2 bytes, too short for the hardware
-          // prefetcher to ramp up within it
-          _mm_prefetch(reinterpret_cast<const char*>(row + K / 2 + c / 2), _MM_HINT_T0);
           __m256i hi, lo;
           nibble_indices64(row + c / 2, hi, lo);
           decode<CD>(hi, t, f);
@@ -199,11 +224,17 @@ NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
           a3 = _mm256_fmadd_ps(f[7], _mm256_loadu_ps(xd + c + 56), a3);
         }
       }
-      const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
-      total0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, total0);
-      total1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, total1);
+      if constexpr (CD != DType::Float16) {
+        const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
+        total0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, total0);
+        total1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, total1);
+      }
     }
-    y[n] = hsum(_mm256_add_ps(total0, total1));
+    if constexpr (CD == DType::Float16) {
+      total0 = _mm256_add_ps(a0, a1);
+      total1 = _mm256_add_ps(a2, a3);
+    }
+    y[n] = round_compute(cd, hsum(_mm256_add_ps(total0, total1)));  // the output in the compute dtype
   }
 }
 
@@ -233,7 +264,8 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
   // at MT = 4
   constexpr int NA = 2;
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
-  const Lut t = make_lut(w.code, cd);
+  Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
+  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
   const float* xm = xd + m0 * K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
@@ -243,13 +275,16 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
 #pragma GCC unroll 8
       for (int a = 0; a < NA; ++a) acc[m][a] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
-      const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
+      const float absmax = w.block_absmax(n * nbr + b);
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, absmax);
+      const __m256 s = _mm256_set1_ps(absmax);
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
         decode<CD>(nibble_indices(row + c / 2), t, f);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) {
-          const __m256 wv = _mm256_mul_ps(f[i], s);
+          // float16: the looked-up weight already is fp16(code * absmax)
+          const __m256 wv = CD == DType::Float16 ? f[i] : _mm256_mul_ps(f[i], s);
 #pragma GCC unroll 8
           for (int m = 0; m < MT; ++m)
             acc[m][i % NA] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xm + m * K + c + 8 * i), acc[m][i % NA]);
@@ -261,7 +296,7 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       __m256 sum = acc[m][0];
 #pragma GCC unroll 8
       for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[m][a]);
-      y[(m0 + m) * N + n] = hsum(sum);
+      y[(m0 + m) * N + n] = round_compute(cd, hsum(sum));
     }
   }
 }
@@ -361,17 +396,20 @@ bool supported(DType compute) {
 
 // Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
-  // bfloat16: the 2-plane lookup; float32 and float16 (a table rounded to float16): the 4-plane one
-  const DType order = compute == DType::BFloat16 ? DType::BFloat16 : DType::Float32;
+  // bfloat16 / float16: 2-plane lookups of the code / of each block's fp16(code * absmax); float32: 4 planes
   const int64_t chunk = M == 1 && w.blocksize % 64 == 0 ? 64 : 32;
-  const float* xd = prepare_x(x, M, w.K, compute, order, chunk, tl_x);
+  const float* xd = prepare_x(x, M, w.K, compute, compute, chunk, tl_x);
   if (M == 1) {
     if (compute == DType::BFloat16)
       gemv_rows<DType::BFloat16>(w, compute, xd, y, chunk);
+    else if (compute == DType::Float16)
+      gemv_rows<DType::Float16>(w, compute, xd, y, chunk);
     else
       gemv_rows<DType::Float32>(w, compute, xd, y, chunk);
   } else if (compute == DType::BFloat16) {
     gemv_batch_rows<DType::BFloat16>(w, compute, xd, M, y);
+  } else if (compute == DType::Float16) {
+    gemv_batch_rows<DType::Float16>(w, compute, xd, M, y);
   } else {
     gemv_batch_rows<DType::Float32>(w, compute, xd, M, y);
   }

@@ -256,37 +256,14 @@ bool supported(DType compute) {
   const bool f = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (compute == DType::BFloat16) return f && __builtin_cpu_supports("avx512bf16");
-  return f && (compute == DType::Float32 || compute == DType::Float16);
+  // float16 compute takes the AVX2 path (bitsandbytes' fp16 weights looked up per block) on these CPUs too
+  return f && compute == DType::Float32;
 }
-
-namespace {
-// n floats rounded to float16 (round to nearest even, as float_to_fp16), kept as float32
-NB_AVX512 void round_fp16(const float* x, int64_t n, float* out) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(out + i,
-                     _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
-  for (; i < n; ++i) out[i] = fp16_to_float(float_to_fp16(x[i]));
-}
-}  // namespace
 
 // Requires: supported(compute), K % blocksize == 0 (blocks never straddle rows), K % 32 == 0; amx: also
 // amx_supported(), bfloat16 compute and M > 1.
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx) {
   const int64_t N = w.N, K = w.K;
-  if (compute == DType::Float16) {
-    // float16 compute: the float32 kernels on the code table and x rounded to float16 (float32 products and
-    // sums, each block's sum scaled by its absmax: the AVX2 path's numerics)
-    static thread_local std::vector<float> xh;
-    xh.resize(static_cast<size_t>(M * K));
-    round_fp16(x, M * K, xh.data());
-    float code[16];
-    round_fp16(w.code, 16, code);
-    Q4Weights wh = w;
-    wh.code = code;
-    gemm_4bit(wh, xh.data(), M, y, DType::Float32, false);
-    return;
-  }
   if (M == 1) {
     if (compute == DType::BFloat16) {
       // per thread, reused across calls: the decode loop allocates nothing once warm

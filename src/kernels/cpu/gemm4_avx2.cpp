@@ -8,12 +8,14 @@
 //  - bfloat16 compute looks up the low and high byte of bfloat16(code), interleaves them (vpunpck) into
 //    words and widens each word to float32 with a shift or a mask: 2 lookups + 2 unpacks + 4 ALU ops for
 //    32 weights, instead of 2 vpermps + a blend per 8 weights;
-//  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice; float16 compute
-//    does the same with the code rounded to float16 (widened to float32 exactly).
+//  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice;
+//  - float16 compute does the same with bitsandbytes' float16 weights themselves: per block, the 16 values
+//    fp16(code * absmax), widened to float32 (exactly) and transposed into byte planes. (Looking up float16
+//    words and widening each with vcvtph2ps was 1.6x slower: vcvtph2ps is costly on Zen 3.)
 // The lookups come out in a fixed permuted order; x is prepared once per call in that order (rounded to the
 // compute dtype), so the dot product needs no shuffles. Per block, the sum of code * x is scaled by the
-// block's absmax (bfloat16 and float16: as on the AVX512-BF16 path, the table is rounded to the compute
-// dtype instead of each code * absmax; see gemm4_test.cpp for the bound).
+// block's absmax (bfloat16: as on the AVX512-BF16 path, the table is rounded to bfloat16 instead of each
+// code * absmax; see gemm4_test.cpp for the bound). The output is rounded to the compute dtype.
 //
 // M > 1 decodes each chunk once for a group of up to 4 tokens (gemv_batch).
 #include <immintrin.h>
@@ -55,11 +57,7 @@ int pos_of(DType cd, int i, int lane) {
   switch (cd) {
     case DType::BFloat16:  // words from vpunpck{l,h}bw (i / 2), low/high word of each dword (i % 2)
       return half * 16 + (i / 2) * 8 + 2 * q + (i % 2);
-    case DType::Float16: {  // vcvtph2ps of the low / high 128-bit half of each vpunpck{l,h}bw result
-      constexpr int base[4] = {0, 16, 8, 24};
-      return base[i] + lane;
-    }
-    default:  // float32: dwords from vpunpck{l,h}wd of the byte interleaves
+    default:  // float32 and float16: dwords from vpunpck{l,h}wd of the byte interleaves
       return half * 16 + i * 4 + q;
   }
 }
@@ -124,17 +122,26 @@ NB_AVX2 Lut make_lut(const float* code, DType cd) {
 }
 
 // float16 compute looks up bitsandbytes' dequantized weight itself, fp16(code * absmax): per block, the 16
-// values as a low-byte and a high-byte plane (the code table as two float32 registers in `code`).
+// values widened to float32 as 4 byte planes (the code table as two float32 registers in `code`).
 NB_AVX2 inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
   const __m256 s = _mm256_set1_ps(absmax);
-  const __m128i h0 = _mm256_cvtps_ph(_mm256_mul_ps(code[0], s), _MM_FROUND_TO_NEAREST_INT);
-  const __m128i h1 = _mm256_cvtps_ph(_mm256_mul_ps(code[1], s), _MM_FROUND_TO_NEAREST_INT);
-  const __m128i bytes = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  const __m128i a = _mm_shuffle_epi8(h0, bytes), b = _mm_shuffle_epi8(h1, bytes);
-  Lut t;
-  t.plane[0] = _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(a, b));
-  t.plane[1] = _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(a, b));
-  return t;
+  // per 128-bit lane (4 entries): byte k of each entry gathered into dword k; then dwords regrouped so each
+  // 64-bit half holds one plane of 8 entries
+  const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12,
+                                           1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i regroup = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i t[2];
+  for (int h = 0; h < 2; ++h) {  // entries 8h .. 8h + 7 as float32 (exact widenings of float16)
+    const __m256 v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(code[h], s), _MM_FROUND_TO_NEAREST_INT));
+    t[h] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_castps_si256(v), by_byte), regroup);
+  }
+  const __m256i p02 = _mm256_unpacklo_epi64(t[0], t[1]), p13 = _mm256_unpackhi_epi64(t[0], t[1]);
+  Lut lut;
+  lut.plane[0] = _mm256_permute2x128_si256(p02, p02, 0x00);
+  lut.plane[1] = _mm256_permute2x128_si256(p13, p13, 0x00);
+  lut.plane[2] = _mm256_permute2x128_si256(p02, p02, 0x11);
+  lut.plane[3] = _mm256_permute2x128_si256(p13, p13, 0x11);
+  return lut;
 }
 
 // 16 packed bytes -> nibble indices: high nibbles (elements 0, 2, ..., 30) in the low lane, low nibbles in
@@ -143,6 +150,11 @@ NB_AVX2 inline __m256i nibble_indices(const uint8_t* p) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   const __m128i m = _mm_set1_epi8(15);
   return _mm256_set_m128i(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+}
+
+// float16 looks up float32 planes (of each block's float16 weights, widened)
+constexpr DType lookup(DType cd) {
+  return cd == DType::Float16 ? DType::Float32 : cd;
 }
 
 template <DType CD>
@@ -155,11 +167,6 @@ NB_AVX2 inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
     f[1] = _mm256_castsi256_ps(_mm256_and_si256(w0, hi));
     f[2] = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
     f[3] = _mm256_castsi256_ps(_mm256_and_si256(w1, hi));
-  } else if constexpr (CD == DType::Float16) {
-    f[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(w0));
-    f[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(w0, 1));
-    f[2] = _mm256_cvtph_ps(_mm256_castsi256_si128(w1));
-    f[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(w1, 1));
   } else {
     const __m256i b2 = _mm256_shuffle_epi8(t.plane[2], idx), b3 = _mm256_shuffle_epi8(t.plane[3], idx);
     const __m256i v0 = _mm256_unpacklo_epi8(b2, b3), v1 = _mm256_unpackhi_epi8(b2, b3);
@@ -194,24 +201,20 @@ NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
   const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
-    __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps();
+    __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps(), a0, a1, a2, a3;
     for (int64_t b = 0; b < nbr; ++b) {
-      if constexpr (CD == DType::Float16) {  // the weights carry their absmax: sums run over the whole row
-        t = block_lut_fp16(code, w.block_absmax(n * nbr + b));
-      } else {
-        a0 = a1 = a2 = a3 = _mm256_setzero_ps();
-      }
+      // float16: the looked-up weights carry their absmax
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, w.block_absmax(n * nbr + b));
+      a0 = a1 = a2 = a3 = _mm256_setzero_ps();
       for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
         __m256 f[8];
         if constexpr (C == 64) {
           __m256i hi, lo;
           nibble_indices64(row + c / 2, hi, lo);
-          decode<CD>(hi, t, f);
-          decode<CD>(lo, t, f + 4);
+          decode<lookup(CD)>(hi, t, f);
+          decode<lookup(CD)>(lo, t, f + 4);
         } else {
-          decode<CD>(nibble_indices(row + c / 2), t, f);
+          decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
         }
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
@@ -224,15 +227,14 @@ NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
           a3 = _mm256_fmadd_ps(f[7], _mm256_loadu_ps(xd + c + 56), a3);
         }
       }
-      if constexpr (CD != DType::Float16) {
+      if constexpr (CD == DType::Float16) {  // fresh accumulators per block: short FMA chains
+        total0 = _mm256_add_ps(total0, _mm256_add_ps(a0, a1));
+        total1 = _mm256_add_ps(total1, _mm256_add_ps(a2, a3));
+      } else {
         const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b));
         total0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, total0);
         total1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, total1);
       }
-    }
-    if constexpr (CD == DType::Float16) {
-      total0 = _mm256_add_ps(a0, a1);
-      total1 = _mm256_add_ps(a2, a3);
     }
     y[n] = round_compute(cd, hsum(_mm256_add_ps(total0, total1)));  // the output in the compute dtype
   }
@@ -280,7 +282,7 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       const __m256 s = _mm256_set1_ps(absmax);
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
-        decode<CD>(nibble_indices(row + c / 2), t, f);
+        decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) {
           // float16: the looked-up weight already is fp16(code * absmax)
@@ -396,9 +398,9 @@ bool supported(DType compute) {
 
 // Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
-  // bfloat16 / float16: 2-plane lookups of the code / of each block's fp16(code * absmax); float32: 4 planes
+  // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
   const int64_t chunk = M == 1 && w.blocksize % 64 == 0 ? 64 : 32;
-  const float* xd = prepare_x(x, M, w.K, compute, compute, chunk, tl_x);
+  const float* xd = prepare_x(x, M, w.K, compute, lookup(compute), chunk, tl_x);
   if (M == 1) {
     if (compute == DType::BFloat16)
       gemv_rows<DType::BFloat16>(w, compute, xd, y, chunk);

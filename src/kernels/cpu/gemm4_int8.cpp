@@ -135,9 +135,9 @@ NB_AVX2 void avx2_rows(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, i
 #pragma GCC unroll 4
     for (int m = 0; m < MT; ++m) total[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
-      __m256 block[MT];
+      __m256 block[MT], block2[MT];  // the two halves of a 64-weight step: independent FMA chains
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) block[m] = _mm256_setzero_ps();
+      for (int m = 0; m < MT; ++m) block[m] = block2[m] = _mm256_setzero_ps();
       for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
         const int64_t j = c / kQB;
         if constexpr (C == 64) {  // high and low nibbles regrouped by 128-bit lane into two blocks of 32
@@ -147,14 +147,15 @@ NB_AVX2 void avx2_rows(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, i
           meet<MT>(_mm256_shuffle_epi8(table, _mm256_permute2x128_si256(hi, lo, 0x20)), xq0 + c, d0 + j, K,
                    nb, block);
           meet<MT>(_mm256_shuffle_epi8(table, _mm256_permute2x128_si256(hi, lo, 0x31)), xq0 + c + kQB,
-                   d0 + j + 1, K, nb, block);
+                   d0 + j + 1, K, nb, block2);
         } else {
           meet<MT>(_mm256_shuffle_epi8(table, indices32(row + c / 2)), xq0 + c, d0 + j, K, nb, block);
         }
       }
       const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b) * kInv127);
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) total[m] = _mm256_fmadd_ps(block[m], s, total[m]);
+      for (int m = 0; m < MT; ++m)
+        total[m] = _mm256_fmadd_ps(_mm256_add_ps(block[m], block2[m]), s, total[m]);
     }
 #pragma GCC unroll 4
     for (int m = 0; m < MT; ++m) y[(m0 + m) * N + n] = hsum(total[m]);

@@ -42,9 +42,12 @@ float round_compute(DType cd, float v) {
 
 // Scratch that grows to the largest size asked of it and is reused, so the decode loop allocates nothing
 // after its first token.
+// 64-byte aligned (x is read with 32-byte loads; an unlucky malloc alignment would split every other one
+// across cache lines).
 float* scratch(std::vector<float>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
+  if (v.size() < n + 16) v.resize(n + 16);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~static_cast<uintptr_t>(63));
 }
 
 // A chunk of 32 weights (16 packed bytes) becomes one register of nibble indices, position p in 0..31
@@ -258,16 +261,16 @@ void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t 
 // float32 buffer and streaming tokens over it: faster at every M from 2 to 128 (the float32 FMAs, one per
 // 8 weights and token, are the limit either way).
 
-// luts (float16): the blocks' tables of rows [n0, n1), built once per row for all token groups.
 template <DType CD, int MT>
 NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m0, float* y, int64_t n0,
-                        int64_t n1, const Lut* luts) {
+                        int64_t n1) {
   // 2 accumulators per token whatever the group size, so a token's result does not depend on which tokens
   // share its group (a prefix recomputed after Session::truncate is bit-identical); 8 FMA chains in flight
   // at MT = 4
   constexpr int NA = 2;
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
-  Lut t = make_lut(w.code, cd);  // float16: each block's from luts
+  Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
+  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
   const float* xm = xd + m0 * K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
@@ -278,7 +281,7 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       for (int a = 0; a < NA; ++a) acc[m][a] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
       const float absmax = w.block_absmax(n * nbr + b);
-      if constexpr (CD == DType::Float16) t = luts[(n - n0) * nbr + b];
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, absmax);
       const __m256 s = _mm256_set1_ps(absmax);
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
@@ -303,56 +306,28 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
   }
 }
 
-// float16: one row's block tables (raw bytes aligned by hand: std::vector<Lut> did not get 32-byte
-// alignment here, and the tables are copied with aligned moves)
-thread_local std::vector<uint8_t> tl_luts;
-
 template <DType CD>
-NB_AVX2 void group_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y, int64_t n0,
-                        int64_t n1, const Lut* luts) {
-  // groups of up to 4 tokens: more would spill the accumulators (measured: 8 at once is slower per token)
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    switch (std::min<int64_t>(4, M - m0)) {
-      case 1:
-        gemv_batch<CD, 1>(w, cd, xd, m0, y, n0, n1, luts);
-        break;
-      case 2:
-        gemv_batch<CD, 2>(w, cd, xd, m0, y, n0, n1, luts);
-        break;
-      case 3:
-        gemv_batch<CD, 3>(w, cd, xd, m0, y, n0, n1, luts);
-        break;
-      default:
-        gemv_batch<CD, 4>(w, cd, xd, m0, y, n0, n1, luts);
-        break;
-    }
-  }
-}
-
-// float16: rows [n0, n1), each row's block tables built once and used by every token group
-NB_AVX2 void fp16_rows(const Q4Weights& w, const float* xd, int64_t M, float* y, int64_t n0, int64_t n1) {
-  const int64_t nbr = w.K / w.blocksize;
-  const size_t bytes = static_cast<size_t>(nbr) * sizeof(Lut) + alignof(Lut);
-  if (tl_luts.size() < bytes) tl_luts.resize(bytes);
-  const uintptr_t base = reinterpret_cast<uintptr_t>(tl_luts.data());
-  Lut* luts = reinterpret_cast<Lut*>((base + alignof(Lut) - 1) & ~static_cast<uintptr_t>(alignof(Lut) - 1));
-  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t k = 0; k < nbr; ++k) luts[k] = block_lut_fp16(code, w.block_absmax(n * nbr + k));
-    group_rows<DType::Float16>(w, DType::Float16, xd, M, y, n, n + 1, luts);
-  }
-}
-
-// (no target attribute on a function holding an OpenMP region: the outlined region would not inherit it)
-template <DType CD>
-void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
+NB_AVX2 void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
 #pragma omp parallel
   {
     const auto [a, b] = thread_rows(w.N);
-    if constexpr (CD == DType::Float16)
-      fp16_rows(w, xd, M, y, a, b);
-    else
-      group_rows<CD>(w, cd, xd, M, y, a, b, nullptr);
+    // groups of up to 4 tokens: more would spill the accumulators (measured: 8 at once is slower per token)
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      switch (std::min<int64_t>(4, M - m0)) {
+        case 1:
+          gemv_batch<CD, 1>(w, cd, xd, m0, y, a, b);
+          break;
+        case 2:
+          gemv_batch<CD, 2>(w, cd, xd, m0, y, a, b);
+          break;
+        case 3:
+          gemv_batch<CD, 3>(w, cd, xd, m0, y, a, b);
+          break;
+        default:
+          gemv_batch<CD, 4>(w, cd, xd, m0, y, a, b);
+          break;
+      }
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "nibble/error.h"
@@ -21,15 +22,24 @@ int32_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt1
   if (p.top_p <= 0 || p.top_p > 1)
     throw ValueError("top_p must be in (0, 1], got " + std::to_string(p.top_p));
   if (p.top_k < 0) throw ValueError("top_k must be >= 0");
-  std::vector<double> l(static_cast<size_t>(n));
+  // per-thread scratch, reused: sampling allocates nothing per token once warm
+  static thread_local std::vector<double> l, cp;
+  static thread_local std::vector<int32_t> idx;
+  l.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) l[static_cast<size_t>(i)] = static_cast<double>(logits[i]) / p.temperature;
-  std::vector<int32_t> idx(static_cast<size_t>(n));
+  idx.resize(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
-    return l[static_cast<size_t>(a)] > l[static_cast<size_t>(b)];
-  });
+  // descending, ties in id order (what a stable sort gives); only the top-k need ordering
+  const auto before = [&](int32_t a, int32_t b) {
+    const double la = l[static_cast<size_t>(a)], lb = l[static_cast<size_t>(b)];
+    return la > lb || (la == lb && a < b);
+  };
   size_t keep = idx.size();
   if (p.top_k > 0) keep = std::min(keep, static_cast<size_t>(p.top_k));
+  if (keep < idx.size())
+    std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(keep), idx.end(), before);
+  else
+    std::sort(idx.begin(), idx.end(), before);
   // top-p: the smallest prefix (by descending probability) whose mass reaches top_p, at least one token
   const double mx = l[static_cast<size_t>(idx[0])];
   double total = 0;
@@ -44,10 +54,19 @@ int32_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt1
     }
     keep = std::max<size_t>(1, k);
   }
-  std::vector<double> w(keep);
-  for (size_t i = 0; i < keep; ++i) w[i] = std::exp(l[static_cast<size_t>(idx[i])] - mx);
-  std::discrete_distribution<size_t> dist(w.begin(), w.end());
-  return idx[dist(rng)];
+  if (keep == 1) return idx[0];  // (std::discrete_distribution draws nothing for a single outcome)
+  // std::discrete_distribution's draw (libstdc++: normalized cumulative sums, the last set to 1, one
+  // canonical double, lower_bound) without its per-call allocation
+  if (cp.size() < idx.size()) cp.resize(idx.size());  // room for any keep: no reallocation per token
+  double sum = 0;
+  for (size_t i = 0; i < keep; ++i) sum += (cp[i] = std::exp(l[static_cast<size_t>(idx[i])] - mx));
+  double acc = 0;
+  for (size_t i = 0; i < keep; ++i) cp[i] = (acc += cp[i] / sum);
+  cp[keep - 1] = 1.0;
+  const double u = std::generate_canonical<double, std::numeric_limits<double>::digits>(rng);
+  const auto end = cp.begin() + static_cast<std::ptrdiff_t>(keep);
+  const size_t pick = static_cast<size_t>(std::lower_bound(cp.begin(), end, u) - cp.begin());
+  return idx[std::min(pick, keep - 1)];
 }
 
 double log_prob(const float* logits, int64_t n, int32_t target) {

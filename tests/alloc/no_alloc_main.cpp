@@ -11,6 +11,7 @@
 
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/model.h"
+#include "nibble/sampling.h"
 #include "nibble/session.h"
 #include "test_util.h"
 
@@ -45,7 +46,8 @@ using namespace nibble;
 namespace {
 constexpr int32_t kVocab = 512;  // ids below every model's vocabulary here (the example model has 2048)
 
-// Heap allocations made by `tokens` one-token appends after a warm-up prompt and two appends.
+// Heap allocations made by `tokens` one-token appends, each followed by sampling the next token, after a
+// warm-up prompt and two such steps.
 long allocations_per_decode(const AutoModelForCausalLM& m, int tokens) {
   Session s(m, {.context_length = 256});
   const std::vector<int32_t> prompt{1, 415, 250, 302, 264, 727, 87, 264, 162, 293};
@@ -53,14 +55,22 @@ long allocations_per_decode(const AutoModelForCausalLM& m, int tokens) {
   for (int32_t id : prompt) ids.push_back(id % kVocab);
   s.append(ids);
   int32_t next[1] = {7};
-  for (int i = 0; i < 2; ++i) s.append(next);
+  std::mt19937_64 warm(1);
+  for (int i = 0; i < 2; ++i) {
+    s.append(next);
+    sample(s.logits().data(), static_cast<int64_t>(s.logits().size()), {.top_k = 40, .top_p = 0.9f}, warm);
+  }
   allocations = 0;
   counting = true;
   float sink = 0;
+  std::mt19937_64 rng(3);
   for (int i = 0; i < tokens; ++i) {
     s.append(next);
-    sink += s.logits()[0];
-    next[0] = (next[0] * 31 + 11) % kVocab;
+    const std::span<const float> logits = s.logits();
+    sink += logits[0];
+    // the sampler too (top-k, then top-p), as generate(do_sample) runs it each token
+    next[0] = sample(logits.data(), static_cast<int64_t>(logits.size()), {.top_k = 40, .top_p = 0.9f}, rng) %
+              kVocab;
   }
   counting = false;
   EXPECT_TRUE(std::isfinite(sink));

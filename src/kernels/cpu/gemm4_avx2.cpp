@@ -18,6 +18,7 @@
 // code * absmax; see gemm4_test.cpp for the bound). The output is rounded to the compute dtype.
 //
 // M > 1 decodes each chunk once for a group of up to 4 tokens (gemv_batch).
+#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -391,11 +392,17 @@ NB_AVX2 void dense_gemv(const void* wp, DType wdt, int64_t N, int64_t K, const f
 
 thread_local std::vector<float> tl_x, tl_rows;
 
+// CPUID.1:ECX.F16C (clang's __builtin_cpu_supports does not know "f16c")
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+
 }  // namespace
 
 bool supported(DType compute) {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c() &&
          (compute == DType::Float32 || compute == DType::BFloat16 || compute == DType::Float16);
 }
 

@@ -307,8 +307,9 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
   }
 }
 
+// (no target attribute on functions holding an OpenMP region: clang outlines the region without it)
 template <DType CD>
-NB_AVX2 void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
+void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
 #pragma omp parallel
   {
     const auto [a, b] = thread_rows(w.N);
@@ -370,23 +371,28 @@ NB_AVX2 inline __m256 load8(const void* w, DType wdt, int64_t k) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// one token: y[n] = x . w_n, weights converted in registers
-NB_AVX2 void dense_gemv(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, float* y) {
+// one token, rows [n0, n1): y[n] = x . w_n, weights converted in registers
+NB_AVX2 void dense_rows(const void* wp, DType wdt, int64_t K, const float* x, float* y, int64_t n0,
+                        int64_t n1) {
   const size_t es = dtype_size(wdt);
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* wn = static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * es;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
+      a1 = _mm256_fmadd_ps(load8(wn, wdt, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    }
+    if (k < K) a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
+    y[n] = hsum(_mm256_add_ps(a0, a1));
+  }
+}
+
+void dense_gemv(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, float* y) {
 #pragma omp parallel
   {
     const auto [n0, n1] = thread_rows(N);
-    for (int64_t n = n0; n < n1; ++n) {
-      const void* wn = static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * es;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int64_t k = 0;
-      for (; k + 16 <= K; k += 16) {
-        a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(load8(wn, wdt, k + 8), _mm256_loadu_ps(x + k + 8), a1);
-      }
-      if (k < K) a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
-      y[n] = hsum(_mm256_add_ps(a0, a1));
-    }
+    dense_rows(wp, wdt, K, x, y, n0, n1);
   }
 }
 

@@ -5,17 +5,6 @@
 
 namespace nibble::nn {
 
-float round_to(DType dt, float v) {
-  switch (dt) {
-    case DType::BFloat16:
-      return bf16_to_float(float_to_bf16(v));
-    case DType::Float16:
-      return fp16_to_float(float_to_fp16(v));
-    default:
-      return v;
-  }
-}
-
 namespace {
 std::vector<float> bias_floats(const std::optional<Tensor>& b, int64_t out, const char* what) {
   if (!b) return {};
@@ -86,7 +75,7 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
   if (!bias_f_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n)
-        y[t * out_features + n] += round_to(compute_, bias_f_[static_cast<size_t>(n)]);
+        y[t * out_features + n] += kernels::round_to(compute_, bias_f_[static_cast<size_t>(n)]);
 }
 
 std::string Linear4bit::kernel_path(int64_t T) const {

@@ -74,9 +74,6 @@ class Linear4bit final : public LinearBase {
   bool int8_ = false;
 };
 
-// Rounds v to `dt` and back (identity for float32).
-float round_to(DType dt, float v);
-
 // What the fused kernels read for a packed 4-bit weight and its state (nested statistics stay compressed).
 // Points into `packed` and `state`, which must outlive it.
 kernels::Q4Weights q4_weights(const Tensor& packed, const QuantState& state);

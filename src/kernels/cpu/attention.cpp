@@ -10,6 +10,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/avx2_common.h"
+
 namespace nibble::kernels {
 
 namespace {
@@ -71,10 +73,7 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* 
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
   }
   for (; i < n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  const __m256 s = _mm256_add_ps(s0, s1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  return avx2::hsum(_mm256_add_ps(s0, s1));
 }
 __attribute__((target("avx2,fma"))) void axpy_avx2(float p, const float* v, float* out, int64_t n) {
   const __m256 pv = _mm256_set1_ps(p);

@@ -26,20 +26,15 @@
 #include <array>
 #include <vector>
 
+#include "kernels/cpu/avx2_common.h"
 #include "kernels/cpu/gemm4.h"
 #include "nibble/tensor.h"
 
-#define NB_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define NB_F16C __attribute__((target("avx2,fma,f16c")))
 
 namespace nibble::kernels::avx2 {
 
 namespace {
-
-float round_compute(DType cd, float v) {
-  if (cd == DType::BFloat16) return bf16_to_float(float_to_bf16(v));
-  if (cd == DType::Float16) return fp16_to_float(float_to_fp16(v));
-  return v;
-}
 
 // Scratch that grows to the largest size asked of it and is reused, so the decode loop allocates nothing
 // after its first token.
@@ -76,7 +71,7 @@ int elem_of(DType cd, int64_t chunk, int s) {
 
 // Finite float32 lanes rounded to the compute dtype (round to nearest even, as float_to_bf16 /
 // float_to_fp16), kept as float32.
-NB_AVX2 inline __m256 round_vec(__m256 v, DType cd) {
+NB_F16C inline __m256 round_vec(__m256 v, DType cd) {
   if (cd == DType::Float16) return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
   if (cd != DType::BFloat16) return v;
   const __m256i b = _mm256_castps_si256(v);
@@ -86,7 +81,7 @@ NB_AVX2 inline __m256 round_vec(__m256 v, DType cd) {
 }
 
 // n floats (n % 8 == 0) rounded to the compute dtype in place
-NB_AVX2 void round_in_place(float* v, int64_t n, DType cd) {
+NB_F16C void round_in_place(float* v, int64_t n, DType cd) {
   if (cd == DType::Float32) return;
   for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(v + i, round_vec(_mm256_loadu_ps(v + i), cd));
 }
@@ -109,7 +104,7 @@ struct Lut {
   __m256i plane[4];
 };
 
-NB_AVX2 Lut make_lut(const float* code, DType cd) {
+NB_F16C Lut make_lut(const float* code, DType cd) {
   alignas(32) uint8_t b[4][32];
   for (int e = 0; e < 16; ++e) {
     uint32_t bits;
@@ -127,7 +122,7 @@ NB_AVX2 Lut make_lut(const float* code, DType cd) {
 
 // float16 compute looks up bitsandbytes' dequantized weight itself, fp16(code * absmax): per block, the 16
 // values widened to float32 as 4 byte planes (the code table as two float32 registers in `code`).
-NB_AVX2 inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
+NB_F16C inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
   const __m256 s = _mm256_set1_ps(absmax);
   // per 128-bit lane (4 entries): byte k of each entry gathered into dword k; then dwords regrouped so each
   // 64-bit half holds one plane of 8 entries
@@ -148,21 +143,13 @@ NB_AVX2 inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
   return lut;
 }
 
-// 16 packed bytes -> nibble indices: high nibbles (elements 0, 2, ..., 30) in the low lane, low nibbles in
-// the high lane
-NB_AVX2 inline __m256i nibble_indices(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i m = _mm_set1_epi8(15);
-  return _mm256_set_m128i(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
-}
-
 // float16 looks up float32 planes (of each block's float16 weights, widened)
 constexpr DType lookup(DType cd) {
   return cd == DType::Float16 ? DType::Float32 : cd;
 }
 
 template <DType CD>
-NB_AVX2 inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
+NB_F16C inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
   const __m256i b0 = _mm256_shuffle_epi8(t.plane[0], idx), b1 = _mm256_shuffle_epi8(t.plane[1], idx);
   const __m256i w0 = _mm256_unpacklo_epi8(b0, b1), w1 = _mm256_unpackhi_epi8(b0, b1);
   if constexpr (CD == DType::BFloat16) {
@@ -181,25 +168,10 @@ NB_AVX2 inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
   }
 }
 
-NB_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// 32 packed bytes -> high nibbles (elements 2p) and low nibbles (2p + 1), 32 indices each
-NB_AVX2 inline void nibble_indices64(const uint8_t* p, __m256i& hi, __m256i& lo) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i m = _mm256_set1_epi8(15);
-  hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
-  lo = _mm256_and_si256(v, m);
-}
-
 // y[n] for rows [n0, n1) of a single token; xd prepared in CD's order for chunks of C (64 needs
 // blocksize % 64 == 0). CD is the lookup (bfloat16 or float32); cd the compute dtype the table is rounded to.
 template <DType CD, int64_t C>
-NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
+NB_F16C void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
   const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
@@ -240,7 +212,7 @@ NB_AVX2 void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
         total1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, total1);
       }
     }
-    y[n] = round_compute(cd, hsum(_mm256_add_ps(total0, total1)));  // the output in the compute dtype
+    y[n] = round_to(cd, hsum(_mm256_add_ps(total0, total1)));  // the output in the compute dtype
   }
 }
 
@@ -263,7 +235,7 @@ void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t 
 // 8 weights and token, are the limit either way).
 
 template <DType CD, int MT>
-NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m0, float* y, int64_t n0,
+NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m0, float* y, int64_t n0,
                         int64_t n1) {
   // 2 accumulators per token whatever the group size, so a token's result does not depend on which tokens
   // share its group (a prefix recomputed after Session::truncate is bit-identical); 8 FMA chains in flight
@@ -302,7 +274,7 @@ NB_AVX2 void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       __m256 sum = acc[m][0];
 #pragma GCC unroll 8
       for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[m][a]);
-      y[(m0 + m) * N + n] = round_compute(cd, hsum(sum));
+      y[(m0 + m) * N + n] = round_to(cd, hsum(sum));
     }
   }
 }
@@ -312,29 +284,15 @@ template <DType CD>
 void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
 #pragma omp parallel
   {
-    const auto [a, b] = thread_rows(w.N);
-    // groups of up to 4 tokens: more would spill the accumulators (measured: 8 at once is slower per token)
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1:
-          gemv_batch<CD, 1>(w, cd, xd, m0, y, a, b);
-          break;
-        case 2:
-          gemv_batch<CD, 2>(w, cd, xd, m0, y, a, b);
-          break;
-        case 3:
-          gemv_batch<CD, 3>(w, cd, xd, m0, y, a, b);
-          break;
-        default:
-          gemv_batch<CD, 4>(w, cd, xd, m0, y, a, b);
-          break;
-      }
-    }
+    const auto rows = thread_rows(w.N);  // (a lambda may not capture structured bindings in clang 15)
+    const int64_t a = rows.first, b = rows.second;
+    for_token_groups(
+        M, [&](auto mt, int64_t m0) { gemv_batch<CD, decltype(mt)::value>(w, cd, xd, m0, y, a, b); });
   }
 }
 
 // y[m, n0 + r] for r < rows, all tokens, given decoded rows and x in the same order
-NB_AVX2 void rows_times_tokens(const float* const* wr, int64_t rows, const float* xd, int64_t M, int64_t K,
+NB_F16C void rows_times_tokens(const float* const* wr, int64_t rows, const float* xd, int64_t M, int64_t K,
                                float* y, int64_t N, int64_t n0) {
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = xd + m * K;
@@ -364,7 +322,7 @@ NB_AVX2 void rows_times_tokens(const float* const* wr, int64_t rows, const float
 }
 
 // 8 weights of a dense row as float32
-NB_AVX2 inline __m256 load8(const void* w, DType wdt, int64_t k) {
+NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
   if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
   if (wdt == DType::Float16) return _mm256_cvtph_ps(h);
@@ -372,7 +330,7 @@ NB_AVX2 inline __m256 load8(const void* w, DType wdt, int64_t k) {
 }
 
 // one token, rows [n0, n1): y[n] = x . w_n, weights converted in registers
-NB_AVX2 void dense_rows(const void* wp, DType wdt, int64_t K, const float* x, float* y, int64_t n0,
+NB_F16C void dense_rows(const void* wp, DType wdt, int64_t K, const float* x, float* y, int64_t n0,
                         int64_t n1) {
   const size_t es = dtype_size(wdt);
   for (int64_t n = n0; n < n1; ++n) {

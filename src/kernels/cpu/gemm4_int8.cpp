@@ -14,10 +14,9 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/avx2_common.h"
 #include "kernels/cpu/gemm4.h"
 #include "nibble/error.h"
-
-#define NB_AVX2 __attribute__((target("avx2,fma")))
 
 namespace nibble::kernels {
 
@@ -89,24 +88,11 @@ void ref_rows(const Q4Weights& w, const Q8& xq, int64_t M, float* y, int64_t n0,
 
 // --- AVX2 ---------------------------------------------------------------------------------------------
 
-NB_AVX2 inline __m256i indices32(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i m = _mm_set1_epi8(15);
-  return _mm256_set_m128i(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
-}
-
 // int32 sums of 8 pairs of 4 products: weights w (int8, |w| = aw) times x (int8)
 NB_AVX2 inline __m256 dot32(__m256i w, __m256i aw, const int8_t* xq) {
   const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
   const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-NB_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // One block of 32 looked up (w, |w| = aw), met by MT tokens: block[m] += d_mj * (int32 sum of w * x_m)
@@ -141,15 +127,15 @@ NB_AVX2 void avx2_rows(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, i
       for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
         const int64_t j = c / kQB;
         if constexpr (C == 64) {  // high and low nibbles regrouped by 128-bit lane into two blocks of 32
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
-          const __m256i msk = _mm256_set1_epi8(15);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), msk), lo = _mm256_and_si256(v, msk);
+          __m256i hi, lo;
+          avx2::nibble_indices64(row + c / 2, hi, lo);
           meet<MT>(_mm256_shuffle_epi8(table, _mm256_permute2x128_si256(hi, lo, 0x20)), xq0 + c, d0 + j, K,
                    nb, block);
           meet<MT>(_mm256_shuffle_epi8(table, _mm256_permute2x128_si256(hi, lo, 0x31)), xq0 + c + kQB,
                    d0 + j + 1, K, nb, block2);
         } else {
-          meet<MT>(_mm256_shuffle_epi8(table, indices32(row + c / 2)), xq0 + c, d0 + j, K, nb, block);
+          meet<MT>(_mm256_shuffle_epi8(table, avx2::nibble_indices(row + c / 2)), xq0 + c, d0 + j, K, nb,
+                   block);
         }
       }
       const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + b) * kInv127);
@@ -158,28 +144,15 @@ NB_AVX2 void avx2_rows(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, i
         total[m] = _mm256_fmadd_ps(_mm256_add_ps(block[m], block2[m]), s, total[m]);
     }
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) y[(m0 + m) * N + n] = hsum(total[m]);
+    for (int m = 0; m < MT; ++m) y[(m0 + m) * N + n] = avx2::hsum(total[m]);
   }
 }
 
 template <int64_t C>
 void avx2_tokens(const Q4Weights& w, const Q8& xq, int64_t M, float* y, int64_t a, int64_t b) {
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {  // groups of up to 4 tokens share each lookup
-    switch (std::min<int64_t>(4, M - m0)) {
-      case 1:
-        avx2_rows<1, C>(w, xq, m0, y, a, b);
-        break;
-      case 2:
-        avx2_rows<2, C>(w, xq, m0, y, a, b);
-        break;
-      case 3:
-        avx2_rows<3, C>(w, xq, m0, y, a, b);
-        break;
-      default:
-        avx2_rows<4, C>(w, xq, m0, y, a, b);
-        break;
-    }
-  }
+  // groups of up to 4 tokens share each lookup
+  avx2::for_token_groups(M,
+                         [&](auto mt, int64_t m0) { avx2_rows<decltype(mt)::value, C>(w, xq, m0, y, a, b); });
 }
 
 bool avx2_supported() {

@@ -39,13 +39,13 @@ Q4Weights view(const Quantized4bit& q) {
 }  // namespace
 
 namespace {
+// N, K, blocksize: odd row counts, blocksize 32 (the 32-weight steps), one block per row, K != blocksize
+const std::vector<std::tuple<int64_t, int64_t, int64_t>> kShapes{
+    {37, 256, 64}, {64, 128, 32}, {5, 4096, 4096}, {130, 512, 128}, {3, 2048, 256}};
+
 void check_fast_path(DType cd, GemmPath path) {
   {
-    for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64},
-                            {64, 128, 32},
-                            {5, 4096, 4096},
-                            {130, 512, 128},
-                            {3, 2048, 256}}) {
+    for (auto [N, K, bs] : kShapes) {
       for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
         for (bool dq : {false, true}) {
           const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs));
@@ -204,12 +204,9 @@ TEST(Attention, FastPathMatchesReference) {
 TEST(Gemm4Int8, Avx2MatchesInt8Reference) {
   if (gemm_int8_auto_path(Q4Weights{.K = 64, .blocksize = 64}) != GemmPath::Avx2)
     GTEST_SKIP() << "no AVX2/FMA on this CPU";
-  for (auto [N, K, bs] : {std::tuple<int64_t, int64_t, int64_t>{37, 256, 64},
-                          {64, 128, 32},
-                          {5, 4096, 4096},
-                          {130, 512, 128},
-                          {3, 2048, 256},
-                          {9, 96, 32}}) {
+  auto shapes = kShapes;
+  shapes.emplace_back(9, 96, 32);  // K not a multiple of 64: the 32-byte step's tail
+  for (auto [N, K, bs] : shapes) {
     for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
       for (bool dq : {false, true}) {
         const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs + 1));

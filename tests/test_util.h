@@ -1,10 +1,14 @@
-// Helpers shared by the tests: temporary directories, raw file writing, paths to data.
+// Helpers shared by the tests: temporary directories, raw file writing, paths to data, comparing logits.
 #pragma once
+#include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <span>
 #include <string>
 
 namespace nibble::test {
@@ -47,6 +51,15 @@ inline std::string golden_dir() {
 }
 inline std::string example_model() {
   return shared_dir() + "/models/tinystories-656k";
+}
+
+// Largest |a[i] - b[i]|; different sizes are a test failure (compared over the shorter).
+inline double max_abs_diff(std::span<const float> a, std::span<const float> b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  return m;
 }
 
 }  // namespace nibble::test

@@ -35,11 +35,7 @@ std::vector<int32_t> prompt() {
       Tokenizer::from_pretrained(test::example_model()).encode("Once upon a time, a little girl");
   return ids;
 }
-double max_abs_diff(std::span<const float> a, std::span<const float> b) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
-  return m;
-}
+using test::max_abs_diff;
 }  // namespace
 
 TEST(Session, IncrementalAppendMatchesFullForward) {

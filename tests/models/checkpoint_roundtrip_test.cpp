@@ -22,11 +22,7 @@ std::string ckpt(const std::string& name) {
 }
 
 double max_abs_diff(const std::vector<float>& a, const Tensor& b) {
-  EXPECT_EQ(static_cast<int64_t>(a.size()), b.numel());
-  double m = 0;
-  for (int64_t i = 0; i < b.numel(); ++i)
-    m = std::max(m, static_cast<double>(std::fabs(a[static_cast<size_t>(i)] - b.data<float>()[i])));
-  return m;
+  return test::max_abs_diff(a, std::span(b.data<float>(), static_cast<size_t>(b.numel())));
 }
 
 std::vector<int32_t> ids_of(const SafetensorsFile& f) {

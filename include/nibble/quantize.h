@@ -1,5 +1,6 @@
 // bitsandbytes' functional 4-bit and 8-bit blockwise quantization, exactly (spec/bnb-4bit.md):
-// quantize_4bit / dequantize_4bit, quantize_blockwise / dequantize_blockwise, QuantState and its packed dict.
+// quantize_4bit / dequantize_4bit, quantize_blockwise / dequantize_blockwise, QuantState and its packed dict;
+// and LLM.int8's row-wise weight quantization (spec/bnb-int8.md): int8_vectorwise_quant / _dequant.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -90,5 +91,18 @@ struct Quantized8bit {
 Quantized8bit quantize_blockwise(const Tensor& A, int64_t blocksize = 4096,
                                  const std::vector<float>& code = {});
 Tensor dequantize_blockwise(const Quantized8bit& q, DType out_dtype = DType::Float32);
+
+// LLM.int8 weights as bitsandbytes' Int8Params quantizes them on CPU (transformers' load_in_8bit): the weight
+// rounded to float16 first, SCB[r] = max_j |W16[r, j]| (a float16 value held in float32) and
+// CB[r, j] = round_half_even(W16[r, j] * (127 / SCB[r])) in float32. An all-zero row gives SCB 0 and CB 0
+// (torch's 0 * inf = NaN converts to 0).
+struct QuantizedInt8 {
+  Tensor CB;   // int8 [out, in]
+  Tensor SCB;  // float32 [out]
+};
+// weight: a 2-D float tensor (FormatError naming `where` otherwise).
+QuantizedInt8 int8_vectorwise_quant(const Tensor& weight, const std::string& where = "int8_vectorwise_quant");
+// bitsandbytes' int8_vectorwise_dequant: CB * SCB[r] * 7.874015718698502e-3 (float32), then to out_dtype.
+Tensor int8_vectorwise_dequant(const Tensor& CB, const Tensor& SCB, DType out_dtype = DType::Float32);
 
 }  // namespace nibble

@@ -1,5 +1,6 @@
-// Turns a HuggingFace checkpoint directory into a bnb-4bit one that transformers + bitsandbytes load:
-// the `nibble quantize` job.
+// Turns a HuggingFace checkpoint directory into a bnb-4bit one (config.load_in_4bit) or a bnb 8-bit one
+// (config.load_in_8bit: LLM.int8's int8 weight + SCB + weight_format per linear) that transformers +
+// bitsandbytes load: the `nibble quantize` job.
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -11,6 +11,25 @@ using nlohmann::json;
 namespace {
 // Workspace slots of the decoder (nn modules use the slots below 16).
 enum Slot : size_t { kHidden = 16, kNormed, kOut, kCos, kSin };
+
+// The 8-bit options nibble refuses rather than ignores.
+void check_int8_options(const BitsAndBytesConfig& q, const std::string& where) {
+  if (!q.load_in_8bit) return;
+  if (q.llm_int8_has_fp16_weight)
+    throw NotSupportedError(
+        where +
+        "llm_int8_has_fp16_weight=True keeps 16-bit weights to train them (re-quantized on "
+        "every call); nibble runs 8-bit models for inference: leave it False");
+  if (q.llm_int8_enable_fp32_cpu_offload)
+    throw NotSupportedError(
+        where +
+        "llm_int8_enable_fp32_cpu_offload=True keeps the modules a device_map offloads to "
+        "the CPU in float32; nibble has no device_map: name those modules in "
+        "llm_int8_skip_modules instead");
+  if (!(q.llm_int8_threshold >= 0.0))
+    throw ValueError(where + "llm_int8_threshold must be >= 0 (0 turns the outlier decomposition off), got " +
+                     std::to_string(q.llm_int8_threshold));
+}
 }  // namespace
 
 nn::RopeConfig LlamaConfig::rope() const {
@@ -44,12 +63,18 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       throw FormatError(cpath + ": 'quantization_config': " + e.what());
     }
     loader.prequantized_compute = qcfg_->compute_dtype();
+    loader.int8_prequantized = qcfg_->load_in_8bit;
+    loader.int8_threshold = static_cast<float>(qcfg_->llm_int8_threshold);
+    check_int8_options(*qcfg_, cpath + ": 'quantization_config': ");
   } else if (opt.quant && opt.quant->is_quantizable()) {
-    if (opt.quant->load_in_8bit)
-      throw NotSupportedError("load_in_8bit (LLM.int8) is not implemented in nibble; use load_in_4bit");
     qcfg_ = opt.quant;
     loader.quantize = opt.quant;
-    loader.spec = Linear4bitSpec::from_config(*opt.quant);
+    if (opt.quant->load_in_8bit) {
+      check_int8_options(*opt.quant, "");
+      loader.int8_threshold = static_cast<float>(opt.quant->llm_int8_threshold);
+    } else {
+      loader.spec = Linear4bitSpec::from_config(*opt.quant);
+    }
   }
   auto expect_shape = [&](const Tensor& t, const std::string& name, const Shape& s) {
     if (t.shape() != s)
@@ -65,7 +90,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   if (ck.contains("model.embed_tokens.weight")) {
     embed_ = dense("model.embed_tokens.weight", {c_.vocab, c_.hidden});
   } else if (c_.tie_word_embeddings && ck.contains("lm_head.weight") &&
-             !ck.contains("lm_head.weight.absmax")) {
+             !ck.contains("lm_head.weight.absmax") && !ck.contains("lm_head.SCB")) {
     embed_ = dense("lm_head.weight", {c_.vocab, c_.hidden});
     embed_is_lm_head_ = true;
   } else {
@@ -100,7 +125,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     bar.advance(1, p);
   }
   norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps);
-  if (!c_.tie_word_embeddings || ck.contains("lm_head.weight.absmax")) {
+  if (!c_.tie_word_embeddings || ck.contains("lm_head.weight.absmax") || ck.contains("lm_head.SCB")) {
     lm_head_ = loader.load("lm_head", false);
   } else {
     // tied: the user's skip list may leave the output embedding quantizable: quantize a copy
@@ -225,9 +250,7 @@ std::map<std::string, int64_t> LlamaModel::kernel_paths(int64_t T) const {
 
 void LlamaModel::dequantize() {
   auto deq = [](std::unique_ptr<nn::LinearBase>& l) {
-    if (!l || !l->quantized()) return;
-    auto* q = static_cast<nn::Linear4bit*>(l.get());
-    l = std::make_unique<nn::Linear>(q->dequantized_weight(), q->bias());
+    if (l && l->quantized()) l = l->dequantized();
   };
   for (auto& L : layers_)
     for (auto* l : {&L.attn.q_proj, &L.attn.k_proj, &L.attn.v_proj, &L.attn.o_proj, &L.mlp.gate_proj,

@@ -19,10 +19,16 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
                                    const QuantizeOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   const BitsAndBytesConfig& cfg = opt.config;
-  if (!cfg.load_in_4bit)
+  if (!cfg.load_in_4bit && !cfg.load_in_8bit)
     throw NotSupportedError(
-        "nibble quantize writes 4-bit checkpoints; the config must have load_in_4bit=true");
-  const Linear4bitSpec spec = Linear4bitSpec::from_config(cfg, opt.blocksize);
+        "nibble quantize writes 4-bit or 8-bit checkpoints; the config must have load_in_4bit=true or "
+        "load_in_8bit=true");
+  if (cfg.load_in_8bit && (cfg.llm_int8_has_fp16_weight || cfg.llm_int8_enable_fp32_cpu_offload))
+    throw NotSupportedError(
+        "nibble quantize writes 8-bit checkpoints with int8 weights: llm_int8_has_fp16_weight and "
+        "llm_int8_enable_fp32_cpu_offload must be False");
+  const std::optional<Linear4bitSpec> spec =
+      cfg.load_in_4bit ? std::optional(Linear4bitSpec::from_config(cfg, opt.blocksize)) : std::nullopt;
   const std::string config_path = (fs::path(in_dir) / "config.json").string();
   nlohmann::json config = read_json_file(config_path);
   check_model_type(config, config_path);
@@ -47,12 +53,20 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
     if (should_quantize(model_type, name, cfg)) {
       const std::string where = in.file_of(name) + ": tensor '" + name + "'";
       const Tensor w = dtype_is_float(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
-      Quantized4bit q = quantize_linear_weight(w, spec, where);
-      writer.add(name, q.packed);
-      rep.output_bytes += q.packed.nbytes();
-      for (const auto& [k, v] : q.state.as_dict()) {
-        writer.add(name + "." + k, v);
+      auto add = [&](const std::string& n, const Tensor& v) {
+        writer.add(n, v);
         rep.output_bytes += v.nbytes();
+      };
+      if (spec) {
+        Quantized4bit q = quantize_linear_weight(w, *spec, where);
+        add(name, q.packed);
+        for (const auto& [k, v] : q.state.as_dict()) add(name + "." + k, v);
+      } else {  // Linear8bitLt's state dict: weight (int8), SCB, weight_format 0 ("row")
+        const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+        QuantizedInt8 q = int8_vectorwise_quant(w, where);
+        add(name, q.CB);
+        add(module + ".SCB", q.SCB);
+        add(module + ".weight_format", Tensor::from_vector<uint8_t>(DType::UInt8, {}, {0}));
       }
       ++rep.quantized_tensors;
       in.release(name);

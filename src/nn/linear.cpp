@@ -1,6 +1,7 @@
 #include "nn/linear.h"
 
 #include "kernels/cpu/gemm4.h"
+#include "kernels/cpu/int8_mm.h"
 #include "nibble/error.h"
 
 namespace nibble::nn {
@@ -81,6 +82,109 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
 std::string Linear4bit::kernel_path(int64_t T) const {
   if (int8_) return kernels::gemm_int8_path_name(kernels::gemm_int8_auto_path(view_));
   return kernels::gemm_path_name(kernels::gemm_auto_path(view_, T, compute_), compute_);
+}
+
+std::unique_ptr<LinearBase> Linear4bit::dequantized() const {
+  return std::make_unique<Linear>(dequantized_weight(), bias_);
+}
+
+Linear8bitLt::Linear8bitLt(Tensor CB, Tensor SCB, std::optional<Tensor> bias, float threshold,
+                           DType model_dtype)
+    : cb_(std::move(CB)),
+      scb_(std::move(SCB)),
+      bias_(std::move(bias)),
+      threshold_(threshold),
+      dtype_(model_dtype) {
+  if (cb_.dtype() != DType::Int8 || cb_.shape().size() != 2)
+    throw FormatError("Linear8bitLt: weight must be a 2-D int8 tensor, got " +
+                      std::string(dtype_name(cb_.dtype())) + " " + shape_str(cb_.shape()));
+  out_features = cb_.dim(0);
+  in_features = cb_.dim(1);
+  if (scb_.dtype() == DType::Float16) scb_ = scb_.to(DType::Float32);  // transformers accepts an F16 SCB
+  if (scb_.dtype() != DType::Float32 || scb_.shape() != Shape{out_features})
+    throw FormatError("Linear8bitLt: SCB must be float32 or float16 of shape [" +
+                      std::to_string(out_features) + "], got " + std::string(dtype_name(scb_.dtype())) + " " +
+                      shape_str(scb_.shape()));
+  if (!(threshold_ >= 0.0f))
+    throw ValueError("llm_int8_threshold must be >= 0, got " + std::to_string(threshold_));
+  bias_f_ = bias_floats(bias_, out_features, "Linear8bitLt");
+}
+
+std::unique_ptr<Linear8bitLt> Linear8bitLt::quantize(const Tensor& weight, std::optional<Tensor> bias,
+                                                     float threshold, DType model_dtype,
+                                                     const std::string& where) {
+  QuantizedInt8 q = int8_vectorwise_quant(weight, where);
+  return std::make_unique<Linear8bitLt>(std::move(q.CB), std::move(q.SCB), std::move(bias), threshold,
+                                        model_dtype);
+}
+
+namespace {
+// Scratch of one forward: int8 activations, row scales, outlier columns and their dequantized weights.
+struct Int8Scratch {
+  std::vector<int8_t> q;
+  std::vector<float> rs, sub_a, sub_b;
+  std::vector<int32_t> cols;
+};
+thread_local Int8Scratch tl_int8;
+}  // namespace
+
+void Linear8bitLt::forward(const float* x, int64_t T, float* y) const {
+  const int64_t K = in_features, N = out_features;
+  Int8Scratch& s = tl_int8;
+  s.q.resize(static_cast<size_t>(T * K));
+  s.rs.resize(static_cast<size_t>(T));
+  // 1-2: x to float16, outlier columns of this call, per-row int8 (bitsandbytes' int8_vectorwise_quant)
+  kernels::int8_quantize_activations(x, T, K, threshold_, s.q.data(), s.rs.data(), s.cols);
+  // 3-4: exact int32 products, dequantized with bitsandbytes' constant, + bias, to the model dtype
+  kernels::int8_mm_dequant({cb_.data<int8_t>(), scb_.data<float>(), N, K}, s.q.data(), s.rs.data(), T, y);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      float& v = y[t * N + n];
+      if (!bias_f_.empty()) v += bias_f_[static_cast<size_t>(n)];
+      v = kernels::round_to(dtype_, v);
+    }
+  if (s.cols.empty()) return;
+  // 5: outlier columns in the model dtype: x as given against the dequantized int8 weight columns
+  const auto C = static_cast<int64_t>(s.cols.size());
+  s.sub_a.resize(static_cast<size_t>(T * C));
+  s.sub_b.resize(static_cast<size_t>(N * C));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < C; ++c)
+      s.sub_a[static_cast<size_t>(t * C + c)] =
+          kernels::round_to(dtype_, x[t * K + s.cols[static_cast<size_t>(c)]]);
+  const int8_t* cb = cb_.data<int8_t>();
+  const float* scb = scb_.data<float>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      s.sub_b[static_cast<size_t>(n * C + c)] =
+          kernels::round_to(dtype_, static_cast<float>(cb[n * K + s.cols[static_cast<size_t>(c)]]) * scb[n] *
+                                        kernels::kInt8Dequant);
+  const float* sa = s.sub_a.data();
+  const float* sb = s.sub_b.data();
+#pragma omp parallel for if (T * N * C > (1 << 15))
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t t = 0; t < T; ++t) {
+      float acc = 0;
+      for (int64_t c = 0; c < C; ++c) acc += sa[t * C + c] * sb[n * C + c];
+      float& v = y[t * N + n];
+      v = kernels::round_to(dtype_, v + kernels::round_to(dtype_, acc));
+    }
+}
+
+NamedTensors Linear8bitLt::state_dict() const {
+  NamedTensors d{{"weight", cb_}};
+  if (bias_) d.emplace_back("bias", *bias_);
+  d.emplace_back("SCB", scb_);
+  d.emplace_back("weight_format", Tensor::from_vector<uint8_t>(DType::UInt8, {}, {0}));
+  return d;
+}
+
+std::string Linear8bitLt::kernel_path(int64_t) const {
+  return kernels::int8_mm_path_name(kernels::int8_mm_auto_path());
+}
+
+std::unique_ptr<LinearBase> Linear8bitLt::dequantized() const {
+  return std::make_unique<Linear>(int8_vectorwise_dequant(cb_, scb_, dtype_), bias_);
 }
 
 kernels::Q4Weights q4_weights(const Tensor& packed, const QuantState& state) {

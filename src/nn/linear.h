@@ -1,4 +1,5 @@
-// nn.Linear and bitsandbytes' Linear4bit (Params4bit + QuantState) for CPU inference.
+// nn.Linear, bitsandbytes' Linear4bit (Params4bit + QuantState) and Linear8bitLt (LLM.int8: Int8Params CB +
+// SCB) for CPU inference.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -24,6 +25,8 @@ class LinearBase {
   virtual bool quantized() const { return false; }
   // The kernel path forward takes for T tokens on this CPU ("avx2", "avx512-bf16", "reference", ...).
   virtual std::string kernel_path(int64_t T) const = 0;
+  // A quantized layer as a dense Linear of its dequantized weight (nullptr for a dense one).
+  virtual std::unique_ptr<LinearBase> dequantized() const { return nullptr; }
   int64_t in_features = 0, out_features = 0;
 };
 
@@ -56,6 +59,7 @@ class Linear4bit final : public LinearBase {
   bool quantized() const override { return true; }
   std::string kernel_path(int64_t T) const override;
   Tensor dequantized_weight() const { return dequantize_4bit(packed_, state_); }
+  std::unique_ptr<LinearBase> dequantized() const override;
   const std::optional<Tensor>& bias() const { return bias_; }
   const QuantState& state() const { return state_; }
   DType compute_dtype() const { return compute_; }
@@ -72,6 +76,36 @@ class Linear4bit final : public LinearBase {
   kernels::Q4Weights view_;  // what the fused kernels read: packed data and (possibly nested) absmax
   DType compute_;
   bool int8_ = false;
+};
+
+// bitsandbytes' Linear8bitLt in eval mode (spec/bnb-int8.md): int8 weights CB [out, in] with row scales SCB,
+// activations quantized per row and per call (outlier columns at or above `threshold` taken in the model
+// dtype against the dequantized weight columns; threshold 0 turns that off), results in the model dtype.
+class Linear8bitLt final : public LinearBase {
+ public:
+  // CB: int8 [out, in]; SCB: float32 [out]; bias [out] optional; model_dtype: the activations' dtype.
+  Linear8bitLt(Tensor CB, Tensor SCB, std::optional<Tensor> bias, float threshold, DType model_dtype);
+  // Quantize-on-load (int8_vectorwise_quant of the weight as given); `where` names it in errors.
+  static std::unique_ptr<Linear8bitLt> quantize(const Tensor& weight, std::optional<Tensor> bias,
+                                                float threshold, DType model_dtype, const std::string& where);
+  void forward(const float* x, int64_t T, float* y) const override;
+  // weight (I8), SCB (F32) and weight_format (U8 scalar 0, "row"), as save_pretrained writes them.
+  NamedTensors state_dict() const override;
+  // int8 weights and bias; SCB is neither a parameter nor a buffer in torch.
+  size_t parameter_bytes() const override { return cb_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
+  bool quantized() const override { return true; }
+  std::string kernel_path(int64_t T) const override;
+  std::unique_ptr<LinearBase> dequantized() const override;
+  const Tensor& CB() const { return cb_; }
+  const Tensor& SCB() const { return scb_; }
+  float threshold() const { return threshold_; }
+
+ private:
+  Tensor cb_, scb_;
+  std::optional<Tensor> bias_;
+  std::vector<float> bias_f_;
+  float threshold_;
+  DType dtype_;
 };
 
 // What the fused kernels read for a packed 4-bit weight and its state (nested statistics stay compressed).

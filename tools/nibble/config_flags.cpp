@@ -7,9 +7,13 @@ namespace nibble::cli {
 
 void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags) {
   app->add_option("--config", f.config_file, "BitsAndBytesConfig as a JSON file (transformers' dict form)");
+  f.l8_opt = app->add_flag("--load-in-8bit", f.load_in_8bit,
+                           "LLM.int8: int8 weights with row scales, outlier columns in full precision");
+  f.threshold_opt =
+      app->add_option("--llm-int8-threshold", f.int8_threshold,
+                      "llm_int8_threshold: |x| at or above it is an outlier (default 6.0; 0 = off)");
   if (with_load_flags) {
     f.l4_opt = app->add_flag("--load-in-4bit", f.load_in_4bit, "quantize linear layers to 4-bit on load");
-    f.l8_opt = app->add_flag("--load-in-8bit", f.load_in_8bit, "LLM.int8 (8-bit) quantization");
     app->add_option(
            "--fast-activations", f.fast_activations,
            "int8: 4-bit layers quantize their input to int8 per block of 32 (llama.cpp's way; faster, "
@@ -30,7 +34,8 @@ void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags) {
 bool any_quant_flag(const QuantFlags& f) {
   return !f.config_file.empty() || f.load_in_4bit || f.load_in_8bit || f.double_quant ||
          (f.quant_type_opt && f.quant_type_opt->count()) || (f.compute_opt && f.compute_opt->count()) ||
-         (f.storage_opt && f.storage_opt->count()) || (f.skip_opt && f.skip_opt->count());
+         (f.storage_opt && f.storage_opt->count()) || (f.skip_opt && f.skip_opt->count()) ||
+         (f.threshold_opt && f.threshold_opt->count());
 }
 
 Activations activations(const QuantFlags& f) {
@@ -43,12 +48,13 @@ BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit) {
     std::vector<std::string> unused;
     cfg = BitsAndBytesConfig::from_json_file(f.config_file, &unused);
     if (!unused.empty()) std::fprintf(stderr, "nibble: %s\n", unused_kwargs_message(unused).c_str());
-  } else if (default_4bit) {
+  } else if (default_4bit && !f.load_in_8bit) {
     cfg.set_load_in_4bit(true);
   }
   nlohmann::json kw = nlohmann::json::object();
   if (f.load_in_4bit) kw["load_in_4bit"] = true;
   if (f.load_in_8bit) kw["load_in_8bit"] = true;
+  if (f.threshold_opt && f.threshold_opt->count()) kw["llm_int8_threshold"] = f.int8_threshold;
   if (f.quant_type_opt && f.quant_type_opt->count()) kw["bnb_4bit_quant_type"] = f.quant_type;
   if (f.double_quant) kw["bnb_4bit_use_double_quant"] = true;
   if (f.compute_opt && f.compute_opt->count()) kw["bnb_4bit_compute_dtype"] = f.compute_dtype;

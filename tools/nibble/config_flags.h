@@ -19,18 +19,22 @@ struct QuantFlags {
   std::string compute_dtype;
   std::string quant_storage;
   std::string skip_modules;
+  double int8_threshold = 6.0;
   std::string fast_activations = "none";  // --fast-activations (commands that load a model)
   CLI::Option* quant_type_opt = nullptr;
   CLI::Option* compute_opt = nullptr;
   CLI::Option* storage_opt = nullptr;
   CLI::Option* skip_opt = nullptr;
+  CLI::Option* threshold_opt = nullptr;
   CLI::Option* double_opt = nullptr;
   CLI::Option* l4_opt = nullptr;
   CLI::Option* l8_opt = nullptr;
 };
 
+// with_load_flags: --load-in-4bit and --fast-activations (commands that load a model; quantize has
+// --load-in-8bit only, 4-bit being its default).
 void add_quant_flags(CLI::App* app, QuantFlags& f, bool with_load_flags);
-// default_4bit: whether load_in_4bit is on without --load-in-4bit (true for quantize).
+// default_4bit: whether load_in_4bit is on without --load-in-4bit or --load-in-8bit (true for quantize).
 // Prints transformers' "Unused kwargs" note to stderr for unknown keys in --config.
 BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit);
 // True if any quantization flag or --config was given (--fast-activations is not one).

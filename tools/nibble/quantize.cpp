@@ -1,4 +1,5 @@
-// nibble quantize IN_DIR OUT_DIR: write a bnb-4bit checkpoint transformers + bitsandbytes load.
+// nibble quantize IN_DIR OUT_DIR: write a bnb-4bit (or, with --load-in-8bit, an 8-bit) checkpoint
+// transformers + bitsandbytes load.
 #include <cstdio>
 #include <memory>
 
@@ -18,8 +19,9 @@ void add_quantize(CLI::App& app) {
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* sub =
-      app.add_subcommand("quantize", "quantize a HuggingFace checkpoint to a bnb-4bit checkpoint");
+  CLI::App* sub = app.add_subcommand(
+      "quantize",
+      "quantize a HuggingFace checkpoint to a bnb-4bit (or --load-in-8bit: bnb 8-bit) checkpoint");
   sub->add_option("IN_DIR", a->in, "HuggingFace model directory")->required();
   sub->add_option("OUT_DIR", a->out, "output directory (must not exist, or be empty, unless --overwrite)")
       ->required();

@@ -119,56 +119,38 @@ std::unique_ptr<Linear8bitLt> Linear8bitLt::quantize(const Tensor& weight, std::
 }
 
 namespace {
-// Scratch of one forward: int8 activations, row scales, outlier columns and their dequantized weights.
+// Scratch of one forward: int8 activations, row scales, outlier columns and x's values there.
 struct Int8Scratch {
   std::vector<int8_t> q;
-  std::vector<float> rs, sub_a, sub_b;
+  std::vector<float> rs, xo;
   std::vector<int32_t> cols;
 };
 thread_local Int8Scratch tl_int8;
 }  // namespace
 
 void Linear8bitLt::forward(const float* x, int64_t T, float* y) const {
-  const int64_t K = in_features, N = out_features;
+  const int64_t K = in_features;
   Int8Scratch& s = tl_int8;
   s.q.resize(static_cast<size_t>(T * K));
   s.rs.resize(static_cast<size_t>(T));
-  // 1-2: x to float16, outlier columns of this call, per-row int8 (bitsandbytes' int8_vectorwise_quant)
+  // x to float16, the outlier columns of this call, per-row int8 (bitsandbytes' int8_vectorwise_quant)
   kernels::int8_quantize_activations(x, T, K, threshold_, s.q.data(), s.rs.data(), s.cols);
-  // 3-4: exact int32 products, dequantized with bitsandbytes' constant, + bias, to the model dtype
-  kernels::int8_mm_dequant({cb_.data<int8_t>(), scb_.data<float>(), N, K}, s.q.data(), s.rs.data(), T, y);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) {
-      float& v = y[t * N + n];
-      if (!bias_f_.empty()) v += bias_f_[static_cast<size_t>(n)];
-      v = kernels::round_to(dtype_, v);
-    }
-  if (s.cols.empty()) return;
-  // 5: outlier columns in the model dtype: x as given against the dequantized int8 weight columns
+  // x's own values at the outlier columns, in the model dtype
   const auto C = static_cast<int64_t>(s.cols.size());
-  s.sub_a.resize(static_cast<size_t>(T * C));
-  s.sub_b.resize(static_cast<size_t>(N * C));
+  s.xo.resize(static_cast<size_t>(T * C));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < C; ++c)
-      s.sub_a[static_cast<size_t>(t * C + c)] =
+      s.xo[static_cast<size_t>(t * C + c)] =
           kernels::round_to(dtype_, x[t * K + s.cols[static_cast<size_t>(c)]]);
-  const int8_t* cb = cb_.data<int8_t>();
-  const float* scb = scb_.data<float>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c)
-      s.sub_b[static_cast<size_t>(n * C + c)] =
-          kernels::round_to(dtype_, static_cast<float>(cb[n * K + s.cols[static_cast<size_t>(c)]]) * scb[n] *
-                                        kernels::kInt8Dequant);
-  const float* sa = s.sub_a.data();
-  const float* sb = s.sub_b.data();
-#pragma omp parallel for if (T * N * C > (1 << 15))
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t t = 0; t < T; ++t) {
-      float acc = 0;
-      for (int64_t c = 0; c < C; ++c) acc += sa[t * C + c] * sb[n * C + c];
-      float& v = y[t * N + n];
-      v = kernels::round_to(dtype_, v + kernels::round_to(dtype_, acc));
-    }
+  // exact int32 products dequantized with bitsandbytes' constant, + bias, to the model dtype, + the outlier
+  // columns against the dequantized weights (kernels/cpu/int8_mm.h)
+  kernels::int8_mm_dequant({cb_.data<int8_t>(), scb_.data<float>(), out_features, K}, s.q.data(), s.rs.data(),
+                           T, y,
+                           {.dtype = dtype_,
+                            .bias = bias_f_.empty() ? nullptr : bias_f_.data(),
+                            .cols = s.cols.data(),
+                            .C = C,
+                            .xo = s.xo.data()});
 }
 
 NamedTensors Linear8bitLt::state_dict() const {

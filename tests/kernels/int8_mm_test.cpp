@@ -48,8 +48,8 @@ TEST(Int8Mm, Avx2MatchesReferenceBitForBit) {
       int8_quantize_activations(x.data(), M, K, 0.0f, a.data(), rs.data(), cols);
       for (int64_t i = 0; i < std::min<int64_t>(K, 16); ++i) a[static_cast<size_t>(i)] = -127;  // -128 * -127
       std::vector<float> yr(static_cast<size_t>(M * N)), ya(yr.size());
-      int8_mm_dequant(w, a.data(), rs.data(), M, yr.data(), GemmPath::Reference);
-      int8_mm_dequant(w, a.data(), rs.data(), M, ya.data(), GemmPath::Avx2);
+      int8_mm_dequant(w, a.data(), rs.data(), M, yr.data(), {}, GemmPath::Reference);
+      int8_mm_dequant(w, a.data(), rs.data(), M, ya.data(), {}, GemmPath::Avx2);
       EXPECT_EQ(0, std::memcmp(yr.data(), ya.data(), yr.size() * sizeof(float)));
       // the reference is the exact integer dot product, dequantized as bitsandbytes does
       for (int64_t m = 0; m < M; m += 4) {
@@ -117,4 +117,54 @@ TEST(Int8Mm, ActivationsAreRoundedToFloat16First) {
   EXPECT_EQ((std::vector<int32_t>{2}), cols);
   EXPECT_EQ(1.0f, rs[0]);
   EXPECT_EQ((std::vector<int8_t>{127, 64, 0, 127}), q);  // 0.5 * 127 = 63.5 -> 64 (half to even)
+}
+
+TEST(Int8Mm, Avx2EpilogueMatchesReference) {
+  if (int8_mm_auto_path() != GemmPath::Avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  const int64_t N = 70, K = 200;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> wd(-127, 127);
+  std::vector<int8_t> cb(static_cast<size_t>(N * K));
+  for (auto& v : cb) v = static_cast<int8_t>(wd(rng));
+  std::vector<float> scb(static_cast<size_t>(N)), bias(static_cast<size_t>(N));
+  for (auto& v : scb) v = std::uniform_real_distribution<float>(0.01f, 2.0f)(rng);
+  for (auto& v : bias) v = bf16_to_float(float_to_bf16(std::normal_distribution<float>()(rng)));
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float16})
+    for (int64_t M : {1, 3, 6})
+      for (int64_t C : {0, 1, 13, 40}) {  // 13 and 40: 8-column steps and a tail
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " M=" + std::to_string(M) + " C=" + std::to_string(C));
+        const auto x = random_x(M, K, static_cast<unsigned>(M * 100 + C));
+        std::vector<int8_t> a(static_cast<size_t>(M * K));
+        std::vector<float> rs(static_cast<size_t>(M));
+        std::vector<int32_t> none;
+        int8_quantize_activations(x.data(), M, K, 0.0f, a.data(), rs.data(), none);
+        std::vector<int32_t> cols;
+        for (int64_t c = 0; c < C; ++c)
+          cols.push_back(static_cast<int32_t>(c * (K / std::max<int64_t>(C, 1))));
+        std::vector<float> xo(static_cast<size_t>(M * C));
+        for (auto& v : xo) v = 8.0f * std::normal_distribution<float>()(rng);
+        const Int8Epilogue e{.dtype = dt, .bias = bias.data(), .cols = cols.data(), .C = C, .xo = xo.data()};
+        std::vector<float> yr(static_cast<size_t>(M * N)), ya(yr.size());
+        int8_mm_dequant({cb.data(), scb.data(), N, K}, a.data(), rs.data(), M, yr.data(), e,
+                        GemmPath::Reference);
+        int8_mm_dequant({cb.data(), scb.data(), N, K}, a.data(), rs.data(), M, ya.data(), e, GemmPath::Avx2);
+        if (C == 0) {
+          EXPECT_EQ(0, std::memcmp(yr.data(), ya.data(), yr.size() * sizeof(float)));
+          continue;
+        }
+        // the outlier sums differ in order only: 1e-6 of their magnitude, then one step of the model dtype
+        const float step = dt == DType::Float32 ? 0.0f : dt == DType::BFloat16 ? 0x1p-7f : 0x1p-10f;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            float mag = 0;
+            for (int64_t c = 0; c < C; ++c)
+              mag += std::fabs(
+                  xo[static_cast<size_t>(m * C + c)] *
+                  static_cast<float>(cb[static_cast<size_t>(n * K + cols[static_cast<size_t>(c)])]) *
+                  scb[static_cast<size_t>(n)] / 127.0f);
+            const float r = yr[static_cast<size_t>(m * N + n)];
+            EXPECT_NEAR(r, ya[static_cast<size_t>(m * N + n)], 1e-6f * mag + step * (std::fabs(r) + mag))
+                << "m=" << m << " n=" << n;
+          }
+      }
 }

@@ -45,6 +45,18 @@ nlohmann::json synthetic_config(const std::string& shape) {
           {"torch_dtype", "bfloat16"}};
 }
 
+// The kernel path most linear layers take.
+std::string most_used(const std::vector<std::pair<std::string, int64_t>>& paths) {
+  std::string best;
+  int64_t n = -1;
+  for (const auto& [name, count] : paths)
+    if (count > n) {
+      best = name;
+      n = count;
+    }
+  return best;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -125,10 +137,15 @@ void add_bench(CLI::App& app) {
     j["model"] = a->synthetic.empty() ? a->model : "synthetic:" + a->synthetic;
     j["layers"] = info.num_layers;
     j["parameters"] = info.num_parameters;
-    j["quantization"] =
-        cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
-    j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
-    j["kernel"] = path;
+    if (cfg.load_in_8bit) {
+      j["quantization"] = "llm_int8";
+      j["llm_int8_threshold"] = cfg.llm_int8_threshold;
+    } else {
+      j["quantization"] =
+          cfg.load_in_4bit ? cfg.bnb_4bit_quant_type + (cfg.bnb_4bit_use_double_quant ? "+dq" : "") : "none";
+      j["compute_dtype"] = std::string(dtype_name(cfg.compute_dtype()));
+    }
+    j["kernel"] = cfg.load_in_8bit ? most_used(model->kernel_paths(1)) : path;
     // what each linear layer actually runs (a "reference" entry is a scalar fallback)
     for (const auto& [key, tokens] :
          {std::pair<const char*, int64_t>{"kernels_decode", 1}, {"kernels_prefill", a->p}})

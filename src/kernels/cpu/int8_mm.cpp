@@ -31,16 +31,54 @@ float fp16_round(float v) {
   return fp16_to_float(float_to_fp16(v));
 }
 
-void ref_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y, int64_t n0,
-              int64_t n1) {
+// v rounded to the model dtype (inline: it runs per output)
+inline float dt_round(DType dt, float v) {
+  switch (dt) {
+    case DType::BFloat16:
+      return bf16_to_float(float_to_bf16(v));
+    case DType::Float16:
+      return fp16_round(v);
+    default:
+      return v;
+  }
+}
+
+// The dequantized outlier columns of rows [n0, n1): ws[(n - n0) * C + c]
+void outlier_weights(const I8Weights& w, const Int8Epilogue& e, int64_t n0, int64_t n1, float* ws) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.cb + n * w.K;
+    const float s = w.scb[n];
+    for (int64_t c = 0; c < e.C; ++c)
+      ws[(n - n0) * e.C + c] = dt_round(e.dtype, static_cast<float>(row[e.cols[c]]) * s * kInt8Dequant);
+  }
+}
+
+// bitsandbytes' int8_mm_dequant (+ bias, to the model dtype), then the outlier columns' sum added
+inline float finish(const Int8Epilogue& e, int32_t acc, float rs, float scb, int64_t n, float osum) {
+  float v = static_cast<float>(acc) * (rs * scb) * kInt8MmDequant;
+  if (e.bias) v += e.bias[n];
+  v = dt_round(e.dtype, v);
+  if (e.C > 0) v = dt_round(e.dtype, v + dt_round(e.dtype, osum));
+  return v;
+}
+
+thread_local std::vector<float> tl_ws;  // outlier weights of the rows a thread is on
+
+void ref_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
+              const Int8Epilogue& e, int64_t n0, int64_t n1) {
   const int64_t K = w.K, N = w.N;
-  for (int64_t n = n0; n < n1; ++n)
+  tl_ws.resize(static_cast<size_t>(e.C));
+  for (int64_t n = n0; n < n1; ++n) {
+    outlier_weights(w, e, n, n + 1, tl_ws.data());
     for (int64_t m = 0; m < M; ++m) {
       int32_t acc = 0;
       for (int64_t k = 0; k < K; ++k)
         acc += static_cast<int32_t>(a[m * K + k]) * static_cast<int32_t>(w.cb[n * K + k]);
-      y[m * N + n] = static_cast<float>(acc) * (rs[m] * w.scb[n]) * kInt8MmDequant;
+      float osum = 0;
+      for (int64_t c = 0; c < e.C; ++c) osum += e.xo[m * e.C + c] * tl_ws[static_cast<size_t>(c)];
+      y[m * N + n] = finish(e, acc, rs[m], w.scb[n], n, osum);
     }
+  }
 }
 
 // --- AVX2 ---------------------------------------------------------------------------------------------
@@ -52,10 +90,19 @@ NB_AVX2 inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// Row n met by tokens [m0, m0 + MT): y[m, n] for each.
+NB_AVX2 inline float dot_f32(const float* x, const float* w, int64_t C) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(w + c), s);
+  float r = avx2::hsum(s);
+  for (; c < C; ++c) r += x[c] * w[c];
+  return r;
+}
+
+// Row n met by tokens [m0, m0 + MT): y[m, n] for each; ws: the row's dequantized outlier columns.
 template <int MT>
-NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* rs, int64_t m0, int64_t n,
-                             float* y) {
+NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* rs, const Int8Epilogue& e,
+                             const float* ws, int64_t m0, int64_t n, float* y) {
   const int64_t K = w.K, K32 = K & ~int64_t{31};
   const int8_t* row = w.cb + n * K;
   const int8_t* x0 = a + m0 * K;
@@ -77,24 +124,28 @@ NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* r
   for (int m = 0; m < MT; ++m) {
     int32_t s = hsum_i32(acc[m]);
     for (int64_t k = K32; k < K; ++k) s += static_cast<int32_t>(x0[m * K + k]) * static_cast<int32_t>(row[k]);
-    y[(m0 + m) * w.N + n] = static_cast<float>(s) * (rs[m0 + m] * w.scb[n]) * kInt8MmDequant;
+    const float osum = e.C > 0 ? dot_f32(e.xo + (m0 + m) * e.C, ws, e.C) : 0.0f;
+    y[(m0 + m) * w.N + n] = finish(e, s, rs[m0 + m], w.scb[n], n, osum);
   }
 }
 
 template <int MT>
-NB_AVX2 void avx2_tile(const I8Weights& w, const int8_t* a, const float* rs, int64_t m0, float* y, int64_t n0,
-                       int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) avx2_row<MT>(w, a, rs, m0, n, y);
+NB_AVX2 void avx2_tile(const I8Weights& w, const int8_t* a, const float* rs, const Int8Epilogue& e,
+                       const float* ws, int64_t m0, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) avx2_row<MT>(w, a, rs, e, ws + (n - n0) * e.C, m0, n, y);
 }
 
-void avx2_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y, int64_t n0,
-               int64_t n1) {
+void avx2_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
+               const Int8Epilogue& e, int64_t n0, int64_t n1) {
   // about 128 KB of weight rows per tile: L2-resident while the token groups pass
   const int64_t tile = std::max<int64_t>(4, (int64_t{128} << 10) / std::max<int64_t>(1, w.K));
+  tl_ws.resize(static_cast<size_t>(tile * e.C));
   for (int64_t t0 = n0; t0 < n1; t0 += tile) {
     const int64_t t1 = std::min(n1, t0 + tile);
-    avx2::for_token_groups(
-        M, [&](auto mt, int64_t m0) { avx2_tile<decltype(mt)::value>(w, a, rs, m0, y, t0, t1); });
+    outlier_weights(w, e, t0, t1, tl_ws.data());
+    avx2::for_token_groups(M, [&](auto mt, int64_t m0) {
+      avx2_tile<decltype(mt)::value>(w, a, rs, e, tl_ws.data(), m0, y, t0, t1);
+    });
   }
 }
 
@@ -108,7 +159,9 @@ bool avx2_supported() {
 float int8_quantize_row(const float* v, int64_t K, int8_t* q) {
   float amax = 0;
   for (int64_t j = 0; j < K; ++j) amax = std::max(amax, std::fabs(v[j]));
-  const float s = 127.0f / amax;  // inf for an all-zero row: 0 * inf = NaN -> 0, as torch
+  // torch evaluates 127.0 / row_stats as reciprocal() * 127: two float32 roundings (a true division differs
+  // by one step for about a quarter of the float16 absmax values). An all-zero row: 0 * inf = NaN -> 0.
+  const float s = (1.0f / amax) * 127.0f;
   for (int64_t j = 0; j < K; ++j) q[j] = to_int8(v[j] * s);
   return amax;
 }
@@ -149,7 +202,7 @@ std::string int8_mm_path_name(GemmPath p) {
 }
 
 void int8_mm_dequant(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
-                     GemmPath path) {
+                     const Int8Epilogue& e, GemmPath path) {
   if (path == GemmPath::Auto) path = int8_mm_auto_path();
   if (path != GemmPath::Avx2 && path != GemmPath::Reference)
     throw NotSupportedError("int8_mm_dequant: no " + gemm_path_name(path, DType::Float32) + " path");
@@ -161,9 +214,9 @@ void int8_mm_dequant(const I8Weights& w, const int8_t* a, const float* rs, int64
     const auto [n0, n1] = thread_rows(w.N);
     if (n0 < n1) {
       if (avx2)
-        avx2_rows(w, a, rs, M, y, n0, n1);
+        avx2_rows(w, a, rs, M, y, e, n0, n1);
       else
-        ref_rows(w, a, rs, M, y, n0, n1);
+        ref_rows(w, a, rs, M, y, e, n0, n1);
     }
   }
 }

@@ -34,12 +34,26 @@ struct I8Weights {
   int64_t N = 0, K = 0;
 };
 
+// What Linear8bitLt adds to the int8 product, row by row while the weights are in cache:
+//   y = dt(product + bias); with outlier columns: y = dt(y + dt(sum_c xo[m, c] * dt(cb[n, cols[c]] * scb[n] *
+//   (1/127)))),
+// dt = rounding to the model dtype (bitsandbytes' int8_mixed_scaled_mm: the dequantized int8 weight columns
+// against x's own values there, in the model dtype).
+struct Int8Epilogue {
+  DType dtype = DType::Float32;
+  const float* bias = nullptr;    // [N], values of the model dtype
+  const int32_t* cols = nullptr;  // outlier columns, ascending
+  int64_t C = 0;
+  const float* xo = nullptr;  // [M, C]: x at those columns, in the model dtype
+};
+
 // The path int8_mm_dequant's Auto takes on this CPU.
 GemmPath int8_mm_auto_path();
 std::string int8_mm_path_name(GemmPath p);  // "avx2-int8mm", "reference-int8mm"
 // y[M, N] as above; a (activations, [M, K]) must hold values in [-127, 127] (int8_quantize_activations'
-// output); the weights may hold any int8.
+// output); the weights may hold any int8. Without outlier columns every path gives the same bits; the
+// outlier sums may differ in order (AVX2 sums 8 columns at a time).
 void int8_mm_dequant(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
-                     GemmPath path = GemmPath::Auto);
+                     const Int8Epilogue& e = {}, GemmPath path = GemmPath::Auto);
 
 }  // namespace nibble::kernels

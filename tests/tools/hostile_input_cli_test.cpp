@@ -144,7 +144,13 @@ std::function<void(const std::string&)> quant_state_field(const std::string& key
   };
 }
 
-enum class Base { Example, Bnb };
+enum class Base { Example, Bnb, Int8 };
+// The checkpoint each base copies.
+std::string base_dir(Base b) {
+  if (b == Base::Example) return test::example_model();
+  return test::golden_dir() +
+         (b == Base::Bnb ? "/checkpoints/tiny-llama-bnb-nf4-dq" : "/checkpoints/tiny-llama-bnb-int8");
+}
 enum class Cmd { Generate, Info, Quantize };
 
 struct Case {
@@ -435,6 +441,54 @@ std::vector<Case> cases() {
       {"config.json: 'quantization_config'", "load_in_4bit"});
   add("qcfg_not_object", B, I, set_config("config.json", P("/quantization_config"), 4),
       {"config.json: 'quantization_config'", "JSON object"});
+
+  // ---- bnb 8-bit checkpoint (LLM.int8, saved by transformers)
+  const Base I8 = Base::Int8;
+  const std::string q8 = "model.layers.0.self_attn.q_proj";
+  auto drop = [](const std::string& name) {
+    return [name](const std::string& d) {
+      edit_tensors(d + "/model.safetensors", [&](NamedTensors& ts) {
+        std::erase_if(ts, [&](const auto& t) { return t.first == name; });
+      });
+    };
+  };
+  auto replace = [](const std::string& name, Tensor v) {
+    return [name, v](const std::string& d) {
+      edit_tensors(d + "/model.safetensors", [&](NamedTensors& ts) {
+        for (auto& [n, t] : ts)
+          if (n == name) t = v;
+      });
+    };
+  };
+  add("int8_scb_missing", I8, I, drop(q8 + ".SCB"),
+      {"model.safetensors", "tensor '" + q8 + ".weight' is an 8-bit weight but '" + q8 + ".SCB'", "missing"});
+  add("int8_scb_wrong_shape", I8, I, replace(q8 + ".SCB", Tensor::empty(DType::Float32, {7})),
+      {"model.safetensors", q8 + ".SCB' must be float32 or float16 of shape [64]", "[7]"});
+  add("int8_scb_int", I8, I, replace(q8 + ".SCB", Tensor::empty(DType::Int32, {64})),
+      {"model.safetensors", q8 + ".SCB' must be float32 or float16"});
+  add("int8_weight_format_col32", I8, I,
+      replace(q8 + ".weight_format", Tensor::from_vector<uint8_t>(DType::UInt8, {}, {1})),
+      {"model.safetensors", q8 + ".weight_format' must be 0", "value 1"});
+  add("int8_weight_float", I8, I, replace(q8 + ".weight", Tensor::empty(DType::Float32, {64, 64})),
+      {"model.safetensors", q8 + ".weight' must be a 2-D int8 weight", "float32"});
+  add("int8_weight_wrong_shape", I8, I, replace(q8 + ".weight", Tensor::empty(DType::Int8, {64, 32})),
+      {"layer 0 has a linear weight of shape [64, 32], expected [64, 64]"});
+  add("int8_config_4bit", I8, I,
+      [](const std::string& d) {
+        edit_json(d + "/config.json", [](json& j) {
+          j["quantization_config"]["load_in_8bit"] = false;
+          j["quantization_config"]["_load_in_8bit"] = false;
+          j["quantization_config"]["load_in_4bit"] = true;
+          j["quantization_config"]["_load_in_4bit"] = true;
+        });
+      },
+      {"model.safetensors", ".SCB' is an 8-bit row scale", "not load_in_8bit"});
+  add("int8_has_fp16_weight", I8, I,
+      set_config("config.json", P("/quantization_config/llm_int8_has_fp16_weight"), true),
+      {"config.json: 'quantization_config'", "llm_int8_has_fp16_weight=True"});
+  add("int8_threshold_negative", I8, I,
+      set_config("config.json", P("/quantization_config/llm_int8_threshold"), -1.0),
+      {"config.json: 'quantization_config'", "llm_int8_threshold must be >= 0"});
   return c;
 }
 
@@ -444,8 +498,7 @@ TEST_P(HostileInput, OneClearLineBoundedMemory) {
   const Case& k = GetParam();
   test::TempDir tmp;
   const std::string dir = tmp / "model";
-  const std::string src = k.base == Base::Example ? test::example_model()
-                                                  : test::golden_dir() + "/checkpoints/tiny-llama-bnb-nf4-dq";
+  const std::string src = base_dir(k.base);
   fs::create_directories(dir);
   for (const auto& e : fs::directory_iterator(src))
     fs::copy_file(e.path(), dir + "/" + e.path().filename().string());
@@ -493,11 +546,10 @@ TEST(HostileInput, CorpusIsLargeAndCoversEveryFile) {
 
 // The uncorrupted copies run cleanly under the same harness (so the cases fail for their corruption only).
 TEST(HostileInput, PristineCopiesSucceed) {
-  for (Base b : {Base::Example, Base::Bnb}) {
+  for (Base b : {Base::Example, Base::Bnb, Base::Int8}) {
     test::TempDir tmp;
     const std::string dir = tmp / "model";
-    const std::string src = b == Base::Example ? test::example_model()
-                                               : test::golden_dir() + "/checkpoints/tiny-llama-bnb-nf4-dq";
+    const std::string src = base_dir(b);
     fs::create_directories(dir);
     for (const auto& e : fs::directory_iterator(src))
       fs::copy_file(e.path(), dir + "/" + e.path().filename().string());

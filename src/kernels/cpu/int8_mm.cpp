@@ -99,10 +99,11 @@ NB_AVX2 inline float dot_f32(const float* x, const float* w, int64_t C) {
   return r;
 }
 
-// Row n met by tokens [m0, m0 + MT): y[m, n] for each; ws: the row's dequantized outlier columns.
+// Row n met by tokens [m0, m0 + MT): y[m, n] for each; ws: the row's dequantized outlier columns, filled
+// here by the first token group (`fill`) while the row is in L1 (before, they would be cache misses).
 template <int MT>
 NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* rs, const Int8Epilogue& e,
-                             const float* ws, int64_t m0, int64_t n, float* y) {
+                             float* ws, bool fill, int64_t m0, int64_t n, float* y) {
   const int64_t K = w.K, K32 = K & ~int64_t{31};
   const int8_t* row = w.cb + n * K;
   const int8_t* x0 = a + m0 * K;
@@ -120,6 +121,7 @@ NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* r
       acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
     }
   }
+  if (fill && e.C > 0) outlier_weights(w, e, n, n + 1, ws);
 #pragma GCC unroll 4
   for (int m = 0; m < MT; ++m) {
     int32_t s = hsum_i32(acc[m]);
@@ -130,9 +132,9 @@ NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* r
 }
 
 template <int MT>
-NB_AVX2 void avx2_tile(const I8Weights& w, const int8_t* a, const float* rs, const Int8Epilogue& e,
-                       const float* ws, int64_t m0, float* y, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) avx2_row<MT>(w, a, rs, e, ws + (n - n0) * e.C, m0, n, y);
+NB_AVX2 void avx2_tile(const I8Weights& w, const int8_t* a, const float* rs, const Int8Epilogue& e, float* ws,
+                       int64_t m0, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) avx2_row<MT>(w, a, rs, e, ws + (n - n0) * e.C, m0 == 0, m0, n, y);
 }
 
 void avx2_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
@@ -142,7 +144,6 @@ void avx2_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, 
   tl_ws.resize(static_cast<size_t>(tile * e.C));
   for (int64_t t0 = n0; t0 < n1; t0 += tile) {
     const int64_t t1 = std::min(n1, t0 + tile);
-    outlier_weights(w, e, t0, t1, tl_ws.data());
     avx2::for_token_groups(M, [&](auto mt, int64_t m0) {
       avx2_tile<decltype(mt)::value>(w, a, rs, e, tl_ws.data(), m0, y, t0, t1);
     });

@@ -8,8 +8,8 @@
 #include <cstring>
 #include <filesystem>
 
-#include "nibble/files.h"
 #include "nibble/bitsandbytes_config.h"
+#include "nibble/files.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 #include "test_util.h"
@@ -151,4 +151,43 @@ TEST(QuantizeCli, ClearErrorsAndNoPartialOutput) {
   r = run("quantize " + test::example_model() + " " + (d / "o6") + " --blocksize 100 -q", d);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("blocksize"), std::string::npos) << r.err;
+}
+
+TEST(QuantizeCli, Int8ExampleModelAsSavePretrained) {
+  test::TempDir d;
+  const std::string out = d / "out";
+  const CliResult r = run("quantize " + test::example_model() + " " + out + " --load-in-8bit --quiet", d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto cfg = nlohmann::json::parse(read_text_file(out + "/config.json"));
+  const auto q = BitsAndBytesConfig::from_dict(cfg["quantization_config"]);
+  EXPECT_TRUE(q.load_in_8bit);
+  EXPECT_FALSE(q.load_in_4bit);
+  EXPECT_EQ(cfg["quantization_config"], BitsAndBytesConfig{.load_in_8bit = true}.to_dict());
+  const Checkpoint orig = Checkpoint::open(test::example_model());
+  const Checkpoint got = Checkpoint::open(out);
+  int quantized = 0;
+  for (const auto& name : orig.names()) {
+    if (!name.ends_with("_proj.weight")) {  // norms, the (tied) embedding: copied as they were
+      EXPECT_TRUE(got.contains(name)) << name;
+      continue;
+    }
+    ++quantized;
+    const std::string m = name.substr(0, name.size() - 7);
+    const QuantizedInt8 want = int8_vectorwise_quant(orig.get(name));
+    const Tensor cb = got.get(name), scb = got.get(m + ".SCB"), fmt = got.get(m + ".weight_format");
+    EXPECT_EQ(cb.dtype(), DType::Int8);
+    EXPECT_EQ(0, std::memcmp(cb.raw(), want.CB.raw(), want.CB.nbytes())) << name;
+    EXPECT_EQ(0, std::memcmp(scb.raw(), want.SCB.raw(), want.SCB.nbytes())) << name;
+    EXPECT_TRUE(fmt.dtype() == DType::UInt8 && fmt.shape().empty() && fmt.data<uint8_t>()[0] == 0) << name;
+  }
+  EXPECT_EQ(quantized, 14);
+  EXPECT_FALSE(got.contains("lm_head.SCB"));
+  // --load-in-8bit over a 4-bit config: transformers' own error, no output
+  test::write_bytes(d / "q4.json", "{\"load_in_4bit\": true}");
+  const CliResult both = run(
+      "quantize " + test::example_model() + " " + (d / "o2") + " --load-in-8bit --config " + (d / "q4.json"),
+      d);
+  EXPECT_NE(both.code, 0);
+  EXPECT_NE(both.err.find("load_in_4bit and load_in_8bit are both True"), std::string::npos) << both.err;
+  EXPECT_FALSE(fs::exists(d / "o2"));
 }

@@ -137,6 +137,7 @@ void Linear8bitLt::forward(const float* x, int64_t T, float* y) const {
   kernels::int8_quantize_activations(x, T, K, threshold_, s.q.data(), s.rs.data(), s.cols);
   // x's own values at the outlier columns, in the model dtype
   const auto C = static_cast<int64_t>(s.cols.size());
+  s.xo.reserve(static_cast<size_t>(T * K));  // the outlier count varies per call: no regrowth
   s.xo.resize(static_cast<size_t>(T * C));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < C; ++c)

@@ -97,6 +97,17 @@ TEST(NoAllocation, DecodeLoop4bitEveryComputeDtype) {
   }
 }
 
+TEST(NoAllocation, DecodeLoopLlmInt8) {
+  for (const double threshold : {6.0, 0.5, 0.0}) {  // 0.5: outlier columns in most calls, their count varying
+    SCOPED_TRACE(threshold);
+    BitsAndBytesConfig q;
+    q.update({{"load_in_8bit", true}, {"llm_int8_threshold", threshold}});
+    const auto m = AutoModelForCausalLM::from_pretrained(test::example_model(),
+                                                         {.quantization_config = q, .quiet = true});
+    EXPECT_EQ(allocations_per_decode(m, 16), 0);
+  }
+}
+
 TEST(NoAllocation, CounterSeesAllocations) {  // the counter itself works: a test that could fail
   allocations = 0;
   counting = true;

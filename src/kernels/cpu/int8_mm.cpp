@@ -67,6 +67,7 @@ thread_local std::vector<float> tl_ws;  // outlier weights of the rows a thread 
 void ref_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, float* y,
               const Int8Epilogue& e, int64_t n0, int64_t n1) {
   const int64_t K = w.K, N = w.N;
+  tl_ws.reserve(static_cast<size_t>(w.K));  // the most columns a call can have: no regrowth per call
   tl_ws.resize(static_cast<size_t>(e.C));
   for (int64_t n = n0; n < n1; ++n) {
     outlier_weights(w, e, n, n + 1, tl_ws.data());
@@ -141,6 +142,7 @@ void avx2_rows(const I8Weights& w, const int8_t* a, const float* rs, int64_t M, 
                const Int8Epilogue& e, int64_t n0, int64_t n1) {
   // about 128 KB of weight rows per tile: L2-resident while the token groups pass
   const int64_t tile = std::max<int64_t>(4, (int64_t{128} << 10) / std::max<int64_t>(1, w.K));
+  tl_ws.reserve(static_cast<size_t>(tile * w.K));  // the most columns a call can have: no regrowth per call
   tl_ws.resize(static_cast<size_t>(tile * e.C));
   for (int64_t t0 = n0; t0 < n1; t0 += tile) {
     const int64_t t1 = std::min(n1, t0 + tile);
@@ -170,11 +172,13 @@ float int8_quantize_row(const float* v, int64_t K, int8_t* q) {
 void int8_quantize_activations(const float* x, int64_t M, int64_t K, float threshold, int8_t* q, float* rs,
                                std::vector<int32_t>& outlier_cols) {
   outlier_cols.clear();
+  outlier_cols.reserve(static_cast<size_t>(K));  // once: the count varies per call
   // torch compares the float16 tensor with the threshold in float16
   const float thr = fp16_round(threshold);
   const bool decompose = threshold > 0.0f;
-  std::vector<float> row(static_cast<size_t>(K));
-  std::vector<uint8_t> is_outlier_col;
+  thread_local std::vector<float> row;  // scratch kept between calls: no allocation per decode step
+  thread_local std::vector<uint8_t> is_outlier_col;
+  row.resize(static_cast<size_t>(K));
   if (decompose) {
     is_outlier_col.assign(static_cast<size_t>(K), 0);
     for (int64_t m = 0; m < M; ++m)

@@ -1,6 +1,7 @@
 #include "models/registry.h"
 
 #include <algorithm>
+#include <regex>
 
 #include "io/json_field.h"
 #include "nibble/error.h"
@@ -34,7 +35,23 @@ bool is_linear_weight(const std::string& model_type, const std::string& name) {
 }
 
 bool module_matches(const std::string& module, const std::string& entry) {
-  return module == entry || module.rfind(entry + ".", 0) == 0 || module.ends_with(entry);
+  if (module.ends_with(entry)) return true;
+  // re.match(rf"(?:{entry})(?:(?<=\.)|(?=\.|$))", module): the entry as a regex from the start, ending at a
+  // module boundary (just after a '.', before one, or at the end). std::regex has no lookbehind: try each
+  // boundary as the end of a full match.
+  std::regex re;
+  try {
+    re = std::regex(entry, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw ValueError("llm_int8_skip_modules entry '" + entry +
+                     "' is not a valid regular expression: " + e.what());
+  }
+  for (size_t end = 0; end <= module.size(); ++end) {
+    const bool boundary = end == module.size() || module[end] == '.' || (end > 0 && module[end - 1] == '.');
+    if (boundary && std::regex_match(module.begin(), module.begin() + static_cast<std::ptrdiff_t>(end), re))
+      return true;
+  }
+  return false;
 }
 
 std::vector<std::string> modules_to_not_convert(const BitsAndBytesConfig& cfg) {

@@ -20,7 +20,9 @@ void check_model_type(const nlohmann::json& config, const std::string& config_pa
 // lm_head).
 bool is_linear_weight(const std::string& model_type, const std::string& tensor_name);
 
-// transformers' module-matching rule: name == entry, name starts with entry + ".", or name ends with entry.
+// transformers' should_convert_module rule (5.x): `entry` matches `module` as a regex from the start ending
+// at a module boundary ("model.layers.1" skips model.layers.1.mlp but not model.layers.11.mlp;
+// "model.layers.*.mlp" skips every MLP), or as a plain suffix ("down_proj"). ValueError for an invalid regex.
 bool module_matches(const std::string& module, const std::string& entry);
 // The modules left unquantized: the user's llm_int8_skip_modules, or by default the output embedding
 // (lm_head) and weights tied to it.

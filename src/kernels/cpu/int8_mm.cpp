@@ -113,6 +113,9 @@ NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* r
 #pragma GCC unroll 4
   for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_si256();
   for (int64_t k = 0; k < K32; k += 32) {
+    // the first pass over a row streams it from DRAM: fetch the next row meanwhile (a row is a few KB, too
+    // short for the hardware prefetcher to ramp up in)
+    if (fill) _mm_prefetch(reinterpret_cast<const char*>(row + K + k), _MM_HINT_T0);
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
     const __m256i aw = _mm256_abs_epi8(wv);
 #pragma GCC unroll 4

@@ -26,6 +26,7 @@ set(public_dtype core)
 set(public_tensor core)
 set(public_error core)
 set(public_files core)
+set(public_hub io)
 set(public_safetensors io)
 set(public_bitsandbytes_config quant)
 set(public_quant_type core)  # the 4-bit data types, like DType: kernels and quant both use them

@@ -60,6 +60,8 @@ struct ModelInfo {
 
 class AutoModelForCausalLM {
  public:
+  // `dir`: a model directory, or a model id in the HuggingFace cache ("ORG/NAME[@REVISION]", read offline;
+  // see resolve_model_path in nibble/hub.h).
   static AutoModelForCausalLM from_pretrained(const std::string& dir, const FromPretrainedOptions& opt = {});
   // A model of `config`'s architecture with random weights (transformers' from_config), built in memory and
   // quantized on load if opt asks: benchmarks of real shapes without files.

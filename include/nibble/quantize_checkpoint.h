@@ -31,7 +31,8 @@ struct QuantizeReport {
 
 // Streams in_dir's tensors (one full-precision tensor in memory at a time) into out_dir, which appears only
 // when complete (also if the process is killed) and must not already hold files unless opt.overwrite.
-// Identical input and options give byte-identical output.
+// Identical input and options give byte-identical output. in_dir may be a model id in the HuggingFace cache
+// (resolve_model_path in nibble/hub.h); out_dir is always a path.
 QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
                                    const QuantizeOptions& opt);
 

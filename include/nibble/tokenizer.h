@@ -12,7 +12,8 @@ namespace nibble {
 
 class Tokenizer {
  public:
-  // Reads <dir>/tokenizer.json (and tokenizer_config.json if present).
+  // Reads <dir>/tokenizer.json (and tokenizer_config.json if present). `dir` may be a model id in the
+  // HuggingFace cache ("ORG/NAME[@REVISION]", see resolve_model_path in nibble/hub.h).
   static Tokenizer from_pretrained(const std::string& dir);
   // Parses tokenizer.json text; `label` names it in errors.
   static Tokenizer from_json(const std::string& json_text, const std::string& label);

@@ -12,6 +12,7 @@
 #include "models/auto_model_impl.h"
 #include "models/registry.h"
 #include "nibble/error.h"
+#include "nibble/hub.h"
 #include "nibble/model.h"
 
 namespace nibble {
@@ -36,8 +37,9 @@ void check_model_dir(const std::string& dir) {
 }
 }  // namespace
 
-AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& dir,
+AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& name_or_path,
                                                            const FromPretrainedOptions& opt) {
+  const std::string dir = resolve_model_path(name_or_path);  // a directory, or a model id in the HF cache
   check_model_dir(dir);
   const ThreadScope threads(opt.threads);  // quantize-on-load runs with the model's thread count
   AutoModelForCausalLM m;

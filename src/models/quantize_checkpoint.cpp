@@ -9,14 +9,16 @@
 #include "io/hf_config.h"
 #include "models/registry.h"
 #include "nibble/error.h"
+#include "nibble/hub.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 
 namespace nibble {
 namespace fs = std::filesystem;
 
-QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
+QuantizeReport quantize_checkpoint(const std::string& in_name_or_path, const std::string& out_dir,
                                    const QuantizeOptions& opt) {
+  const std::string in_dir = resolve_model_path(in_name_or_path);  // out_dir is always a plain path
   const auto t0 = std::chrono::steady_clock::now();
   const BitsAndBytesConfig& cfg = opt.config;
   if (!cfg.load_in_4bit && !cfg.load_in_8bit)

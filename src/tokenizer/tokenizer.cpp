@@ -4,10 +4,11 @@
 #include <filesystem>
 #include <limits>
 
-#include "nibble/files.h"
 #include "io/hf_config.h"
 #include "io/json_field.h"
 #include "nibble/error.h"
+#include "nibble/files.h"
+#include "nibble/hub.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/pipeline.h"
 
@@ -149,7 +150,8 @@ Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label
   return t;
 }
 
-Tokenizer Tokenizer::from_pretrained(const std::string& dir) {
+Tokenizer Tokenizer::from_pretrained(const std::string& name_or_path) {
+  const std::string dir = resolve_model_path(name_or_path);  // a directory, or a model id in the HF cache
   const std::string path = (std::filesystem::path(dir) / "tokenizer.json").string();
   if (!std::filesystem::exists(path)) throw IoError(path + ": not found (nibble reads HF tokenizer.json)");
   Tokenizer t = from_json(read_json_text(path, kTokenizerJsonLimits.max_bytes), path);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "fake_hf_cache.h"
 #include "io/hf_config.h"
 #include "nibble/safetensors.h"
 #include "test_util.h"
@@ -112,6 +113,34 @@ TEST(GenerateCli, InfoReportsFootprintAndRss) {
   EXPECT_NE(q.out.find("\"bnb_4bit_quant_type\": \"nf4\""), std::string::npos);
   EXPECT_NE(q.out.find("kernels (1 token): "), std::string::npos) << q.out;
   EXPECT_NE(q.out.find("kernels (512 tokens): "), std::string::npos) << q.out;
+}
+
+TEST(GenerateCli, ModelIdFromTheHfCache) {
+  test::ClearHubEnv clear;  // the child processes inherit the environment
+  test::TempDir cache;
+  test::add_cached_snapshot(cache.str(), "org/name", model(), test::fake_commit(1));
+  test::ScopedEnv hub("HF_HUB_CACHE", cache.str());
+  const Out by_id = nibble_cli("info org/name"), by_dir = nibble_cli("info " + model());
+  ASSERT_EQ(by_id.code, 0) << by_id.err;
+  EXPECT_EQ(field(by_id.out, "parameters"), 656000);
+  EXPECT_EQ(field(by_id.out, "memory footprint"), field(by_dir.out, "memory footprint"));
+  // generate reads the model and the tokenizer from the snapshot: the golden greedy text
+  const auto g = read_json_file(test::shared_dir() + "/golden/tinystories-656k.json");
+  const auto& c = g["cases"][0];
+  const Out gen = nibble_cli("generate org/name@" + test::fake_commit(1) + " --prompt \"" +
+                             c["prompt"].get<std::string>() + "\" -n 40 -q");
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  EXPECT_EQ(gen.out, c["greedy_text"].get<std::string>() + "\n");
+  // an id that is not there: one line, where it looked, how to fetch it
+  const Out miss = nibble_cli("generate org/missing --prompt hi");
+  EXPECT_NE(miss.code, 0);
+  EXPECT_EQ(miss.err.rfind(
+                "nibble: error: org/missing: no such model directory, and not in the HuggingFace cache", 0),
+            0u)
+      << miss.err;
+  EXPECT_NE(miss.err.find(cache / "models--org--missing"), std::string::npos) << miss.err;
+  EXPECT_NE(miss.err.find("huggingface-cli download org/missing"), std::string::npos) << miss.err;
+  EXPECT_EQ(std::count(miss.err.begin(), miss.err.end(), '\n'), 1) << miss.err;
 }
 
 TEST(GenerateCli, ErrorsAreOneLine) {

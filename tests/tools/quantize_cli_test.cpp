@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "fake_hf_cache.h"
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/files.h"
 #include "nibble/quantize.h"
@@ -77,6 +78,31 @@ TEST(QuantizeCli, Nf4DoubleQuantExampleModel) {
   EXPECT_EQ(quantized, 14);  // 2 layers x 7 projections; lm_head skipped by default
 }
 
+TEST(QuantizeCli, InputByModelIdOutputAPlainPath) {
+  test::ClearHubEnv clear;  // the child process inherits the environment
+  test::TempDir d, cache;
+  const std::string snap =
+      test::add_cached_snapshot(cache.str(), "org/name", test::example_model(), test::fake_commit(1));
+  test::ScopedEnv hub("HF_HUB_CACHE", cache.str());
+  // OUT spelled like an id is still a path (relative to the working directory), never the cache
+  fs::create_directories(d / "org");
+  const std::string errf = d / "stderr.txt";
+  const int rc = std::system(
+      ("cd " + d.str() + " && " + NIBBLE_CLI + " quantize org/name org/q --quiet 2>" + errf).c_str());
+  ASSERT_EQ(WEXITSTATUS(rc), 0) << test::read_bytes(errf);
+  EXPECT_TRUE(fs::is_regular_file(d / "org/q/model.safetensors"));
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(d / "org/q/tokenizer.json")));  // copied, not linked
+  EXPECT_FALSE(fs::exists(cache / "models--org--q"));
+  // the same checkpoint as quantizing the directory itself
+  const CliResult r = run("quantize " + test::example_model() + " " + (d / "direct") + " --quiet", d);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(test::read_bytes(d / "org/q/model.safetensors"),
+            test::read_bytes(d / "direct/model.safetensors"));
+  EXPECT_EQ(test::read_bytes(d / "org/q/config.json"), test::read_bytes(d / "direct/config.json"));
+  // and the snapshot is untouched: still the links into blobs/
+  EXPECT_TRUE(fs::is_symlink(fs::path(snap) / "model.safetensors"));
+}
+
 TEST(QuantizeCli, FlagsAndSkipModules) {
   test::TempDir d;
   const std::string out = d / "out";
@@ -126,7 +152,7 @@ TEST(QuantizeCli, ClearErrorsAndNoPartialOutput) {
   // missing input
   r = run("quantize " + (d / "nope") + " " + (d / "o2") + " -q", d);
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("nope/config.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("nope: no such model directory"), std::string::npos) << r.err;
   // a truncated safetensors file: the error names it, and no output directory appears
   fs::create_directories(d / "trunc");
   fs::copy_file(test::example_model() + "/config.json", d / "trunc/config.json");

@@ -72,7 +72,8 @@ void add_bench(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("bench", "prefill (pp) and decode (tg) tokens/s, llama-bench style");
-  sub->add_option("MODEL", a->model, "HuggingFace model directory");
+  sub->add_option("MODEL", a->model,
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])");
   sub->add_option("--synthetic", a->synthetic,
                   "random weights of a named shape: llama-7b, llama-3-8b, mistral-7b, tinyllama-1.1b, ...");
   sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");

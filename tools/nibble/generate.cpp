@@ -23,7 +23,9 @@ void add_generate(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* sub =
       app.add_subcommand("generate", "generate text from a prompt (optionally quantizing to 4-bit on load)");
-  sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
+  sub->add_option("MODEL", a->model,
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
+      ->required();
   sub->add_option("-p,--prompt", a->prompt, "prompt text")->required();
   sub->add_option("-n,--max-new-tokens", a->max_new_tokens, "tokens to generate (default 50)");
   add_quant_flags(sub, a->q, true);

@@ -18,7 +18,9 @@ void add_info(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("info", "architecture, parameters, quantization and memory of a model");
-  sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
+  sub->add_option("MODEL", a->model,
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
+      ->required();
   add_quant_flags(sub, a->q, true);
   sub->callback([a] {
     FromPretrainedOptions opt{.quiet = true, .activations = activations(a->q)};

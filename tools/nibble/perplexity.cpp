@@ -23,7 +23,9 @@ void add_perplexity(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* sub =
       app.add_subcommand("perplexity", "perplexity of a text; KL divergence against a reference model");
-  sub->add_option("MODEL", a->model, "HuggingFace model directory")->required();
+  sub->add_option("MODEL", a->model,
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
+      ->required();
   sub->add_option("-f,--file", a->file, "text file")->required();
   sub->add_option("--reference", a->reference, "reference model (e.g. the float checkpoint) for KL / top-1");
   add_quant_flags(sub, a->q, true);

@@ -22,7 +22,9 @@ void add_quantize(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "quantize",
       "quantize a HuggingFace checkpoint to a bnb-4bit (or --load-in-8bit: bnb 8-bit) checkpoint");
-  sub->add_option("IN_DIR", a->in, "HuggingFace model directory")->required();
+  sub->add_option("IN_DIR", a->in,
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
+      ->required();
   sub->add_option("OUT_DIR", a->out, "output directory (must not exist, or be empty, unless --overwrite)")
       ->required();
   add_quant_flags(sub, a->q, false);

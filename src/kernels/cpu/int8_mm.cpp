@@ -91,13 +91,32 @@ NB_AVX2 inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-NB_AVX2 inline float dot_f32(const float* x, const float* w, int64_t C) {
-  __m256 s = _mm256_setzero_ps();
+// osum[m] = sum_c xo[m, c] * ws[c] for MT tokens: each 8 columns of ws loaded once, MT independent FMA chains
+// (two per token when MT = 1: one chain would wait on the FMA latency)
+template <int MT>
+NB_AVX2 inline void outlier_dots(const float* xo, int64_t C, const float* ws, float* osum) {
+  constexpr int NA = MT == 1 ? 2 : 1;
+  __m256 acc[MT][NA];
+#pragma GCC unroll 4
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NA; ++j) acc[m][j] = _mm256_setzero_ps();
   int64_t c = 0;
-  for (; c + 8 <= C; c += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(w + c), s);
-  float r = avx2::hsum(s);
-  for (; c < C; ++c) r += x[c] * w[c];
-  return r;
+  for (; c + 8 * NA <= C; c += 8 * NA)
+#pragma GCC unroll 2
+    for (int j = 0; j < NA; ++j) {
+      const __m256 wv = _mm256_loadu_ps(ws + c + 8 * j);
+#pragma GCC unroll 4
+      for (int m = 0; m < MT; ++m)
+        acc[m][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xo + m * C + c + 8 * j), wv, acc[m][j]);
+    }
+#pragma GCC unroll 4
+  for (int m = 0; m < MT; ++m) {
+    __m256 a = acc[m][0];
+    if constexpr (NA == 2) a = _mm256_add_ps(a, acc[m][1]);
+    float r = avx2::hsum(a);
+    for (int64_t k = c; k < C; ++k) r += xo[m * C + k] * ws[k];
+    osum[m] = r;
+  }
 }
 
 // Row n met by tokens [m0, m0 + MT): y[m, n] for each; ws: the row's dequantized outlier columns, filled
@@ -126,12 +145,13 @@ NB_AVX2 inline void avx2_row(const I8Weights& w, const int8_t* a, const float* r
     }
   }
   if (fill && e.C > 0) outlier_weights(w, e, n, n + 1, ws);
+  float osum[MT] = {};
+  if (e.C > 0) outlier_dots<MT>(e.xo + m0 * e.C, e.C, ws, osum);
 #pragma GCC unroll 4
   for (int m = 0; m < MT; ++m) {
     int32_t s = hsum_i32(acc[m]);
     for (int64_t k = K32; k < K; ++k) s += static_cast<int32_t>(x0[m * K + k]) * static_cast<int32_t>(row[k]);
-    const float osum = e.C > 0 ? dot_f32(e.xo + (m0 + m) * e.C, ws, e.C) : 0.0f;
-    y[(m0 + m) * w.N + n] = finish(e, s, rs[m0 + m], w.scb[n], n, osum);
+    y[(m0 + m) * w.N + n] = finish(e, s, rs[m0 + m], w.scb[n], n, osum[m]);
   }
 }
 

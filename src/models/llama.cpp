@@ -108,6 +108,11 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
                            loader.load(p + ".self_attn.k_proj", qkv_bias),
                            loader.load(p + ".self_attn.v_proj", qkv_bias),
                            loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
+    L.attn.window = c_.window[static_cast<size_t>(i)];
+    if (c_.model_type == "qwen3") {
+      L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps);
+      L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps);
+    }
     L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
                          loader.load(p + ".mlp.up_proj", c_.mlp_bias),
                          loader.load(p + ".mlp.down_proj", c_.mlp_bias));
@@ -195,6 +200,10 @@ NamedTensors LlamaModel::state_dict() const {
     const LlamaLayer& L = layers_[static_cast<size_t>(i)];
     d.emplace_back(p + ".input_layernorm.weight", L.input_norm.weight());
     d.emplace_back(p + ".post_attention_layernorm.weight", L.post_norm.weight());
+    if (L.attn.q_norm) {
+      d.emplace_back(p + ".self_attn.q_norm.weight", L.attn.q_norm->weight());
+      d.emplace_back(p + ".self_attn.k_norm.weight", L.attn.k_norm->weight());
+    }
     add(p + ".self_attn.q_proj", *L.attn.q_proj);
     add(p + ".self_attn.k_proj", *L.attn.k_proj);
     add(p + ".self_attn.v_proj", *L.attn.v_proj);
@@ -211,7 +220,10 @@ NamedTensors LlamaModel::state_dict() const {
 size_t LlamaModel::memory_footprint() const {
   // buffers as transformers 5 registers them: rotary_emb.inv_freq and rotary_emb.original_inv_freq
   size_t n = embed_.nbytes() + norm_.weight().nbytes() + rope_.buffer_bytes();
-  for (const auto& L : layers_) n += L.input_norm.weight().nbytes() + L.post_norm.weight().nbytes();
+  for (const auto& L : layers_) {
+    n += L.input_norm.weight().nbytes() + L.post_norm.weight().nbytes();
+    if (L.attn.q_norm) n += L.attn.q_norm->weight().nbytes() + L.attn.k_norm->weight().nbytes();
+  }
   for (const auto* lin : linears()) n += lin->parameter_bytes();
   if (lm_head_) n += lm_head_->parameter_bytes();
   return n;
@@ -227,11 +239,12 @@ int64_t LlamaModel::num_parameters() const {
   int64_t n = embed_.numel() + norm_.weight().numel();
   for (const auto& L : layers_) {
     n += L.input_norm.weight().numel() + L.post_norm.weight().numel();
-    if (c_.attention_bias)
-      n += L.attn.q_proj->out_features + L.attn.k_proj->out_features + L.attn.v_proj->out_features;
+    if (L.attn.q_norm) n += L.attn.q_norm->weight().numel() + L.attn.k_norm->weight().numel();
   }
-  for (const auto* l : linears()) n += l->in_features * l->out_features;
-  if (lm_head_ && !c_.tie_word_embeddings) n += lm_head_->in_features * lm_head_->out_features;
+  for (const auto* l : linears())
+    n += l->in_features * l->out_features + (l->has_bias() ? l->out_features : 0);
+  if (lm_head_ && !c_.tie_word_embeddings)
+    n += lm_head_->in_features * lm_head_->out_features + (lm_head_->has_bias() ? lm_head_->out_features : 0);
   return n;
 }
 

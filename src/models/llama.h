@@ -28,6 +28,8 @@ struct LlamaConfig {
   double rope_factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_positions = 8192;
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
+  // per layer: the sliding window (a query sees the `window` positions ending at its own), 0 = full causal
+  std::vector<int64_t> window;
 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& path);
   nn::RopeConfig rope() const;

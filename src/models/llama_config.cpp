@@ -19,6 +19,38 @@ constexpr IntRange kHidden{1, 1 << 20}, kIntermediate{1, 1 << 22}, kLayers{0, 1 
     kHeadDim{2, 1 << 12}, kVocab{1, 1 << 24}, kPositions{1, int64_t{1} << 26};
 constexpr NumberRange kPositive{1e-30, 1e30};
 
+// Sliding-window layers as transformers reads them. mistral: every layer when sliding_window is set. qwen2:
+// sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on the
+// layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers (qwen3
+// alike).
+// llama has no sliding window.
+void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
+  c.window.assign(static_cast<size_t>(c.layers), 0);
+  if (c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") return;
+  constexpr IntRange kWindow{1, int64_t{1} << 26};
+  int64_t sw = jsonf::get_int_or(j, "sliding_window", root, 0, kWindow);
+  if (c.model_type == "mistral") {
+    std::fill(c.window.begin(), c.window.end(), sw);
+    return;
+  }
+  if (!jsonf::get_bool_or(j, "use_sliding_window", root, false)) sw = 0;
+  if (const json* lt = jsonf::find_array(j, "layer_types", root)) {
+    const jsonf::JsonPath at = root / "layer_types";
+    if (static_cast<int64_t>(lt->size()) != c.layers)
+      at.fail("has " + std::to_string(lt->size()) + " entries, expected num_hidden_layers (" +
+              std::to_string(c.layers) + ")");
+    for (size_t i = 0; i < lt->size(); ++i) {
+      const std::string& t = jsonf::as_string((*lt)[i], at[i]);
+      if (t != "sliding_attention" && t != "full_attention")
+        at[i].fail("is '" + t + "', expected 'sliding_attention' or 'full_attention'");
+      c.window[i] = t == "sliding_attention" ? sw : 0;
+    }
+    return;
+  }
+  const int64_t first = jsonf::get_int_or(j, "max_window_layers", root, 28, {0, int64_t{1} << 12});
+  for (int64_t i = first; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = sw;
+}
+
 }  // namespace
 
 LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
@@ -37,7 +69,10 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     (root / "num_attention_heads")
         .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
               std::to_string(c.kv_heads) + ")");
-  c.head_dim = jsonf::get_int_or(j, "head_dim", root, std::max<int64_t>(c.hidden / c.heads, 1), kHeadDim);
+  // Qwen3Config's head_dim defaults to 128, the others' to hidden_size / num_attention_heads
+  c.head_dim =
+      jsonf::get_int_or(j, "head_dim", root,
+                        c.model_type == "qwen3" ? 128 : std::max<int64_t>(c.hidden / c.heads, 1), kHeadDim);
   if (c.head_dim % 2 != 0)
     (root / "head_dim").fail("must be a positive even number, found " + std::to_string(c.head_dim));
   // every weight the config declares holds at most 2^31 elements
@@ -72,6 +107,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
       (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
   }
+  read_sliding_windows(j, root, c);
   return c;
 }
 

@@ -10,20 +10,23 @@
 namespace nibble {
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> k{"llama", "mistral", "qwen2"};
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3"};
   return k;
 }
 
 void check_model_type(const nlohmann::json& config, const std::string& config_path) {
   const std::string& t = jsonf::get_string(config, "model_type", jsonf::JsonPath(config_path));
   const auto& ok = supported_model_types();
-  if (std::find(ok.begin(), ok.end(), t) == ok.end())
-    throw NotSupportedError(config_path + ": model_type '" + t +
-                            "' is not supported (supported: llama, mistral, qwen2)");
+  if (std::find(ok.begin(), ok.end(), t) == ok.end()) {
+    std::string list;
+    for (const auto& m : ok) list += (list.empty() ? "" : ", ") + m;
+    throw NotSupportedError(config_path + ": model_type '" + t + "' is not supported (supported: " + list +
+                            ")");
+  }
 }
 
 bool is_linear_weight(const std::string& model_type, const std::string& name) {
-  (void)model_type;  // llama, mistral and qwen2 share their Linear layout
+  (void)model_type;  // llama, mistral, qwen2 and qwen3 share their Linear layout
   static const char* kSuffixes[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
                                     ".self_attn.v_proj.weight", ".self_attn.o_proj.weight",
                                     ".mlp.gate_proj.weight",    ".mlp.up_proj.weight",

@@ -37,10 +37,12 @@ void Attention::forward(const float* x, int64_t T, int64_t start, const RotaryEm
   q_proj->forward(x, T, q);
   k_proj->forward(x, T, k);
   v_proj->forward(x, T, v);
+  if (q_norm) q_norm->forward(q, T * heads, q);
+  if (k_norm) k_norm->forward(k, T * kv_heads, k);
   rope.apply(q, T, heads, cos, sin);
   rope.apply(k, T, kv_heads, cos, sin);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  kernels::attention({T, heads, kv_heads, D, start, scale}, q, kv.k, kv.v, att);
+  kernels::attention({T, heads, kv_heads, D, start, scale, window}, q, kv.k, kv.v, att);
   o_proj->forward(att, T, out);
 }
 

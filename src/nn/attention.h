@@ -3,8 +3,10 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "nn/linear.h"
+#include "nn/rms_norm.h"
 #include "nn/rotary.h"
 #include "nn/workspace.h"
 
@@ -30,6 +32,9 @@ class Attention {
 
   std::unique_ptr<LinearBase> q_proj, k_proj, v_proj, o_proj;
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t window = 0;  // sliding window (kernels::AttentionShape::window); 0 = full causal attention
+  // qwen3: RMSNorm over each head's query and key (head_dim weights) before the rotary embedding
+  std::optional<RMSNorm> q_norm, k_norm;
 };
 
 }  // namespace nibble::nn

@@ -23,6 +23,7 @@ class LinearBase {
   // Parameter bytes as torch counts them (packed 4-bit data only for Linear4bit).
   virtual size_t parameter_bytes() const = 0;
   virtual bool quantized() const { return false; }
+  virtual bool has_bias() const = 0;
   // The kernel path forward takes for T tokens on this CPU ("avx2", "avx512-bf16", "reference", ...).
   virtual std::string kernel_path(int64_t T) const = 0;
   // A quantized layer as a dense Linear of its dequantized weight (nullptr for a dense one).
@@ -38,6 +39,7 @@ class Linear final : public LinearBase {
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override;
   std::string kernel_path(int64_t T) const override;
+  bool has_bias() const override { return bias_.has_value(); }
   const Tensor& weight() const { return weight_; }
 
  private:
@@ -57,6 +59,7 @@ class Linear4bit final : public LinearBase {
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
   bool quantized() const override { return true; }
+  bool has_bias() const override { return bias_.has_value(); }
   std::string kernel_path(int64_t T) const override;
   Tensor dequantized_weight() const { return dequantize_4bit(packed_, state_); }
   std::unique_ptr<LinearBase> dequantized() const override;
@@ -94,6 +97,7 @@ class Linear8bitLt final : public LinearBase {
   // int8 weights and bias; SCB is neither a parameter nor a buffer in torch.
   size_t parameter_bytes() const override { return cb_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
   bool quantized() const override { return true; }
+  bool has_bias() const override { return bias_.has_value(); }
   std::string kernel_path(int64_t T) const override;
   std::unique_ptr<LinearBase> dequantized() const override;
   const Tensor& CB() const { return cb_; }

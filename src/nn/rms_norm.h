@@ -11,7 +11,8 @@ class RMSNorm {
  public:
   RMSNorm() = default;
   RMSNorm(Tensor weight, double eps);
-  // out[T, n] = norm(x[T, n]); rows split over threads when T > 1. out may not alias x.
+  // out[T, n] = norm(x[T, n]); rows split over threads when T > 1. out may be x (each row is read whole
+  // before it is written).
   void forward(const float* x, int64_t T, float* out) const;
   const Tensor& weight() const { return weight_; }
   int64_t size() const { return static_cast<int64_t>(w_.size()); }

@@ -176,8 +176,16 @@ TEST(Attention, FastPathMatchesReference) {
        {AttentionShape{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f},
         AttentionShape{.T = 1, .heads = 4, .kv_heads = 4, .head_dim = 32, .start = 9, .scale = 0.2f},
         AttentionShape{.T = 37, .heads = 8, .kv_heads = 2, .head_dim = 128, .start = 0, .scale = 0.088f},
-        AttentionShape{.T = 21, .heads = 3, .kv_heads = 1, .head_dim = 160, .start = 13, .scale = 0.079f}}) {
-    SCOPED_TRACE("T=" + std::to_string(s.T) + " D=" + std::to_string(s.head_dim));
+        AttentionShape{.T = 21, .heads = 3, .kv_heads = 1, .head_dim = 160, .start = 13, .scale = 0.079f},
+        // sliding windows: inside the prompt, across the cached part, wider than every position
+        AttentionShape{
+            .T = 24, .heads = 4, .kv_heads = 2, .head_dim = 32, .start = 0, .scale = 0.2f, .window = 8},
+        AttentionShape{
+            .T = 3, .heads = 4, .kv_heads = 2, .head_dim = 64, .start = 30, .scale = 0.1f, .window = 5},
+        AttentionShape{
+            .T = 9, .heads = 2, .kv_heads = 1, .head_dim = 16, .start = 2, .scale = 0.3f, .window = 100}}) {
+    SCOPED_TRACE("T=" + std::to_string(s.T) + " D=" + std::to_string(s.head_dim) +
+                 " window=" + std::to_string(s.window));
     const int64_t P = s.start + s.T, kvw = s.kv_heads * s.head_dim;
     std::mt19937 rng(static_cast<unsigned>(11 + s.T));
     std::normal_distribution<float> nd;
@@ -196,6 +204,42 @@ TEST(Attention, FastPathMatchesReference) {
         ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << "avx2 " << i;
     }
   }
+}
+
+// The sliding window as transformers masks it: key j is kept for the query at position p iff j > p - window.
+// Window 1 returns each position's own value; a window wider than the sequence is full causal attention;
+// window W equals full attention over the last W cached positions only.
+TEST(Attention, SlidingWindowKeepsTheLastWindowPositions) {
+  const int64_t T = 12, H = 2, D = 8, W = 4;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(T * H * D), k(T * H * D), v(T * H * D);
+  for (auto* vec : {&q, &k, &v})
+    for (auto& e : *vec) e = nd(rng);
+  const AttentionShape base{.T = T, .heads = H, .kv_heads = H, .head_dim = D, .start = 0, .scale = 0.35f};
+  std::vector<float> full(q.size()), one(q.size()), wide(q.size()), win(q.size());
+  kernels::ref::attention(base, q.data(), k.data(), v.data(), full.data());
+  AttentionShape s = base;
+  s.window = 1;
+  kernels::ref::attention(s, q.data(), k.data(), v.data(), one.data());
+  EXPECT_EQ(one, v);  // softmax over one key is exactly 1
+  s.window = T + 5;
+  kernels::ref::attention(s, q.data(), k.data(), v.data(), wide.data());
+  EXPECT_EQ(wide, full);
+  s.window = W;
+  kernels::ref::attention(s, q.data(), k.data(), v.data(), win.data());
+  for (int64_t t = 0; t < T;
+       ++t) {  // position t attends to max(0, t - W + 1) .. t: a cache holding only those
+    const int64_t lo = std::max<int64_t>(0, t - W + 1), n = t - lo + 1;
+    const AttentionShape one_q{
+        .T = 1, .heads = H, .kv_heads = H, .head_dim = D, .start = n - 1, .scale = 0.35f};
+    std::vector<float> out(H * D);
+    kernels::ref::attention(one_q, q.data() + t * H * D, k.data() + lo * H * D, v.data() + lo * H * D,
+                            out.data());
+    for (int64_t i = 0; i < H * D; ++i)
+      EXPECT_EQ(win[static_cast<size_t>(t * H * D + i)], out[static_cast<size_t>(i)]);
+  }
+  EXPECT_NE(win, full);
 }
 
 // Opt-in int8 activations: the AVX2 path against the int8 reference (same quantized operands, exact integer

@@ -29,15 +29,16 @@ template <typename Dot, typename Axpy>
 void one_head(const AttentionShape& s, const float* qv, const float* kc, const float* vc, int64_t hk,
               int64_t pos, float* out, std::vector<float>& sc, Dot dot, Axpy axpy) {
   const int64_t D = s.head_dim, stride = s.kv_heads * D;
+  const int64_t lo = s.window > 0 ? std::max<int64_t>(0, pos - s.window + 1) : 0, n = pos + 1 - lo;
   // capacity in steps of 1024 positions: a decode loop reallocates once per 1024 tokens, not per token
-  if (sc.capacity() < static_cast<size_t>(pos + 1))
-    sc.reserve(static_cast<size_t>((pos + 1024) / 1024 * 1024));
-  sc.resize(static_cast<size_t>(pos + 1));
-  for (int64_t j = 0; j <= pos; ++j)
-    sc[static_cast<size_t>(j)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
-  const float inv = softmax_exp(sc.data(), pos + 1);
+  if (sc.capacity() < static_cast<size_t>(n)) sc.reserve(static_cast<size_t>((n + 1023) / 1024 * 1024));
+  sc.resize(static_cast<size_t>(n));
+  for (int64_t j = lo; j <= pos; ++j)
+    sc[static_cast<size_t>(j - lo)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
+  const float inv = softmax_exp(sc.data(), n);
   std::fill(out, out + D, 0.0f);
-  for (int64_t j = 0; j <= pos; ++j) axpy(sc[static_cast<size_t>(j)] * inv, vc + j * stride + hk * D, out, D);
+  for (int64_t j = lo; j <= pos; ++j)
+    axpy(sc[static_cast<size_t>(j - lo)] * inv, vc + j * stride + hk * D, out, D);
 }
 
 float dot_scalar(const float* a, const float* b, int64_t n) {
@@ -207,7 +208,8 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
-  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens) {
+  // the blocked prefill has no sliding-window mask: windowed layers take the per-token path
+  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens && s.window == 0) {
     prefill_avx512(s, q, kc, vc, out);
   } else if (avx512 && s.head_dim % 16 == 0) {
     run(s, q, kc, vc, out, dot_avx512, axpy_avx512);

@@ -10,6 +10,7 @@ namespace nibble::kernels {
 struct AttentionShape {
   int64_t T, heads, kv_heads, head_dim, start;
   float scale;
+  int64_t window = 0;  // sliding window: position p sees keys j with p - window < j <= p; 0 = all j <= p
 };
 
 void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,

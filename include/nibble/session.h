@@ -35,8 +35,10 @@ class Session {
 
   // Runs `ids` after what the session holds. ValueError if they do not fit in the context.
   void append(std::span<const int32_t> ids);
-  // Like append, returning the logits of every appended position ([ids.size(), vocab] row-major).
-  std::vector<float> append_all_logits(std::span<const int32_t> ids);
+  // Like append, returning the logits of the appended positions first .. ids.size() - 1 ([ids.size() -
+  // first, vocab] row-major; all of them by default). The positions run in one call either way (LLM.int8
+  // decides its outlier columns per call), only the returned rows are computed by the output layer.
+  std::vector<float> append_all_logits(std::span<const int32_t> ids, int64_t first = 0);
   // Next-token logits after the last token (runs a generated-but-not-yet-run token first if needed).
   std::span<const float> logits();
   // Generates up to cfg.max_new_tokens from the current state and returns them (an EOS token ends generation

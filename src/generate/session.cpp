@@ -37,8 +37,8 @@ struct Session::Impl {
     logits.reserve(static_cast<size_t>(m.model->vocab_size()));
   }
 
-  // Runs tokens[cached, size) plus `ids`; all-position logits into *all if given.
-  void run(std::span<const int32_t> ids, std::vector<float>* all) {
+  // Runs tokens[cached, size) plus `ids`; the logits of positions first .. of that run into *all if given.
+  void run(std::span<const int32_t> ids, std::vector<float>* all, int64_t first = 0) {
     const int64_t pending = static_cast<int64_t>(tokens.size()) - cached;
     const int64_t n = pending + static_cast<int64_t>(ids.size());
     if (n == 0) return;
@@ -52,12 +52,12 @@ struct Session::Impl {
     const ThreadScope scope(threads);
     try {  // the model rejects bad ids (out of the vocabulary) before it writes the cache
       if (all) {
-        all->resize(static_cast<size_t>(n * V));
-        model.model->forward(run_ids, cached, cache.layers(), ws, true, all->data());
+        all->resize(static_cast<size_t>((n - first) * V));
+        model.model->forward(run_ids, cached, cache.layers(), ws, first, all->data());
         logits.assign(all->end() - V, all->end());
       } else {
         logits.resize(static_cast<size_t>(V));
-        model.model->forward(run_ids, cached, cache.layers(), ws, false, logits.data());
+        model.model->forward(run_ids, cached, cache.layers(), ws, n - 1, logits.data());
       }
     } catch (...) {
       tokens.resize(before);  // a rejected append leaves the session as it was
@@ -79,12 +79,14 @@ void Session::append(std::span<const int32_t> ids) {
   impl_->run(ids, nullptr);
 }
 
-std::vector<float> Session::append_all_logits(std::span<const int32_t> ids) {
+std::vector<float> Session::append_all_logits(std::span<const int32_t> ids, int64_t first) {
+  if (first < 0 || first >= static_cast<int64_t>(ids.size()))
+    throw ValueError("append_all_logits: first " + std::to_string(first) + " is not in [0, " +
+                     std::to_string(ids.size()) + ")");
   std::vector<float> all;
+  // rows of generated-but-unrun tokens that run first are not the caller's
   const int64_t pending = length() - impl_->cached;
-  impl_->run(ids, &all);
-  // rows of the generated-but-unrun tokens that ran first are not the caller's
-  all.erase(all.begin(), all.begin() + pending * impl_->model.model->vocab_size());
+  impl_->run(ids, &all, pending + first);
   return all;
 }
 
@@ -154,6 +156,10 @@ std::vector<int32_t> AutoModelForCausalLM::generate(const std::vector<int32_t>& 
                                                     const std::function<void(int32_t)>& on_token) const {
   if (input_ids.empty()) throw ValueError("generate: input_ids is empty");
   if (cfg.max_new_tokens < 0) throw ValueError("max_new_tokens must be >= 0");
+  if (static_cast<int64_t>(input_ids.size()) > max_position_embeddings())
+    throw ValueError("the prompt has " + std::to_string(input_ids.size()) +
+                     " tokens, more than the model's context of " +
+                     std::to_string(max_position_embeddings()) + " positions (max_position_embeddings)");
   // a cache just big enough: the prompt plus what may be generated, within the model's positions
   const int64_t want = static_cast<int64_t>(input_ids.size()) + cfg.max_new_tokens;
   const int64_t ctx = std::max<int64_t>(static_cast<int64_t>(input_ids.size()),

@@ -18,10 +18,11 @@ class CausalLM {
  public:
   virtual ~CausalLM() = default;
   // Runs ids at positions start .. start + n - 1 (the cache holds 0 .. start - 1), writing their keys and
-  // values into kv (one KVLayer per layer). Logits for every new position (all_logits) or only the last
-  // go to `logits` ([rows, vocab]). Scratch comes from ws, which the caller keeps between calls.
+  // values into kv (one KVLayer per layer). Logits of the new positions first_logit .. n - 1 (0: all, n - 1:
+  // only the last) go to `logits` ([rows, vocab]). Scratch comes from ws, which the caller keeps between
+  // calls.
   virtual void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
-                       nn::Workspace& ws, bool all_logits, float* logits) const = 0;
+                       nn::Workspace& ws, int64_t first_logit, float* logits) const = 0;
 
   virtual int64_t num_layers() const = 0;
   virtual int64_t kv_width() const = 0;  // kv_heads * head_dim: floats per cache row

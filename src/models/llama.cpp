@@ -143,7 +143,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
 }
 
 void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
-                         nn::Workspace& ws, bool all_logits, float* logits) const {
+                         nn::Workspace& ws, int64_t first_logit, float* logits) const {
   const auto T = static_cast<int64_t>(ids.size());
   const int64_t H = c_.hidden, V = c_.vocab, half = c_.head_dim / 2;
   if (static_cast<int64_t>(kv.size()) != c_.layers)
@@ -175,7 +175,10 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
   }
-  const int64_t first = all_logits ? 0 : T - 1;
+  if (first_logit < 0 || first_logit >= T)
+    throw ValueError("forward: first_logit " + std::to_string(first_logit) + " is not in [0, " +
+                     std::to_string(T) + ")");
+  const int64_t first = first_logit;
   norm_.forward(h + first * H, T - first, xn);
   (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);
 }

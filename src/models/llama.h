@@ -53,7 +53,7 @@ class LlamaModel final : public CausalLM {
   LlamaModel(const nlohmann::json& config, const TensorSource& src, const LoadOptions& opt);
 
   void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
-               nn::Workspace& ws, bool all_logits, float* logits) const override;
+               nn::Workspace& ws, int64_t first_logit, float* logits) const override;
   int64_t num_layers() const override { return c_.layers; }
   int64_t kv_width() const override { return c_.kv_heads * c_.head_dim; }
   int64_t vocab_size() const override { return c_.vocab; }

@@ -1,7 +1,9 @@
 #include "models/registry.h"
 
+#include <unicode/regex.h>
+
 #include <algorithm>
-#include <regex>
+#include <memory>
 
 #include "io/json_field.h"
 #include "nibble/error.h"
@@ -40,21 +42,19 @@ bool is_linear_weight(const std::string& model_type, const std::string& name) {
 bool module_matches(const std::string& module, const std::string& entry) {
   if (module.ends_with(entry)) return true;
   // re.match(rf"(?:{entry})(?:(?<=\.)|(?=\.|$))", module): the entry as a regex from the start, ending at a
-  // module boundary (just after a '.', before one, or at the end). std::regex has no lookbehind: try each
-  // boundary as the end of a full match.
-  std::regex re;
-  try {
-    re = std::regex(entry, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    throw ValueError("llm_int8_skip_modules entry '" + entry +
-                     "' is not a valid regular expression: " + e.what());
-  }
-  for (size_t end = 0; end <= module.size(); ++end) {
-    const bool boundary = end == module.size() || module[end] == '.' || (end > 0 && module[end - 1] == '.');
-    if (boundary && std::regex_match(module.begin(), module.begin() + static_cast<std::ptrdiff_t>(end), re))
-      return true;
-  }
-  return false;
+  // module boundary (just after a '.', before one, or at the end). ICU's regex syntax is Python's for what
+  // module patterns use (and has the lookbehind std::regex lacks).
+  UErrorCode st = U_ZERO_ERROR;
+  UParseError pe;
+  const std::unique_ptr<icu::RegexPattern> p(icu::RegexPattern::compile(
+      icu::UnicodeString::fromUTF8("(?:" + entry + ")(?:(?<=\\.)|(?=\\.|$))"), pe, st));
+  if (U_FAILURE(st))
+    throw ValueError("llm_int8_skip_modules entry '" + entry + "' is not a valid regular expression (" +
+                     u_errorName(st) + ")");
+  const icu::UnicodeString u = icu::UnicodeString::fromUTF8(module);
+  const std::unique_ptr<icu::RegexMatcher> m(p->matcher(u, st));
+  const bool hit = U_SUCCESS(st) && m->lookingAt(st);
+  return hit && U_SUCCESS(st);
 }
 
 std::vector<std::string> modules_to_not_convert(const BitsAndBytesConfig& cfg) {

@@ -7,7 +7,9 @@
 
 #include "fake_hf_cache.h"
 #include "io/hf_config.h"
+#include "nibble/model.h"
 #include "nibble/safetensors.h"
+#include "nibble/tokenizer.h"
 #include "test_util.h"
 
 using namespace nibble;
@@ -88,6 +90,54 @@ TEST(GenerateCli, PerplexityMatchesGoldenLogits) {
   EXPECT_NEAR(field(r.out, "perplexity"), want, want * 1e-4);
 }
 
+// --ctx / --stride: transformers' sliding-window recipe (each window BOS + up to ctx - 1 text tokens,
+// starting `stride` tokens after the previous; only tokens no earlier window scored are scored, each from its
+// own window). Recomputed here with full forwards; the CLI computes logits for the scored rows only.
+TEST(GenerateCli, PerplexityWindowsAsTransformersRecipe) {
+  const auto m = nibble::AutoModelForCausalLM::from_pretrained(model(), {.quiet = true});
+  const auto tok = nibble::Tokenizer::from_pretrained(model());
+  const auto text = tok.encode(test::read_bytes(story()), false);
+  const int64_t N = static_cast<int64_t>(text.size()), V = m.info().vocab_size;
+  for (const auto& [ctx, stride] : std::vector<std::pair<int64_t, int64_t>>{{32, 16}, {32, 31}, {64, 20}}) {
+    SCOPED_TRACE("ctx " + std::to_string(ctx) + " stride " + std::to_string(stride));
+    double nll = 0;
+    int64_t scored = 0, prev_end = 0;
+    for (int64_t begin = 0;; begin += stride) {
+      const int64_t end = std::min(N, begin + ctx - 1);
+      std::vector<int32_t> w{*tok.bos_token_id()};
+      w.insert(w.end(), text.begin() + begin, text.begin() + end);
+      const auto logits = m.forward(w);
+      for (int64_t i = std::max(prev_end, begin); i < end; ++i, ++scored) {
+        const float* row =
+            logits.data() + (i - begin) * V;  // window row 1 + (i - begin) - 1 predicts text[i]
+        double mx = row[0], sum = 0;
+        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+        for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+        nll -= row[text[static_cast<size_t>(i)]] - mx - std::log(sum);
+      }
+      prev_end = end;
+      if (end == N) break;
+    }
+    ASSERT_EQ(scored, N);
+    const Out r = nibble_cli("perplexity " + model() + " --file " + story() + " --ctx " +
+                             std::to_string(ctx) + " --stride " + std::to_string(stride));
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(field(r.out, "tokens"), static_cast<double>(N));
+    const double want = std::exp(nll / static_cast<double>(N));
+    EXPECT_NEAR(field(r.out, "perplexity"), want, want * 1e-5);
+  }
+  // more context per scored token (a smaller stride) predicts better
+  const double p16 = field(
+                   nibble_cli("perplexity " + model() + " --file " + story() + " --ctx 32 --stride 8").out,
+                   "perplexity"),
+               p31 = field(nibble_cli("perplexity " + model() + " --file " + story() + " --ctx 32").out,
+                           "perplexity");
+  EXPECT_LT(p16, p31);
+  const Out bad = nibble_cli("perplexity " + model() + " --file " + story() + " --ctx 32 --stride 40");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("--stride 40 exceeds the window's text length (31)"), std::string::npos) << bad.err;
+}
+
 TEST(GenerateCli, Nf4BeatsFp4AgainstFloat) {
   const std::string base =
       "perplexity " + model() + " --file " + story() + " --reference " + model() + " --load-in-4bit";
@@ -154,6 +204,12 @@ TEST(GenerateCli, ErrorsAreOneLine) {
   r = nibble_cli("generate " + model() + " --prompt hi --load-in-8bit --llm-int8-threshold=-1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("llm_int8_threshold must be >= 0"), std::string::npos) << r.err;
+  std::string long_prompt;  // the example model has 512 positions: about 600 tokens
+  for (int i = 0; i < 300; ++i) long_prompt += "a cat ";
+  r = nibble_cli("generate " + model() + " --prompt \"" + long_prompt + "\"");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("more than the model's context of 512 positions"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   r = nibble_cli("generate " + model() + " --prompt hi --do-sample --temperature 0");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("temperature"), std::string::npos) << r.err;

@@ -10,6 +10,7 @@
 #include "nibble/files.h"
 #include "nibble/model.h"
 #include "nibble/sampling.h"
+#include "nibble/session.h"
 #include "nibble/tokenizer.h"
 
 namespace nibble::cli {
@@ -18,6 +19,7 @@ void add_perplexity(CLI::App& app) {
   struct Args {
     std::string model, file, reference;
     int threads = 0;
+    int64_t ctx = 0, stride = 0;
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
@@ -30,6 +32,11 @@ void add_perplexity(CLI::App& app) {
   sub->add_option("--reference", a->reference, "reference model (e.g. the float checkpoint) for KL / top-1");
   add_quant_flags(sub, a->q, true);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
+  sub->add_option("--ctx", a->ctx, "positions per window, BOS included (default: max_position_embeddings)");
+  sub->add_option(
+      "--stride", a->stride,
+      "text tokens between window starts (default: the window's text length, no overlap); a "
+      "smaller stride gives each scored token more context (transformers' sliding-window recipe)");
   sub->callback([a] {
     FromPretrainedOptions opt{.threads = a->threads, .quiet = true, .activations = activations(a->q)};
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
@@ -40,33 +47,56 @@ void add_perplexity(CLI::App& app) {
     std::optional<AutoModelForCausalLM> ref;
     if (!a->reference.empty())
       ref = AutoModelForCausalLM::from_pretrained(a->reference, {.threads = a->threads, .quiet = true});
-    // Windows of the context length, each starting with BOS and scoring every following token (a text that
-    // fits is one sequence, as transformers' standard evaluation).
-    const int64_t ctx = model.max_position_embeddings();
+    // Windows as the transformers perplexity guide slides them: each window holds up to --ctx positions
+    // (BOS, when the tokenizer has one, then text), starts --stride text tokens after the previous one, and
+    // scores only the tokens no earlier window scored, from its own context. The default stride is the
+    // window's text length: consecutive windows (a text that fits is one sequence, as transformers'
+    // standard evaluation). Each window is one forward (as transformers runs it; LLM.int8 decides outlier
+    // columns per call) with logits computed for the scored positions only, so memory is bounded by --ctx,
+    // whatever the file's length.
+    const int64_t ctx = a->ctx > 0 ? a->ctx : model.max_position_embeddings();
+    if (ctx > model.max_position_embeddings())
+      throw ValueError("--ctx " + std::to_string(ctx) + " exceeds the model's max_position_embeddings (" +
+                       std::to_string(model.max_position_embeddings()) + ")");
     const auto bos = tok.bos_token_id();
     const int64_t per_window = ctx - (bos ? 1 : 0);
-    const int64_t V = model.info().vocab_size;
+    if (per_window < 1) throw ValueError("--ctx " + std::to_string(ctx) + " leaves no room for text");
+    const int64_t stride = a->stride > 0 ? a->stride : per_window;
+    if (stride > per_window)
+      throw ValueError("--stride " + std::to_string(stride) + " exceeds the window's text length (" +
+                       std::to_string(per_window) + "): tokens between windows would not be scored");
+    const int64_t V = model.info().vocab_size, N = static_cast<int64_t>(text_ids.size());
     double nll = 0, kl = 0;
-    int64_t scored = 0, agree = 0;
-    for (size_t start = 0; start < text_ids.size(); start += static_cast<size_t>(per_window)) {
+    int64_t scored = 0, agree = 0, prev_end = 0;
+    for (int64_t begin = 0;; begin += stride) {
+      const int64_t end = std::min(N, begin + per_window);
       std::vector<int32_t> w;
       if (bos) w.push_back(*bos);
-      const size_t end = std::min(text_ids.size(), start + static_cast<size_t>(per_window));
-      for (size_t i = start; i < end; ++i) w.push_back(text_ids[i]);
-      if (w.size() < 2) continue;
-      const auto logits = model.forward(w);
-      std::vector<float> rlogits;
-      if (ref) rlogits = ref->forward(w);
-      for (size_t t = 0; t + 1 < w.size(); ++t) {
-        const float* row = logits.data() + t * static_cast<size_t>(V);
-        nll -= log_prob(row, V, w[t + 1]);
+      w.insert(w.end(), text_ids.begin() + begin, text_ids.begin() + end);
+      // the first text position this window scores, and the window row that predicts it
+      const int64_t first_text = std::max(prev_end, begin + (bos ? 0 : 1));
+      const int64_t off = bos ? 1 : 0, first_row = off + (first_text - begin) - 1;
+      if (first_text < end) {
+        Session s(model, {.context_length = static_cast<int64_t>(w.size())});
+        const auto logits = s.append_all_logits(w, first_row);
+        std::vector<float> rlogits;
         if (ref) {
-          const float* rrow = rlogits.data() + t * static_cast<size_t>(V);
-          kl += kl_divergence(rrow, row, V);
-          agree += argmax(rrow, V) == argmax(row, V);
+          Session rs(*ref, {.context_length = static_cast<int64_t>(w.size())});
+          rlogits = rs.append_all_logits(w, first_row);
         }
-        ++scored;
+        for (int64_t i = first_text; i < end; ++i) {
+          const size_t r = static_cast<size_t>(i - first_text) * static_cast<size_t>(V);
+          const int32_t target = text_ids[static_cast<size_t>(i)];
+          nll -= log_prob(logits.data() + r, V, target);
+          if (ref) {
+            kl += kl_divergence(rlogits.data() + r, logits.data() + r, V);
+            agree += argmax(rlogits.data() + r, V) == argmax(logits.data() + r, V);
+          }
+          ++scored;
+        }
       }
+      prev_end = end;
+      if (end == N) break;
     }
     if (scored == 0) throw ValueError(a->file + ": too short to score (needs at least one token after BOS)");
     std::printf("tokens: %lld\n", static_cast<long long>(scored));

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Tiny random models of each family nibble supports, with golden logits and greedy text from transformers.
 
-Run once (CPU is enough, about a minute):
+Run once (CPU is enough, about 20 s on one thread; two runs write byte-identical files):
     pip install torch transformers bitsandbytes accelerate safetensors
     python3 tests/golden/make_family_golden.py
+    python3 tests/golden/make_family_golden.py --search-seeds [name ...]   # re-pick SEEDS (see there), ~20 s
 Made with transformers 5.24.0, torch 2.15.0 (CPU), bitsandbytes 0.50.2; golden.json records the versions used.
 
 For each model in MODELS, under tests/golden/checkpoints/families/<name>/:
@@ -17,12 +18,15 @@ For each model in MODELS, under tests/golden/checkpoints/families/<name>/:
                       by a cache-free argmax loop (a full forward per step) where that differs, versions, and the
                       config facts read back from the instantiated model (layer_types, each attention module's
                       sliding_window and scaling, rope parameters and inv_freq, ...)
-For the models in BNB_4BIT also <name>-bnb-nf4/: the float32 checkpoint loaded by transformers with
-BitsAndBytesConfig(load_in_4bit=True, nf4, compute float32) and saved with save_pretrained, and its golden.* from
-transformers' forward of that 4-bit model (bitsandbytes' CPU path).
+Sizes: hidden 32, intermediate 64, 4 heads / 2 KV heads, head_dim 8 (16 where a model tests head_dim != hidden/heads),
+vocab 128, 2 layers (qwen2-sw 3): model.safetensors 93-138 KB each, the whole directory ~1.3 MB of distinct files.
+For the models in BNB_4BIT also <name>-bnb-nf4/: a float32 model of the same family but with hidden 64 and
+intermediate 64 (bitsandbytes 0.50's CPU 4-bit path needs every quantized in_features to be a multiple of 64), its
+own seed, saved to a temporary directory (not committed), loaded by transformers with BitsAndBytesConfig(
+load_in_4bit=True, nf4, compute float32) and saved with save_pretrained; its golden.* from transformers' forward of
+that 4-bit model (bitsandbytes' CPU path).
 
 Every saved checkpoint is reloaded with from_pretrained and must reproduce the logits bit for bit (asserted).
-Every in_features is a multiple of 64 (bitsandbytes 0.50's CPU 4-bit path needs that).
 
 Where a config.json is edited after save_pretrained (to look like the checkpoints on the Hub, which predate
 `layer_types`, or to keep a `sliding_window` value that transformers nulls), golden.json says so under
@@ -41,12 +45,12 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GenerationCon
 
 torch.set_num_threads(1)
 OUT = pathlib.Path(__file__).parent / "checkpoints" / "families"
-PROMPT = [1, 17, 99, 200, 3, 45, 45, 250, 12, 7, 64, 128, 33, 90, 5, 211, 180, 66, 17, 99, 42, 8, 150, 77]
+PROMPT = [1, 17, 99, 100, 3, 45, 45, 125, 12, 7, 64, 118, 33, 90, 5, 111, 80, 66, 17, 99, 42, 8, 50, 77]
 NEW_TOKENS = 12
-assert len(PROMPT) == 24 and all(0 <= t < 256 for t in PROMPT)
+assert len(PROMPT) == 24 and all(0 <= t < 128 for t in PROMPT)
 
-BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, vocab_size=256, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=1,
+BASE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, vocab_size=128, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=1,
             eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
 
 
@@ -56,53 +60,68 @@ def llama(**kw):
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-# name -> (model_type, config kwargs, seed, what it tests). Seeds: the first of seed0, seed0+100, ... whose greedy
-# continuation has >= 6 distinct ids with every step's top-2 margin > 2e-3 (random tiny models tend to repeat one
-# token); Gemma 2 never did in 10 tries (its final soft-cap of 3 flattens the logits) and keeps its first seed.
+# Seeds (SEEDS, picked by `make_family_golden.py --search-seeds`): the first of seed0, seed0+100, ..., seed0+100*(SEED_TRIES-1)
+# (SEED0) whose greedy continuation (generate, as greedy_new_ids) has >= 6 distinct ids with every step's top-2 margin
+# > 2e-3 (random tiny models tend to repeat one token; a small margin would make the greedy text fragile). For
+# llama-tied the rule must hold for it and for every rope variant that shares its weights. A model that never meets
+# it keeps seed0 and is listed in SEED_RULE_EXEMPT (make() asserts the rule for all others).
+SEED0 = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
+         "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22}
+SEEDS = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
+         "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22}
+SEED_RULE_EXEMPT = set()
+SEED_RULE_MIN_DISTINCT = 6
+SEED_RULE_MIN_MARGIN = 2e-3
+SEED_TRIES = 50
+# name -> (model_type, config kwargs, seed, what it tests)
 MODELS = {
-    "mistral-sw": ("mistral", {**BASE, "sliding_window": 8}, 501,
+    "mistral-sw": ("mistral", {**BASE, "sliding_window": 8}, SEEDS["mistral-sw"],
                    "Mistral: sliding_window=8 on every layer, prompt 24 > 8 (keys k > q - 8 kept)"),
     "qwen2-sw": ("qwen2", {**BASE, "num_hidden_layers": 3, "use_sliding_window": True, "sliding_window": 8,
-                           "max_window_layers": 1, "tie_word_embeddings": True}, 302,
+                           "max_window_layers": 1, "tie_word_embeddings": True}, SEEDS["qwen2-sw"],
                  "Qwen2: q/k/v bias; use_sliding_window with max_window_layers=1: layer 0 full, layers 1-2 slide "
                  "(window 8); layer_types removed from config.json so it must be derived"),
     "qwen2-nosw": ("qwen2", {**BASE, "use_sliding_window": False, "sliding_window": 8, "max_window_layers": 0,
-                                 "tie_word_embeddings": True}, 303,
+                                 "tie_word_embeddings": True}, SEEDS["qwen2-nosw"],
                    "Qwen2: use_sliding_window=false with sliding_window=8 and max_window_layers=0 in config.json: "
                    "the window must be off on every layer"),
-    "qwen3": ("qwen3", {**BASE, "head_dim": 32, "use_sliding_window": False, "tie_word_embeddings": True}, 1004,
-              "Qwen3: q_norm/k_norm (RMSNorm per head over head_dim), head_dim 32 != hidden/heads 16, no bias"),
-    "llama-untied-bias": llama(attention_bias=True, mlp_bias=True, head_dim=32, tie_word_embeddings=False) + (1005,
-                       "Llama: attention_bias and mlp_bias (all 7 projections biased), head_dim 32 != 16, untied lm_head"),
-    "llama-tied": llama(tie_word_embeddings=True) + (306, "Llama: tie_word_embeddings (no lm_head.weight in file)"),
-    "llama3-rope": llama(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE) + (306,
+    "qwen3": ("qwen3", {**BASE, "head_dim": 16, "use_sliding_window": False, "tie_word_embeddings": True}, SEEDS["qwen3"],
+              "Qwen3: q_norm/k_norm (RMSNorm per head over head_dim), head_dim 16 != hidden/heads 8, no bias"),
+    "llama-untied-bias": llama(attention_bias=True, mlp_bias=True, head_dim=16, tie_word_embeddings=False) + (SEEDS["llama-untied-bias"],
+                       "Llama: attention_bias and mlp_bias (all 7 projections biased), head_dim 16 != 8, untied lm_head"),
+    "llama-tied": llama(tie_word_embeddings=True) + (SEEDS["llama-tied"], "Llama: tie_word_embeddings (no lm_head.weight in file)"),
+    "llama3-rope": llama(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE) + (SEEDS["llama-tied"],
                  "Llama: llama3 rope scaling with original_max_position_embeddings 16"),
-    "llama3-rope-legacy": llama(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE) + (306,
+    "llama3-rope-legacy": llama(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE) + (SEEDS["llama-tied"],
                         "llama3-rope with config.json in the form of the checkpoints on the Hub (rope_theta and "
                         "rope_scaling at top level, no rope_parameters): same weights, same logits as llama3-rope"),
     "llama-yarn": llama(tie_word_embeddings=True, max_position_embeddings=64, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                         "original_max_position_embeddings": 16}) + (306,
+                                         "original_max_position_embeddings": 16}) + (SEEDS["llama-tied"],
                 "Llama: yarn rope (factor 4 = max_position_embeddings 64 / original 16): frequency ramp and "
                 "attention factor on cos/sin"),
-    "llama-linear": llama(tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}) + (306,
+    "llama-linear": llama(tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}) + (SEEDS["llama-tied"],
                   "Llama: linear rope scaling (positions / 2)"),
     "llama-dynamic": llama(tie_word_embeddings=True, max_position_embeddings=16,
-                           rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 3.0}) + (306,
+                           rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 3.0}) + (SEEDS["llama-tied"],
                    "Llama: dynamic NTK rope, max_position_embeddings 16 < prompt 24, so the base is rescaled"),
     "gemma2": ("gemma2", {**BASE, "tie_word_embeddings": True, "sliding_window": 8, "query_pre_attn_scalar": 24,
                           "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
-                          "hidden_activation": "gelu_pytorch_tanh", "bos_token_id": 2, "eos_token_id": 1}, 111,
-               "Gemma 2: embeddings * sqrt(64), RMSNorm (1+w), GeGLU tanh, pre/post feed-forward norms, "
+                          "hidden_activation": "gelu_pytorch_tanh", "bos_token_id": 2, "eos_token_id": 1}, SEEDS["gemma2"],
+               "Gemma 2: embeddings * sqrt(32), RMSNorm (1+w), GeGLU tanh, pre/post feed-forward norms, "
                "query_pre_attn_scalar 24 (not head_dim), attention softcap 2 and final softcap 3 (small, so they "
                "bite), sliding window 8 on layer 0 only (layer_types removed from config.json: derived)"),
-    "phi3": ("phi3", {**{k: v for k, v in BASE.items() if k != "head_dim"}, "partial_rotary_factor": 0.5}, 112,
-             "Phi-3: fused qkv_proj and gate_up_proj, partial_rotary_factor 0.5 (rotary dim 8 of head_dim 16), "
+    "phi3": ("phi3", {**{k: v for k, v in BASE.items() if k != "head_dim"}, "partial_rotary_factor": 0.5}, SEEDS["phi3"],
+             "Phi-3: fused qkv_proj and gate_up_proj, partial_rotary_factor 0.5 (rotary dim 4 of head_dim 8), "
              "default rope"),
 }
 # 4-bit variants only where the family's layout is new to the 4-bit loader (Qwen2's q/k/v biases beside quantized
 # weights, Qwen3's q_norm/k_norm); Mistral's tensors are named and shaped as Llama's, whose bnb checkpoints
-# tests/golden/checkpoints/tiny-llama-bnb-* already cover. Kept small: ~230 KB each.
-BNB_4BIT = ["qwen2-sw", "qwen3"]
+# tests/golden/checkpoints/tiny-llama-bnb-* already cover. bitsandbytes 0.50's CPU 4-bit path needs every quantized
+# Linear's in_features to be a multiple of 64, which hidden 32 is not: so each 4-bit model is quantized from its own
+# float32 model, the family's config with these overrides (hidden 64, intermediate 64; in_features 64 or 128),
+# its own seed, saved to a temporary directory only (not committed). source -> config overrides.
+BNB_4BIT = {"qwen2-sw": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16},
+            "qwen3": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 32}}
 # The rope variants are llama-tied's weights (same shapes, same seed) under another config: identical
 # model.safetensors bytes, so git stores that blob once, and each test isolates what its config changes.
 SAME_WEIGHTS_AS = {"llama3-rope": "llama-tied", "llama3-rope-legacy": "llama-tied", "llama-yarn": "llama-tied", "llama-linear": "llama-tied",
@@ -112,7 +131,7 @@ DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 # must move the logits (far beyond the 1e-4 tolerance), or the test could pass with the feature ignored.
 # name -> {label: (config.json changes, parameter change or None)}. The one exception to "far beyond": Gemma 2's
 # tanh GELU vs the exact erf GELU differ by at most 5e-4 per element and the post-feed-forward RMSNorm undoes any
-# weight scaling, so that contrast is only ~8e-4 in the logits (asserted > 3e-4): a 1e-4 tolerance still sees it.
+# weight scaling, so that contrast is only ~4e-4 in the logits (asserted > 3e-4): a 1e-4 tolerance still sees it.
 CONTRAST_MIN = {"gelu_exact": 3e-4}
 CONTRASTS = {
     "mistral-sw": {"no_sliding_window": ({"sliding_window": None}, None)},
@@ -130,7 +149,7 @@ CONTRASTS = {
     "gemma2": {"all_layers_full": ({"layer_types": ["full_attention", "full_attention"]}, None),
                "no_attn_softcap": ({"attn_logit_softcapping": None}, None),
                "no_final_softcap": ({"final_logit_softcapping": None}, None),
-               "query_pre_attn_scalar_16": ({"query_pre_attn_scalar": 16}, None),
+               "query_pre_attn_scalar_8": ({"query_pre_attn_scalar": 8}, None),
                "gelu_exact": ({"hidden_activation": "gelu"}, None)},
     "phi3": {"full_rotary": ({"partial_rotary_factor": 1.0,
                               "rope_parameters": {**DEFAULT_ROPE, "partial_rotary_factor": 1.0}}, None)},
@@ -162,7 +181,7 @@ NOTES = {
                    "deleted; max_window_layers 0 so that the window would cover every layer if it were on"],
     "qwen3": ["Qwen3 has use_sliding_window/sliding_window/max_window_layers like Qwen2; left off "
               "(use_sliding_window false), config.json kept as saved, layer_types included (all full_attention)",
-              "q_norm/k_norm are RMSNorm over head_dim (32) applied per head to q and k before rope, eps rms_norm_eps"],
+              "q_norm/k_norm are RMSNorm over head_dim (16) applied per head to q and k before rope, eps rms_norm_eps"],
     "llama3-rope": ["transformers 5.24 saves rope settings as config.json rope_parameters (rope_theta inside it); "
                     "see llama3-rope-legacy for the rope_scaling + rope_theta form of Hub checkpoints"],
     "llama3-rope-legacy": ["transformers 5.24 reads the legacy form (rope_scaling dict + top-level rope_theta) into "
@@ -178,19 +197,20 @@ NOTES = {
                       "keys keep their old rotation. So generate's greedy (greedy_new_ids) differs from a cache-free "
                       "argmax loop (greedy_no_cache_new_ids, every position rotated for the full length; "
                       "greedy_no_cache_agrees false): matching transformers' text needs that stale-key behaviour. "
-                      "factor 3 (not 2): with 2 one cached step's top-2 margin was 4e-5.",
+                      "factor 3 (not 2): with 2, on the earlier hidden-64 models, one cached step's top-2 margin was "
+                      "4e-5.",
                       "the golden logits are the first forward of a freshly loaded model (the recomputed inv_freq "
                       "is module state and persists across calls)"],
     "gemma2": [SLIDING_NOTE, "Gemma2Config without layer_types: layer i is sliding iff (i+1) % 2 == 1, i.e. "
                "sliding, full, sliding, ... (layer_types deleted from config.json; the reload re-derived it)",
-               "attention scale is query_pre_attn_scalar**-0.5 (24 here, not head_dim 16); attention scores are "
+               "attention scale is query_pre_attn_scalar**-0.5 (24 here, not head_dim 8); attention scores are "
                "soft-capped cap*tanh(s/cap) after scaling, before the mask; final logits likewise",
                "transformers 5.24 cannot run Gemma 2 with sliding_window null (DynamicCache raises)",
                "tied embeddings; input embeddings multiplied by sqrt(hidden_size) cast to the compute dtype",
-               "gelu_exact contrast is small (8e-4): the tanh and erf GELU differ by <= 5e-4 per element"],
+               "gelu_exact contrast is small (4e-4): the tanh and erf GELU differ by <= 5e-4 per element"],
     "phi3": ["transformers 5.24 writes partial_rotary_factor both at the top level of config.json and inside "
-             "rope_parameters; the model reads rope_parameters['partial_rotary_factor'] (rope dim = int(16*0.5) "
-             "= 8, the first 8 of each head's 16 dims rotate, rotate_half within those 8); Hub Phi-3/4 configs "
+             "rope_parameters; the model reads rope_parameters['partial_rotary_factor'] (rope dim = int(8*0.5) "
+             "= 4, the first 4 of each head's 8 dims rotate, rotate_half within those 4); Hub Phi-3/4 configs "
              "have it only at the top level, from where transformers copies it in"],
 }
 
@@ -200,14 +220,16 @@ def make_config(model_type, kw):
 
 
 def redraw(model, seed):
-    """Every parameter drawn from a seeded normal: matrices N(0, 0.1); biases N(0, 0.1); norm weights around their
-    identity (1 + N(0, 0.1) where the norm multiplies by w, N(0, 0.1) where Gemma multiplies by 1 + w)."""
+    """Every parameter drawn from a seeded normal: embeddings N(0, 0.1); other matrices N(0, 0.2); biases N(0, 0.1);
+    norm weights around their identity (1 + N(0, 0.1) where the norm multiplies by w, N(0, 0.1) where Gemma
+    multiplies by 1 + w). The projections get 0.2: at hidden 32 with 0.1 the blocks added little to the embedding
+    and the tied models mostly repeated the last prompt token (the seed rule failed 50 seeds in a row)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.1
             if p.dim() == 2:
-                p.copy_(noise)
+                p.copy_(noise if "embed_tokens" in name else 2 * noise)
             elif "norm" in name:
                 base = 1.0 if bool((p == 1).all()) else 0.0
                 assert base == 1.0 or bool((p == 0).all()), name
@@ -230,6 +252,7 @@ def forward_logits(model, ids):
 def greedy_generate(model):
     gc = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0,
                           use_cache=True, bos_token_id=None)
+    model.generation_config.eos_token_id = None  # else generate takes the model's eos (2) for the None above
     with torch.no_grad():
         out = model.generate(torch.tensor([PROMPT]), generation_config=gc)
     new = out[0, len(PROMPT):].tolist()
@@ -336,14 +359,82 @@ VERSIONS = {"transformers": transformers.__version__, "torch": torch.__version__
             "bitsandbytes": bitsandbytes.__version__}
 
 
-def make(name, model_type, kw, seed, what):
-    path = OUT / name
-    shutil.rmtree(path, ignore_errors=True)
+def build(model_type, kw, seed):
     torch.manual_seed(seed)
     cfg = make_config(model_type, kw)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
     redraw(model, seed)
     model.eval()
+    return model
+
+
+def seed_rule(gen, margins):
+    return len(set(gen)) >= SEED_RULE_MIN_DISTINCT and min(margins) > SEED_RULE_MIN_MARGIN
+
+
+def check_seed_rule(name, gen, margins):
+    ok = seed_rule(gen, margins)
+    assert ok or name in SEED_RULE_EXEMPT, (name, "seed rule not met; rerun --search-seeds", gen, margins)
+    return ok
+
+
+def bnb_source(name):
+    """The float32 model a 4-bit variant is quantized from: model type, config kwargs, seed."""
+    mt, kw, _, _ = MODELS[name]
+    return mt, {**kw, **BNB_4BIT[name]}, SEEDS[f"{name}-bnb-nf4"]
+
+
+def quantize_via_tmp(name, mt, kw, seed, tmp):
+    """float32 model saved to tmp (with the family's config.json edits), loaded by transformers in bnb NF4."""
+    src = build(mt, kw, seed)
+    src.save_pretrained(tmp, safe_serialization=True)
+    if CONFIG_EDITS.get(name):
+        edit_config(tmp, CONFIG_EDITS[name])
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    return src, load(tmp, quantization_config=q)
+
+
+def search_seeds(only=()):
+    """Prints, for each entry of SEED0 (or those in only), the first seed0 + 100 k (k < SEED_TRIES) that meets the seed rule (see SEEDS)."""
+    import tempfile
+    groups = {}
+    for n in MODELS:
+        groups.setdefault(SAME_WEIGHTS_AS.get(n, n), []).append(n)
+    for n in BNB_4BIT:
+        groups[f"{n}-bnb-nf4"] = []
+    for key in SEED0:
+        if only and key not in only:
+            continue
+        found = None
+        for k in range(SEED_TRIES):
+            seed = SEED0[key] + 100 * k
+            results = []
+            if key.endswith("-bnb-nf4"):
+                src = key[: -len("-bnb-nf4")]
+                mt, kw, _ = bnb_source(src)
+                with tempfile.TemporaryDirectory() as tmp:
+                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp))[1]
+                    gen = greedy_generate(qm)
+                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp))[1]
+                    results.append((gen, greedy_margins(qm, gen)))
+            else:
+                for n in groups[key]:
+                    mt, kw, _, _ = MODELS[n]
+                    gen = greedy_generate(build(mt, kw, seed))
+                    results.append((gen, greedy_margins(build(mt, kw, seed), gen)))
+            ok = all(seed_rule(g, m) for g, m in results)
+            print(key, seed, ok, [(len(set(g)), round(min(m), 5)) for g, m in results], flush=True)
+            if ok:
+                found = seed
+                break
+        print(f"SEED {key} {found if found is not None else SEED0[key]} {'ok' if found is not None else 'EXEMPT'}",
+              flush=True)
+
+
+def make(name, model_type, kw, seed, what):
+    path = OUT / name
+    shutil.rmtree(path, ignore_errors=True)
+    model = build(model_type, kw, seed)
     model.save_pretrained(path, safe_serialization=True)
     if name in SAME_WEIGHTS_AS:
         same = OUT / SAME_WEIGHTS_AS[name] / "model.safetensors"
@@ -367,11 +458,14 @@ def make(name, model_type, kw, seed, what):
     gen = greedy_generate(load(path))
     nocache = greedy_no_cache(load(path))
     margins = greedy_margins(load(path), gen)
+    rule_met = check_seed_rule(name, gen, margins)
+    if name in SAME_WEIGHTS_AS:
+        assert seed == SEEDS[SAME_WEIGHTS_AS[name]], name
     contrasts = {label: contrast(path, ch, sel, logits) for label, (ch, sel) in CONTRASTS.get(name, {}).items()}
     for label, d in contrasts.items():
         assert d > CONTRAST_MIN.get(label, 1e-2), (name, label, d)
     info = {
-        "name": name, "tests": what, "seed": seed, "same_weights_as": SAME_WEIGHTS_AS.get(name), "versions": VERSIONS,
+        "name": name, "tests": what, "seed": seed, "seed_rule_met": rule_met, "same_weights_as": SAME_WEIGHTS_AS.get(name), "versions": VERSIONS,
         "prompt": PROMPT, "greedy_new_ids": gen,
         "greedy_settings": "model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, "
                            "use_cache=True): the prompt in one forward, then one token per step with the KV cache",
@@ -394,30 +488,47 @@ def make(name, model_type, kw, seed, what):
     print(f"{name}: greedy {gen} nocache_agrees={nocache == gen} margin={info['logits_min_top2_margin']:.4f}")
 
     if name in BNB_4BIT:
-        qpath = OUT / f"{name}-bnb-nf4"
+        import tempfile
+        qname = f"{name}-bnb-nf4"
+        qpath = OUT / qname
         shutil.rmtree(qpath, ignore_errors=True)
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-        qm = load(path, quantization_config=q)
-        qm.save_pretrained(qpath)
+        smt, skw, sseed = bnb_source(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, qm = quantize_via_tmp(name, smt, skw, sseed, pathlib.Path(tmp))
+            src_logits = forward_logits(src, PROMPT)
+            qm.save_pretrained(qpath)
         qlogits = forward_logits(qm, PROMPT)
         qre = load(qpath)
-        assert torch.equal(forward_logits(qre, PROMPT), qlogits), name + "-bnb-nf4"
+        assert torch.equal(forward_logits(qre, PROMPT), qlogits), qname
         qgen = greedy_generate(load(qpath))
-        qinfo = {"name": f"{name}-bnb-nf4", "tests": f"{name} loaded by transformers with BitsAndBytesConfig("
+        qmargins = greedy_margins(load(qpath), qgen)
+        qrule = check_seed_rule(qname, qgen, qmargins)
+        in_features = {n: m.in_features for n, m in qm.named_modules() if isinstance(m, bitsandbytes.nn.Linear4bit)}
+        assert in_features and all(f % 64 == 0 for f in in_features.values()), in_features
+        qinfo = {"name": qname, "tests": f"a {name}-like model (the {name} config with {BNB_4BIT[name]}, so that "
+                 "every quantized in_features is a multiple of 64) loaded by transformers with BitsAndBytesConfig("
                  "load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=float32) and saved; logits "
-                 "are transformers' forward of the 4-bit model on CPU", "source_float32": name, "versions": VERSIONS,
+                 "are transformers' forward of the 4-bit model on CPU",
+                 "source_float32": {"like": name, "model_type": smt, "config_overrides": BNB_4BIT[name],
+                                    "seed": sseed, "config_json_edits": CONFIG_EDITS.get(name, {}),
+                                    "committed": False},
+                 "seed": sseed, "seed_rule_met": qrule, "versions": VERSIONS,
                  "prompt": PROMPT, "greedy_new_ids": qgen, "logits_min_top2_margin": top2_margin(qlogits),
-                 "greedy_step_top2_margins": greedy_margins(load(qpath), qgen),
-                 "max_abs_diff_vs_float32_logits": float((qlogits - logits).abs().max()),
-                 "quantized_modules": sorted(n for n, m in qm.named_modules()
-                                             if isinstance(m, bitsandbytes.nn.Linear4bit)),
+                 "greedy_step_top2_margins": qmargins,
+                 "max_abs_diff_vs_float32_logits": float((qlogits - src_logits).abs().max()),
+                 "quantized_modules": sorted(in_features),
                  "config_json": "as save_pretrained wrote it from the 4-bit model (no edits; derived layer_types "
                                 "included)"}
         write_golden(qpath, qlogits, qinfo)
-        print(f"{name}-bnb-nf4: greedy {qgen} max|dlogits|={qinfo['max_abs_diff_vs_float32_logits']:.4f}")
+        print(f"{qname}: greedy {qgen} max|dlogits|={qinfo['max_abs_diff_vs_float32_logits']:.4f}")
 
 
 if __name__ == "__main__":
+    import sys
+    if sys.argv[1:2] == ["--search-seeds"]:
+        search_seeds(sys.argv[2:])
+        sys.exit(0)
+    assert not sys.argv[1:], "usage: make_family_golden.py [--search-seeds [name ...]]"
     OUT.mkdir(parents=True, exist_ok=True)
     for n, (mt, kw, seed, what) in MODELS.items():
         make(n, mt, kw, seed, what)

@@ -20,8 +20,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-const std::string kDir = std::getenv("NIBBLE_FAMILY_GOLDEN") ? std::getenv("NIBBLE_FAMILY_GOLDEN")
-                                                             : test::golden_dir() + "/checkpoints/families";
+const std::string kDir = test::golden_dir() + "/checkpoints/families";
 
 std::vector<std::string> family_dirs() {
   std::vector<std::string> v;

@@ -38,7 +38,13 @@ nn::RopeConfig LlamaConfig::rope() const {
           .factor = rope_factor,
           .low_freq_factor = low_freq_factor,
           .high_freq_factor = high_freq_factor,
-          .original_max_positions = original_max_positions};
+          .original_max_positions = original_max_positions,
+          .attention_factor = attention_factor,
+          .mscale = mscale,
+          .mscale_all_dim = mscale_all_dim,
+          .beta_fast = beta_fast,
+          .beta_slow = beta_slow,
+          .truncate = truncate};
 }
 
 LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt)

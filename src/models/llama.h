@@ -27,6 +27,8 @@ struct LlamaConfig {
   std::string rope_type = "default";
   double rope_factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_positions = 8192;
+  double attention_factor = NAN, mscale = 0, mscale_all_dim = 0, beta_fast = 32, beta_slow = 1;  // yarn
+  bool truncate = true;
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
   // per layer: the sliding window (a query sees the `window` positions ending at its own), 0 = full causal
   std::vector<int64_t> window;

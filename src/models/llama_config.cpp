@@ -96,14 +96,28 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     const jsonf::JsonPath at = root / rs_key;
     c.rope_type =
         jsonf::get_string_or(*rs, "rope_type", at, jsonf::get_string_or(*rs, "type", at, "default"));
-    if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3")
+    if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3" &&
+        c.rope_type != "yarn")
       throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
-                              "' is not supported (default, linear, llama3)");
+                              "' is not supported (default, linear, llama3, yarn)");
     c.rope_factor = jsonf::get_number_or(*rs, "factor", at, 1.0, kPositive);
     c.low_freq_factor = jsonf::get_number_or(*rs, "low_freq_factor", at, 1.0, kPositive);
     c.high_freq_factor = jsonf::get_number_or(*rs, "high_freq_factor", at, 4.0, kPositive);
     c.original_max_positions =
         jsonf::get_int_or(*rs, "original_max_position_embeddings", at, 8192, kPositions);
+    if (c.rope_type == "yarn") {
+      // transformers: original_max_position_embeddings is required; a missing factor is max / original
+      c.original_max_positions = jsonf::get_int(*rs, "original_max_position_embeddings", at, kPositions);
+      c.rope_factor = jsonf::get_number_or(
+          *rs, "factor", at,
+          static_cast<double>(c.max_positions) / static_cast<double>(c.original_max_positions), kPositive);
+      c.attention_factor = jsonf::get_number_or(*rs, "attention_factor", at, NAN, kPositive);
+      c.mscale = jsonf::get_number_or(*rs, "mscale", at, 0.0, {0.0, 1e6});
+      c.mscale_all_dim = jsonf::get_number_or(*rs, "mscale_all_dim", at, 0.0, {0.0, 1e6});
+      c.beta_fast = jsonf::get_number_or(*rs, "beta_fast", at, 32.0, kPositive);
+      c.beta_slow = jsonf::get_number_or(*rs, "beta_slow", at, 1.0, kPositive);
+      c.truncate = jsonf::get_bool_or(*rs, "truncate", at, true);
+    }
     if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
       (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
   }

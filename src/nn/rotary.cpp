@@ -1,12 +1,53 @@
 #include "nn/rotary.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
 namespace nibble::nn {
 
+namespace {
+// yarn, as transformers 5.24 computes it: the correction range in double precision, the ramp and the blend
+// of interpolated and extrapolated frequencies in float32.
+void yarn(int64_t D, const RopeConfig& c, std::vector<float>& inv_freq, float& attention_scaling) {
+  const double base = c.theta, factor = c.factor;
+  auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  double af = c.attention_factor;
+  if (std::isnan(af))
+    af = c.mscale != 0 && c.mscale_all_dim != 0
+             ? get_mscale(factor, c.mscale) / get_mscale(factor, c.mscale_all_dim)
+             : get_mscale(factor, 1.0);
+  attention_scaling = static_cast<float>(af);
+  const double dim = static_cast<double>(D), orig = static_cast<double>(c.original_max_positions);
+  auto correction_dim = [&](double rot) {
+    return (dim * std::log(orig / (rot * 2 * std::numbers::pi))) / (2 * std::log(base));
+  };
+  double low = correction_dim(c.beta_fast), high = correction_dim(c.beta_slow);
+  if (c.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, dim - 1);
+  if (low == high) high += 0.001;
+  const float lo = static_cast<float>(low), span = static_cast<float>(high - low),
+              fac = static_cast<float>(factor);
+  for (int64_t i = 0; i < D / 2; ++i) {
+    const float pos = std::pow(static_cast<float>(base), static_cast<float>(2 * i) / static_cast<float>(D));
+    const float extrapolation = 1.0f / pos, interpolation = 1.0f / (fac * pos);
+    const float ramp = std::clamp((static_cast<float>(i) - lo) / span, 0.0f, 1.0f);
+    const float ef = 1.0f - ramp;  // inv_freq_extrapolation_factor
+    inv_freq[static_cast<size_t>(i)] = interpolation * (1.0f - ef) + extrapolation * ef;
+  }
+}
+}  // namespace
+
 RotaryEmbedding::RotaryEmbedding(int64_t D, const RopeConfig& c) {
   inv_freq_.resize(static_cast<size_t>(D / 2));
+  if (c.type == "yarn") {
+    yarn(D, c, inv_freq_, attention_scaling_);
+    return;
+  }
   for (int64_t i = 0; i < D / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(D);
     float f = 1.0f / std::pow(static_cast<float>(c.theta), e);
@@ -31,8 +72,8 @@ void RotaryEmbedding::angles(int64_t start, int64_t T, float* cos, float* sin) c
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const float f = static_cast<float>(start + t) * inv_freq_[static_cast<size_t>(i)];
-      cos[t * half + i] = std::cos(f);
-      sin[t * half + i] = std::sin(f);
+      cos[t * half + i] = std::cos(f) * attention_scaling_;
+      sin[t * half + i] = std::sin(f) * attention_scaling_;
     }
 }
 

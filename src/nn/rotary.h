@@ -1,7 +1,9 @@
 // Rotary position embedding as transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb (rotate_half
-// convention): inverse frequencies in float32 (default, linear and llama3 scaling), angle = position *
-// inv_freq in float32, then x' = x * cos + rotate_half(x) * sin per head.
+// convention): inverse frequencies in float32 (default, linear, llama3 and yarn scaling), angle = position *
+// inv_freq in float32, cos/sin times yarn's attention factor, then x' = x * cos + rotate_half(x) * sin per
+// head.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -10,9 +12,14 @@ namespace nibble::nn {
 
 struct RopeConfig {
   double theta = 10000.0;
-  std::string type = "default";  // "default", "linear", "llama3"
+  std::string type = "default";  // "default", "linear", "llama3", "yarn"
   double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_positions = 8192;
+  // yarn (transformers' _compute_yarn_parameters): attention_factor (NaN: from factor, mscale,
+  // mscale_all_dim), the ramp's beta_fast / beta_slow, and whether its correction range is truncated to
+  // integers
+  double attention_factor = NAN, mscale = 0, mscale_all_dim = 0, beta_fast = 32, beta_slow = 1;
+  bool truncate = true;
 };
 
 class RotaryEmbedding {
@@ -28,6 +35,7 @@ class RotaryEmbedding {
 
  private:
   std::vector<float> inv_freq_;
+  float attention_scaling_ = 1.0f;  // yarn's attention factor; 1 otherwise
 };
 
 }  // namespace nibble::nn

@@ -33,13 +33,13 @@ std::vector<std::string> family_dirs() {
 bool supported(const json& config) {
   const auto& ok = supported_model_types();
   if (std::find(ok.begin(), ok.end(), config["model_type"].get<std::string>()) == ok.end()) return false;
-  // rope types nibble does not implement yet (yarn, dynamic) are refused at load: checked below
+  // rope types nibble does not implement yet (dynamic) are refused at load: checked below
   const json* rp = config.contains("rope_parameters") ? &config["rope_parameters"]
                    : config.contains("rope_scaling")  ? &config["rope_scaling"]
                                                       : nullptr;
   if (rp && rp->is_object()) {
     const std::string t = rp->value("rope_type", rp->value("type", std::string("default")));
-    return t == "default" || t == "linear" || t == "llama3";
+    return t == "default" || t == "linear" || t == "llama3" || t == "yarn";
   }
   return true;
 }

@@ -221,8 +221,8 @@ std::vector<Case> cases() {
       set_config("config.json", P("/rope_scaling"), {{"type", "linear"}, {"factor", "2"}}),
       {"config.json: 'rope_scaling.factor' must be a number", "found string \"2\""});
   add("config_rope_type_unknown", E, G,
-      set_config("config.json", P("/rope_scaling"), {{"rope_type", "yarn"}}),
-      {"config.json", "rope_scaling type 'yarn'"});
+      set_config("config.json", P("/rope_scaling"), {{"rope_type", "bogus"}}),
+      {"config.json", "rope_scaling type 'bogus'"});
   add("config_rope_scaling_list", E, G, set_config("config.json", P("/rope_scaling"), json::array({1})),
       {"config.json: 'rope_scaling' must be an object"});
   add("config_rms_eps_negative", E, G, set_config("config.json", P("/rms_norm_eps"), -1.0),

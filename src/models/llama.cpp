@@ -1,5 +1,8 @@
 #include "models/llama.h"
 
+#include <map>
+#include <utility>
+
 #include "core/progress.h"
 #include "models/linear_loader.h"
 #include "models/registry.h"
@@ -110,25 +113,39 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps);
     L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps);
     const bool qkv_bias = c_.attention_bias, o_bias = c_.model_type != "qwen2" && c_.attention_bias;
-    L.attn = nn::Attention(loader.load(p + ".self_attn.q_proj", qkv_bias),
-                           loader.load(p + ".self_attn.k_proj", qkv_bias),
-                           loader.load(p + ".self_attn.v_proj", qkv_bias),
-                           loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
+    const bool fused = c_.model_type == "phi3";
+    if (fused)
+      L.attn = nn::Attention(loader.load(p + ".self_attn.qkv_proj", false),
+                             loader.load(p + ".self_attn.o_proj", false), c_.heads, c_.kv_heads, D);
+    else
+      L.attn = nn::Attention(loader.load(p + ".self_attn.q_proj", qkv_bias),
+                             loader.load(p + ".self_attn.k_proj", qkv_bias),
+                             loader.load(p + ".self_attn.v_proj", qkv_bias),
+                             loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
     L.attn.window = c_.window[static_cast<size_t>(i)];
     if (c_.model_type == "qwen3") {
       L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps);
       L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps);
     }
-    L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
-                         loader.load(p + ".mlp.up_proj", c_.mlp_bias),
-                         loader.load(p + ".mlp.down_proj", c_.mlp_bias));
-    const std::pair<const nn::LinearBase*, std::pair<int64_t, int64_t>> shapes[] = {
-        {L.attn.q_proj.get(), {c_.heads * D, H}},      {L.attn.k_proj.get(), {c_.kv_heads * D, H}},
-        {L.attn.v_proj.get(), {c_.kv_heads * D, H}},   {L.attn.o_proj.get(), {H, c_.heads * D}},
-        {L.mlp.gate_proj.get(), {c_.intermediate, H}}, {L.mlp.up_proj.get(), {c_.intermediate, H}},
-        {L.mlp.down_proj.get(), {H, c_.intermediate}}};
-    for (const auto& [lin, s] : shapes)
-      if (lin->out_features != s.first || lin->in_features != s.second)
+    if (fused)
+      L.mlp =
+          nn::GatedMLP(loader.load(p + ".mlp.gate_up_proj", false), loader.load(p + ".mlp.down_proj", false));
+    else
+      L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
+                           loader.load(p + ".mlp.up_proj", c_.mlp_bias),
+                           loader.load(p + ".mlp.down_proj", c_.mlp_bias));
+    const std::map<std::string, std::pair<int64_t, int64_t>> expected{
+        {"self_attn.q_proj", {c_.heads * D, H}},
+        {"self_attn.k_proj", {c_.kv_heads * D, H}},
+        {"self_attn.v_proj", {c_.kv_heads * D, H}},
+        {"self_attn.qkv_proj", {(c_.heads + 2 * c_.kv_heads) * D, H}},
+        {"self_attn.o_proj", {H, c_.heads * D}},
+        {"mlp.gate_proj", {c_.intermediate, H}},
+        {"mlp.up_proj", {c_.intermediate, H}},
+        {"mlp.gate_up_proj", {2 * c_.intermediate, H}},
+        {"mlp.down_proj", {H, c_.intermediate}}};
+    for (const auto& [name, lin] : std::as_const(L).linears())
+      if (const auto s = expected.at(name); lin->out_features != s.first || lin->in_features != s.second)
         throw FormatError(dir + ": layer " + std::to_string(i) + " has a linear weight of shape [" +
                           std::to_string(lin->out_features) + ", " + std::to_string(lin->in_features) +
                           "], expected [" + std::to_string(s.first) + ", " + std::to_string(s.second) + "]");
@@ -145,7 +162,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   bar.finish();
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
   if (!lm_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
-  rope_ = nn::RotaryEmbedding(D, c_.rope());
+  rope_ = nn::RotaryEmbedding(D, c_.rope(), c_.rotary_dim);
 }
 
 void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
@@ -189,12 +206,31 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
   (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);
 }
 
+std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> LlamaLayer::linears() {
+  std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> v;
+  for (auto [name, l] : {std::pair{"self_attn.q_proj", &attn.q_proj},
+                         {"self_attn.k_proj", &attn.k_proj},
+                         {"self_attn.v_proj", &attn.v_proj},
+                         {"self_attn.qkv_proj", &attn.qkv_proj},
+                         {"self_attn.o_proj", &attn.o_proj},
+                         {"mlp.gate_proj", &mlp.gate_proj},
+                         {"mlp.up_proj", &mlp.up_proj},
+                         {"mlp.gate_up_proj", &mlp.gate_up_proj},
+                         {"mlp.down_proj", &mlp.down_proj}})
+    if (*l) v.emplace_back(name, l);
+  return v;
+}
+
+std::vector<std::pair<const char*, const nn::LinearBase*>> LlamaLayer::linears() const {
+  std::vector<std::pair<const char*, const nn::LinearBase*>> v;
+  for (const auto& [name, l] : const_cast<LlamaLayer*>(this)->linears()) v.emplace_back(name, l->get());
+  return v;
+}
+
 std::vector<const nn::LinearBase*> LlamaModel::linears() const {
   std::vector<const nn::LinearBase*> v;
   for (const auto& L : layers_)
-    for (const auto* l : {L.attn.q_proj.get(), L.attn.k_proj.get(), L.attn.v_proj.get(), L.attn.o_proj.get(),
-                          L.mlp.gate_proj.get(), L.mlp.up_proj.get(), L.mlp.down_proj.get()})
-      v.push_back(l);
+    for (const auto& [name, l] : L.linears()) v.push_back(l);
   return v;
 }
 
@@ -213,13 +249,7 @@ NamedTensors LlamaModel::state_dict() const {
       d.emplace_back(p + ".self_attn.q_norm.weight", L.attn.q_norm->weight());
       d.emplace_back(p + ".self_attn.k_norm.weight", L.attn.k_norm->weight());
     }
-    add(p + ".self_attn.q_proj", *L.attn.q_proj);
-    add(p + ".self_attn.k_proj", *L.attn.k_proj);
-    add(p + ".self_attn.v_proj", *L.attn.v_proj);
-    add(p + ".self_attn.o_proj", *L.attn.o_proj);
-    add(p + ".mlp.gate_proj", *L.mlp.gate_proj);
-    add(p + ".mlp.up_proj", *L.mlp.up_proj);
-    add(p + ".mlp.down_proj", *L.mlp.down_proj);
+    for (const auto& [name, lin] : L.linears()) add(p + "." + name, *lin);
   }
   d.emplace_back("model.norm.weight", norm_.weight());
   if (lm_head_) add("lm_head", *lm_head_);
@@ -275,9 +305,7 @@ void LlamaModel::dequantize() {
     if (l && l->quantized()) l = l->dequantized();
   };
   for (auto& L : layers_)
-    for (auto* l : {&L.attn.q_proj, &L.attn.k_proj, &L.attn.v_proj, &L.attn.o_proj, &L.mlp.gate_proj,
-                    &L.mlp.up_proj, &L.mlp.down_proj})
-      deq(*l);
+    for (auto& [name, l] : L.linears()) deq(*l);
   if (lm_head_ && lm_head_->quantized() && c_.tie_word_embeddings) lm_head_.reset();
   deq(lm_head_);
   if (!lm_head_ && !tied_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);

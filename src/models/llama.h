@@ -21,6 +21,7 @@ namespace nibble::models {
 
 struct LlamaConfig {
   std::string model_type;
+  int64_t rotary_dim = 0;  // dims of each head the rotary embedding turns (phi3's partial_rotary_factor)
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0,
           max_positions = 2048;
   double rms_eps = 1e-6, rope_theta = 10000.0;
@@ -41,6 +42,10 @@ struct LlamaLayer {
   nn::RMSNorm input_norm, post_norm;
   nn::Attention attn;
   nn::GatedMLP mlp;
+  // The layer's linear modules that exist (phi3 has fused qkv_proj / gate_up_proj instead of the separate
+  // ones), with their names after "model.layers.N.", in transformers' state-dict order.
+  std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> linears();
+  std::vector<std::pair<const char*, const nn::LinearBase*>> linears() const;
 };
 
 struct LoadOptions {

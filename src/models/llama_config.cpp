@@ -19,17 +19,18 @@ constexpr IntRange kHidden{1, 1 << 20}, kIntermediate{1, 1 << 22}, kLayers{0, 1 
     kHeadDim{2, 1 << 12}, kVocab{1, 1 << 24}, kPositions{1, int64_t{1} << 26};
 constexpr NumberRange kPositive{1e-30, 1e30};
 
-// Sliding-window layers as transformers reads them. mistral: every layer when sliding_window is set. qwen2:
-// sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on the
-// layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers (qwen3
-// alike).
-// llama has no sliding window.
+// Sliding-window layers as transformers reads them. mistral, phi3: every layer when sliding_window is set.
+// qwen2: sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on
+// the layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers
+// (qwen3 alike). llama has no sliding window.
 void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   c.window.assign(static_cast<size_t>(c.layers), 0);
-  if (c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") return;
+  if (c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
+      c.model_type != "phi3")
+    return;
   constexpr IntRange kWindow{1, int64_t{1} << 26};
   int64_t sw = jsonf::get_int_or(j, "sliding_window", root, 0, kWindow);
-  if (c.model_type == "mistral") {
+  if (c.model_type == "mistral" || c.model_type == "phi3") {
     std::fill(c.window.begin(), c.window.end(), sw);
     return;
   }
@@ -88,6 +89,16 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   if (rp && !rp->is_object()) rp = nullptr;  // transformers 5 also allows a per-layer-type mapping; ignored
   if (rp)
     c.rope_theta = jsonf::get_number_or(*rp, "rope_theta", root / "rope_parameters", c.rope_theta, kPositive);
+  // partial_rotary_factor (phi3): transformers reads it from rope_parameters, where it also copies the
+  // top-level value Hub configs carry
+  double prf = jsonf::get_number_or(j, "partial_rotary_factor", root, 1.0, {1e-6, 1.0});
+  if (rp)
+    prf = jsonf::get_number_or(*rp, "partial_rotary_factor", root / "rope_parameters", prf, {1e-6, 1.0});
+  c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
+  if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0)
+    (root / "partial_rotary_factor")
+        .fail("gives " + std::to_string(c.rotary_dim) + " rotary dims of head_dim " +
+              std::to_string(c.head_dim) + ", expected a positive even number");
   c.tie_word_embeddings = jsonf::get_bool_or(j, "tie_word_embeddings", root, false);
   c.attention_bias = jsonf::get_bool_or(j, "attention_bias", root, false) || c.model_type == "qwen2";
   c.mlp_bias = jsonf::get_bool_or(j, "mlp_bias", root, false);

@@ -12,7 +12,7 @@
 namespace nibble {
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3"};
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3", "phi3"};
   return k;
 }
 
@@ -28,11 +28,11 @@ void check_model_type(const nlohmann::json& config, const std::string& config_pa
 }
 
 bool is_linear_weight(const std::string& model_type, const std::string& name) {
-  (void)model_type;  // llama, mistral, qwen2 and qwen3 share their Linear layout
-  static const char* kSuffixes[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
-                                    ".self_attn.v_proj.weight", ".self_attn.o_proj.weight",
-                                    ".mlp.gate_proj.weight",    ".mlp.up_proj.weight",
-                                    ".mlp.down_proj.weight"};
+  (void)model_type;  // one layout; phi3 fuses q/k/v and gate/up into one Linear each (quantized as one)
+  static const char* kSuffixes[] = {
+      ".self_attn.q_proj.weight", ".self_attn.k_proj.weight",   ".self_attn.v_proj.weight",
+      ".self_attn.o_proj.weight", ".mlp.gate_proj.weight",      ".mlp.up_proj.weight",
+      ".mlp.down_proj.weight",    ".self_attn.qkv_proj.weight", ".mlp.gate_up_proj.weight"};
   if (name == "lm_head.weight") return true;
   if (name.rfind("model.layers.", 0) != 0) return false;
   return std::any_of(std::begin(kSuffixes), std::end(kSuffixes),

@@ -1,5 +1,6 @@
 #include "nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/attention.h"
@@ -9,7 +10,7 @@ namespace nibble::nn {
 
 namespace {
 // Workspace slots of this module (the model uses slots from 16 up).
-enum Slot : size_t { kQ, kAtt };
+enum Slot : size_t { kQ, kAtt, kQKV };
 }  // namespace
 
 Attention::Attention(std::unique_ptr<LinearBase> q, std::unique_ptr<LinearBase> k,
@@ -23,6 +24,10 @@ Attention::Attention(std::unique_ptr<LinearBase> q, std::unique_ptr<LinearBase> 
       kv_heads(nkv),
       head_dim(d) {}
 
+Attention::Attention(std::unique_ptr<LinearBase> qkv, std::unique_ptr<LinearBase> o, int64_t nq, int64_t nkv,
+                     int64_t d)
+    : o_proj(std::move(o)), qkv_proj(std::move(qkv)), heads(nq), kv_heads(nkv), head_dim(d) {}
+
 void Attention::forward(const float* x, int64_t T, int64_t start, const RotaryEmbedding& rope,
                         const float* cos, const float* sin, const KVLayer& kv, Workspace& ws,
                         float* out) const {
@@ -34,9 +39,20 @@ void Attention::forward(const float* x, int64_t T, int64_t start, const RotaryEm
   float* k = kv.k + start * W;  // new keys and values go straight into the cache
   float* v = kv.v + start * W;
   float* att = ws.get(kAtt, static_cast<size_t>(T * heads * D));
-  q_proj->forward(x, T, q);
-  k_proj->forward(x, T, k);
-  v_proj->forward(x, T, v);
+  if (qkv_proj) {  // one projection, its rows split into q, and k, v straight into the cache
+    const int64_t Q = heads * D, R = Q + 2 * W;
+    float* qkv = ws.get(kQKV, static_cast<size_t>(T * R));
+    qkv_proj->forward(x, T, qkv);
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy_n(qkv + t * R, Q, q + t * Q);
+      std::copy_n(qkv + t * R + Q, W, k + t * W);
+      std::copy_n(qkv + t * R + Q + W, W, v + t * W);
+    }
+  } else {
+    q_proj->forward(x, T, q);
+    k_proj->forward(x, T, k);
+    v_proj->forward(x, T, v);
+  }
   if (q_norm) q_norm->forward(q, T * heads, q);
   if (k_norm) k_norm->forward(k, T * kv_heads, k);
   rope.apply(q, T, heads, cos, sin);

@@ -25,12 +25,16 @@ class Attention {
   Attention() = default;
   Attention(std::unique_ptr<LinearBase> q, std::unique_ptr<LinearBase> k, std::unique_ptr<LinearBase> v,
             std::unique_ptr<LinearBase> o, int64_t heads, int64_t kv_heads, int64_t head_dim);
+  // phi3: one fused projection whose output rows are [q | k | v] (heads, kv_heads, kv_heads times head_dim)
+  Attention(std::unique_ptr<LinearBase> qkv, std::unique_ptr<LinearBase> o, int64_t heads, int64_t kv_heads,
+            int64_t head_dim);
   // out[T, hidden] for x[T, hidden] at positions start .. start + T - 1; cos/sin are the rotary angles of
   // those positions (RotaryEmbedding::angles). Appends the T new keys/values to `kv` (capacity checked).
   void forward(const float* x, int64_t T, int64_t start, const RotaryEmbedding& rope, const float* cos,
                const float* sin, const KVLayer& kv, Workspace& ws, float* out) const;
 
   std::unique_ptr<LinearBase> q_proj, k_proj, v_proj, o_proj;
+  std::unique_ptr<LinearBase> qkv_proj;  // fused (then q/k/v_proj are null)
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (kernels::AttentionShape::window); 0 = full causal attention
   // qwen3: RMSNorm over each head's query and key (head_dim weights) before the rotary embedding

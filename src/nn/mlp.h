@@ -13,10 +13,13 @@ class GatedMLP {
   GatedMLP() = default;
   GatedMLP(std::unique_ptr<LinearBase> gate, std::unique_ptr<LinearBase> up,
            std::unique_ptr<LinearBase> down);
+  // phi3: one fused projection whose output rows are [gate | up]
+  GatedMLP(std::unique_ptr<LinearBase> gate_up, std::unique_ptr<LinearBase> down);
   // out[T, hidden] for x[T, hidden].
   void forward(const float* x, int64_t T, Workspace& ws, float* out) const;
 
   std::unique_ptr<LinearBase> gate_proj, up_proj, down_proj;
+  std::unique_ptr<LinearBase> gate_up_proj;  // fused (then gate/up_proj are null)
 };
 
 }  // namespace nibble::nn

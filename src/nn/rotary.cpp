@@ -42,7 +42,9 @@ void yarn(int64_t D, const RopeConfig& c, std::vector<float>& inv_freq, float& a
 }
 }  // namespace
 
-RotaryEmbedding::RotaryEmbedding(int64_t D, const RopeConfig& c) {
+RotaryEmbedding::RotaryEmbedding(int64_t head_dim, const RopeConfig& c, int64_t rotary_dim)
+    : head_dim_(head_dim) {
+  const int64_t D = rotary_dim > 0 ? rotary_dim : head_dim;  // frequencies over the rotated dims only
   inv_freq_.resize(static_cast<size_t>(D / 2));
   if (c.type == "yarn") {
     yarn(D, c, inv_freq_, attention_scaling_);
@@ -82,7 +84,7 @@ void RotaryEmbedding::apply(float* x, int64_t T, int64_t heads, const float* cos
 #pragma omp parallel for if (T > 1)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < heads; ++h) {
-      float* v = x + (t * heads + h) * 2 * half;
+      float* v = x + (t * heads + h) * head_dim_;  // the first 2 * half dims turn, the rest pass
       const float* c = cos + t * half;
       const float* s = sin + t * half;
       for (int64_t i = 0; i < half; ++i) {

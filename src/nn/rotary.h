@@ -25,7 +25,8 @@ struct RopeConfig {
 class RotaryEmbedding {
  public:
   RotaryEmbedding() = default;
-  RotaryEmbedding(int64_t head_dim, const RopeConfig& c);
+  // rotary_dim: the leading dims of each head that turn (phi3's head_dim * partial_rotary_factor); 0 = all.
+  RotaryEmbedding(int64_t head_dim, const RopeConfig& c, int64_t rotary_dim = 0);
   // cos/sin [T, head_dim / 2] for positions start .. start + T - 1.
   void angles(int64_t start, int64_t T, float* cos, float* sin) const;
   // Rotates x [T, heads, head_dim] in place with the angles of its T positions; threaded when T > 1.
@@ -35,6 +36,7 @@ class RotaryEmbedding {
 
  private:
   std::vector<float> inv_freq_;
+  int64_t head_dim_ = 0;
   float attention_scaling_ = 1.0f;  // yarn's attention factor; 1 otherwise
 };
 

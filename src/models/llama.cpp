@@ -110,8 +110,13 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   for (int64_t i = 0; i < c_.layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i);
     LlamaLayer L;
-    L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps);
-    L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps);
+    const bool g2 = c_.gemma2;
+    L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps, g2);
+    L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps, g2);
+    if (g2) {
+      L.pre_ff_norm = nn::RMSNorm(dense(p + ".pre_feedforward_layernorm.weight", {H}), c_.rms_eps, true);
+      L.post_ff_norm = nn::RMSNorm(dense(p + ".post_feedforward_layernorm.weight", {H}), c_.rms_eps, true);
+    }
     const bool qkv_bias = c_.attention_bias, o_bias = c_.model_type != "qwen2" && c_.attention_bias;
     const bool fused = c_.model_type == "phi3";
     if (fused)
@@ -123,6 +128,10 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
                              loader.load(p + ".self_attn.v_proj", qkv_bias),
                              loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
     L.attn.window = c_.window[static_cast<size_t>(i)];
+    if (g2) {
+      L.attn.scale = static_cast<float>(1.0 / std::sqrt(c_.query_pre_attn_scalar));
+      L.attn.softcap = static_cast<float>(c_.attn_softcap);
+    }
     if (c_.model_type == "qwen3") {
       L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps);
       L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps);
@@ -134,6 +143,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
                            loader.load(p + ".mlp.up_proj", c_.mlp_bias),
                            loader.load(p + ".mlp.down_proj", c_.mlp_bias));
+    if (g2) L.mlp.act = nn::GatedMLP::Act::GeluTanh;
     const std::map<std::string, std::pair<int64_t, int64_t>> expected{
         {"self_attn.q_proj", {c_.heads * D, H}},
         {"self_attn.k_proj", {c_.kv_heads * D, H}},
@@ -152,7 +162,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     layers_.push_back(std::move(L));
     bar.advance(1, p);
   }
-  norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps);
+  norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps, c_.gemma2);
   if (!c_.tie_word_embeddings || ck.contains("lm_head.weight.absmax") || ck.contains("lm_head.SCB")) {
     lm_head_ = loader.load("lm_head", false);
   } else {
@@ -186,11 +196,26 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
         embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
         DType::Float32, h + t * H, static_cast<size_t>(H));
   }
+  if (c_.gemma2) {  // Gemma: the embedding times sqrt(hidden) (a float32 constant)
+    const auto normalizer = static_cast<float>(std::sqrt(static_cast<double>(H)));
+    for (int64_t i = 0; i < T * H; ++i) h[i] *= normalizer;
+  }
   rope_.angles(start, T, cosv, sinv);
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
     L.input_norm.forward(h, T, xn);
     L.attn.forward(xn, T, start, rope_, cosv, sinv, kv[static_cast<size_t>(l)], ws, o);
+    if (L.pre_ff_norm) {  // Gemma 2: normalize the attention output, add; normalize around the MLP, add
+      L.post_norm.forward(o, T, o);
+#pragma omp parallel for if (T > 1)
+      for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
+      L.pre_ff_norm->forward(h, T, xn);
+      L.mlp.forward(xn, T, ws, o);
+      L.post_ff_norm->forward(o, T, o);
+#pragma omp parallel for if (T > 1)
+      for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
+      continue;
+    }
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
     L.post_norm.forward(h, T, xn);
@@ -204,6 +229,12 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
   const int64_t first = first_logit;
   norm_.forward(h + first * H, T - first, xn);
   (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);
+  if (c_.final_softcap > 0) {  // Gemma 2: logits / cap, tanh, * cap
+    const auto cap = static_cast<float>(c_.final_softcap);
+    const int64_t n = (T - first) * V;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) logits[i] = std::tanh(logits[i] / cap) * cap;
+  }
 }
 
 std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> LlamaLayer::linears() {
@@ -245,6 +276,10 @@ NamedTensors LlamaModel::state_dict() const {
     const LlamaLayer& L = layers_[static_cast<size_t>(i)];
     d.emplace_back(p + ".input_layernorm.weight", L.input_norm.weight());
     d.emplace_back(p + ".post_attention_layernorm.weight", L.post_norm.weight());
+    if (L.pre_ff_norm) {
+      d.emplace_back(p + ".pre_feedforward_layernorm.weight", L.pre_ff_norm->weight());
+      d.emplace_back(p + ".post_feedforward_layernorm.weight", L.post_ff_norm->weight());
+    }
     if (L.attn.q_norm) {
       d.emplace_back(p + ".self_attn.q_norm.weight", L.attn.q_norm->weight());
       d.emplace_back(p + ".self_attn.k_norm.weight", L.attn.k_norm->weight());
@@ -262,6 +297,7 @@ size_t LlamaModel::memory_footprint() const {
   for (const auto& L : layers_) {
     n += L.input_norm.weight().nbytes() + L.post_norm.weight().nbytes();
     if (L.attn.q_norm) n += L.attn.q_norm->weight().nbytes() + L.attn.k_norm->weight().nbytes();
+    if (L.pre_ff_norm) n += L.pre_ff_norm->weight().nbytes() + L.post_ff_norm->weight().nbytes();
   }
   for (const auto* lin : linears()) n += lin->parameter_bytes();
   if (lm_head_) n += lm_head_->parameter_bytes();
@@ -279,6 +315,7 @@ int64_t LlamaModel::num_parameters() const {
   for (const auto& L : layers_) {
     n += L.input_norm.weight().numel() + L.post_norm.weight().numel();
     if (L.attn.q_norm) n += L.attn.q_norm->weight().numel() + L.attn.k_norm->weight().numel();
+    if (L.pre_ff_norm) n += L.pre_ff_norm->weight().numel() + L.post_ff_norm->weight().numel();
   }
   for (const auto* l : linears())
     n += l->in_features * l->out_features + (l->has_bias() ? l->out_features : 0);

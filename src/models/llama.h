@@ -22,6 +22,11 @@ namespace nibble::models {
 struct LlamaConfig {
   std::string model_type;
   int64_t rotary_dim = 0;  // dims of each head the rotary embedding turns (phi3's partial_rotary_factor)
+  // Gemma 2 (gemma2 = true): embedding scaled by sqrt(hidden), RMSNorm (1 + w), norms around attention and
+  // MLP outputs, GELU-tanh gate, attention scale query_pre_attn_scalar^-0.5, score and logit soft-capping
+  bool gemma2 = false;
+  double query_pre_attn_scalar = 0, attn_softcap = 0, final_softcap = 0;
+  std::string hidden_act = "silu";
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0,
           max_positions = 2048;
   double rms_eps = 1e-6, rope_theta = 10000.0;
@@ -40,6 +45,8 @@ struct LlamaConfig {
 
 struct LlamaLayer {
   nn::RMSNorm input_norm, post_norm;
+  // Gemma 2: post_norm normalizes the attention output; these wrap the MLP (pre: its input, post: its output)
+  std::optional<nn::RMSNorm> pre_ff_norm, post_ff_norm;
   nn::Attention attn;
   nn::GatedMLP mlp;
   // The layer's linear modules that exist (phi3 has fused qkv_proj / gate_up_proj instead of the separate

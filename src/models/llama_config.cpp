@@ -20,13 +20,15 @@ constexpr IntRange kHidden{1, 1 << 20}, kIntermediate{1, 1 << 22}, kLayers{0, 1 
 constexpr NumberRange kPositive{1e-30, 1e30};
 
 // Sliding-window layers as transformers reads them. mistral, phi3: every layer when sliding_window is set.
+// gemma2: layer_types' sliding layers, or without it every other layer starting with the first.
 // qwen2: sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on
 // the layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers
 // (qwen3 alike). llama has no sliding window.
 void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   c.window.assign(static_cast<size_t>(c.layers), 0);
-  if (c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
-      c.model_type != "phi3")
+  static const char* kWindowed[] = {"mistral", "qwen2", "qwen3", "phi3", "gemma2"};
+  if (std::none_of(std::begin(kWindowed), std::end(kWindowed),
+                   [&](const char* t) { return c.model_type == t; }))
     return;
   constexpr IntRange kWindow{1, int64_t{1} << 26};
   int64_t sw = jsonf::get_int_or(j, "sliding_window", root, 0, kWindow);
@@ -34,7 +36,14 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
     std::fill(c.window.begin(), c.window.end(), sw);
     return;
   }
-  if (!jsonf::get_bool_or(j, "use_sliding_window", root, false)) sw = 0;
+  if (c.model_type == "gemma2") {  // layer_types, or alternating sliding / full starting with sliding
+    if (!jsonf::find_array(j, "layer_types", root)) {
+      for (int64_t i = 0; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = i % 2 == 0 ? sw : 0;
+      return;
+    }
+  } else if (!jsonf::get_bool_or(j, "use_sliding_window", root, false)) {
+    sw = 0;
+  }
   if (const json* lt = jsonf::find_array(j, "layer_types", root)) {
     const jsonf::JsonPath at = root / "layer_types";
     if (static_cast<int64_t>(lt->size()) != c.layers)
@@ -50,6 +59,21 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
   }
   const int64_t first = jsonf::get_int_or(j, "max_window_layers", root, 28, {0, int64_t{1} << 12});
   for (int64_t i = first; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = sw;
+}
+
+// Gemma 2's settings (Gemma2Config's defaults). It reads hidden_activation (Gemma 1 read hidden_act); only
+// the tanh GELU is built.
+void read_gemma2(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
+  c.gemma2 = c.model_type == "gemma2";
+  if (!c.gemma2) return;
+  c.hidden_act = jsonf::get_string_or(j, "hidden_activation", root, "gelu_pytorch_tanh");
+  if (c.hidden_act != "gelu_pytorch_tanh")
+    (root / "hidden_activation")
+        .fail("is '" + c.hidden_act + "'; nibble builds gelu_pytorch_tanh for gemma2");
+  c.query_pre_attn_scalar = jsonf::get_number_or(j, "query_pre_attn_scalar", root, 256.0, kPositive);
+  c.attn_softcap = jsonf::get_number_or(j, "attn_logit_softcapping", root, 0.0, {0.0, 1e30});
+  c.final_softcap = jsonf::get_number_or(j, "final_logit_softcapping", root, 0.0, {0.0, 1e30});
+  if (!j.contains("tie_word_embeddings")) c.tie_word_embeddings = true;  // Gemma2Config's default
 }
 
 }  // namespace
@@ -70,10 +94,11 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     (root / "num_attention_heads")
         .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
               std::to_string(c.kv_heads) + ")");
-  // Qwen3Config's head_dim defaults to 128, the others' to hidden_size / num_attention_heads
-  c.head_dim =
-      jsonf::get_int_or(j, "head_dim", root,
-                        c.model_type == "qwen3" ? 128 : std::max<int64_t>(c.hidden / c.heads, 1), kHeadDim);
+  // Qwen3Config's head_dim defaults to 128, Gemma2Config's to 256, the others' to hidden / heads
+  const int64_t default_head_dim = c.model_type == "qwen3"    ? 128
+                                   : c.model_type == "gemma2" ? 256
+                                                              : std::max<int64_t>(c.hidden / c.heads, 1);
+  c.head_dim = jsonf::get_int_or(j, "head_dim", root, default_head_dim, kHeadDim);
   if (c.head_dim % 2 != 0)
     (root / "head_dim").fail("must be a positive even number, found " + std::to_string(c.head_dim));
   // every weight the config declares holds at most 2^31 elements
@@ -133,6 +158,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
       (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
   }
   read_sliding_windows(j, root, c);
+  read_gemma2(j, root, c);
   return c;
 }
 

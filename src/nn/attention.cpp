@@ -57,8 +57,8 @@ void Attention::forward(const float* x, int64_t T, int64_t start, const RotaryEm
   if (k_norm) k_norm->forward(k, T * kv_heads, k);
   rope.apply(q, T, heads, cos, sin);
   rope.apply(k, T, kv_heads, cos, sin);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  kernels::attention({T, heads, kv_heads, D, start, scale, window}, q, kv.k, kv.v, att);
+  const float sc = scale != 0 ? scale : 1.0f / std::sqrt(static_cast<float>(D));
+  kernels::attention({T, heads, kv_heads, D, start, sc, window, softcap}, q, kv.k, kv.v, att);
   o_proj->forward(att, T, out);
 }
 

@@ -37,6 +37,8 @@ class Attention {
   std::unique_ptr<LinearBase> qkv_proj;  // fused (then q/k/v_proj are null)
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (kernels::AttentionShape::window); 0 = full causal attention
+  float scale = 0;     // scores scaled by it; 0 = 1 / sqrt(head_dim) (Gemma 2: query_pre_attn_scalar^-0.5)
+  float softcap = 0;   // Gemma 2's attn_logit_softcapping; 0 = off
   // qwen3: RMSNorm over each head's query and key (head_dim weights) before the rotary embedding
   std::optional<RMSNorm> q_norm, k_norm;
 };

@@ -5,6 +5,12 @@
 namespace nibble::nn {
 
 namespace {
+// torch's gelu(approximate="tanh") in float32
+inline float gelu_tanh(float x) {
+  constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;  // sqrt(2 / pi)
+  const float inner = kBeta * (x + kKappa * (x * x * x));
+  return 0.5f * x * (1.0f + std::tanh(inner));
+}
 // Workspace slots of this module (after Attention's).
 enum Slot : size_t { kGate = 8, kUp, kGateUp };
 }  // namespace
@@ -36,8 +42,13 @@ void GatedMLP::forward(const float* x, int64_t T, Workspace& ws, float* out) con
   float* u = ws.get(kUp, n);
   gate_proj->forward(x, T, g);
   up_proj->forward(x, T, u);
+  if (act == Act::GeluTanh) {
 #pragma omp parallel for if (T > 1)
-  for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (size_t i = 0; i < n; ++i) g[i] = gelu_tanh(g[i]) * u[i];
+  } else {
+#pragma omp parallel for if (T > 1)
+    for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  }
   down_proj->forward(g, T, out);
 }
 

@@ -20,6 +20,8 @@ class GatedMLP {
 
   std::unique_ptr<LinearBase> gate_proj, up_proj, down_proj;
   std::unique_ptr<LinearBase> gate_up_proj;  // fused (then gate/up_proj are null)
+  // the gate's activation: silu, or the tanh approximation of GELU (Gemma's gelu_pytorch_tanh)
+  enum class Act { Silu, GeluTanh } act = Act::Silu;
 };
 
 }  // namespace nibble::nn

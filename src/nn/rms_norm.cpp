@@ -4,8 +4,11 @@
 
 namespace nibble::nn {
 
-RMSNorm::RMSNorm(Tensor weight, double eps)
-    : weight_(std::move(weight)), w_(weight_.to_float_vector()), eps_(static_cast<float>(eps)) {}
+RMSNorm::RMSNorm(Tensor weight, double eps, bool unit_offset)
+    : weight_(std::move(weight)), w_(weight_.to_float_vector()), eps_(static_cast<float>(eps)) {
+  if (unit_offset)
+    for (float& w : w_) w = 1.0f + w;
+}
 
 void RMSNorm::forward(const float* x, int64_t T, float* out) const {
   const int64_t n = size();

@@ -10,7 +10,8 @@ namespace nibble::nn {
 class RMSNorm {
  public:
   RMSNorm() = default;
-  RMSNorm(Tensor weight, double eps);
+  // unit_offset: Gemma's form, x_normed * (1 + weight) (the stored weight is the offset from 1)
+  RMSNorm(Tensor weight, double eps, bool unit_offset = false);
   // out[T, n] = norm(x[T, n]); rows split over threads when T > 1. out may be x (each row is read whole
   // before it is written).
   void forward(const float* x, int64_t T, float* out) const;

@@ -35,6 +35,8 @@ void one_head(const AttentionShape& s, const float* qv, const float* kc, const f
   sc.resize(static_cast<size_t>(n));
   for (int64_t j = lo; j <= pos; ++j)
     sc[static_cast<size_t>(j - lo)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
+  if (s.softcap != 0)
+    for (float& v : sc) v = std::tanh(v / s.softcap) * s.softcap;
   const float inv = softmax_exp(sc.data(), n);
   std::fill(out, out + D, 0.0f);
   for (int64_t j = lo; j <= pos; ++j)
@@ -208,8 +210,8 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
-  // the blocked prefill has no sliding-window mask: windowed layers take the per-token path
-  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens && s.window == 0) {
+  // the blocked prefill has no sliding-window mask or soft-capping: such layers take the per-token path
+  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens && s.window == 0 && s.softcap == 0) {
     prefill_avx512(s, q, kc, vc, out);
   } else if (avx512 && s.head_dim % 16 == 0) {
     run(s, q, kc, vc, out, dot_avx512, axpy_avx512);

@@ -11,6 +11,7 @@ struct AttentionShape {
   int64_t T, heads, kv_heads, head_dim, start;
   float scale;
   int64_t window = 0;  // sliding window: position p sees keys j with p - window < j <= p; 0 = all j <= p
+  float softcap = 0;  // Gemma 2: each score s becomes tanh(s / softcap) * softcap before the softmax; 0 = off
 };
 
 void attention(const AttentionShape& s, const float* q, const float* k_cache, const float* v_cache,

@@ -111,8 +111,8 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     const std::string p = "model.layers." + std::to_string(i);
     LlamaLayer L;
     const bool g2 = c_.gemma2;
-    L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps, g2);
-    L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps, g2);
+    L.input_norm = nn::RMSNorm(dense(p + ".input_layernorm.weight", {H}), c_.rms_eps, c_.gemma);
+    L.post_norm = nn::RMSNorm(dense(p + ".post_attention_layernorm.weight", {H}), c_.rms_eps, c_.gemma);
     if (g2) {
       L.pre_ff_norm = nn::RMSNorm(dense(p + ".pre_feedforward_layernorm.weight", {H}), c_.rms_eps, true);
       L.post_ff_norm = nn::RMSNorm(dense(p + ".post_feedforward_layernorm.weight", {H}), c_.rms_eps, true);
@@ -143,7 +143,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
                            loader.load(p + ".mlp.up_proj", c_.mlp_bias),
                            loader.load(p + ".mlp.down_proj", c_.mlp_bias));
-    if (g2) L.mlp.act = nn::GatedMLP::Act::GeluTanh;
+    if (c_.gemma) L.mlp.act = nn::GatedMLP::Act::GeluTanh;
     const std::map<std::string, std::pair<int64_t, int64_t>> expected{
         {"self_attn.q_proj", {c_.heads * D, H}},
         {"self_attn.k_proj", {c_.kv_heads * D, H}},
@@ -162,7 +162,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     layers_.push_back(std::move(L));
     bar.advance(1, p);
   }
-  norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps, c_.gemma2);
+  norm_ = nn::RMSNorm(dense("model.norm.weight", {H}), c_.rms_eps, c_.gemma);
   if (!c_.tie_word_embeddings || ck.contains("lm_head.weight.absmax") || ck.contains("lm_head.SCB")) {
     lm_head_ = loader.load("lm_head", false);
   } else {
@@ -196,7 +196,7 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
         embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
         DType::Float32, h + t * H, static_cast<size_t>(H));
   }
-  if (c_.gemma2) {  // Gemma: the embedding times sqrt(hidden) (a float32 constant)
+  if (c_.gemma) {  // Gemma: the embedding times sqrt(hidden) (a float32 constant)
     const auto normalizer = static_cast<float>(std::sqrt(static_cast<double>(H)));
     for (int64_t i = 0; i < T * H; ++i) h[i] *= normalizer;
   }

@@ -22,9 +22,10 @@ namespace nibble::models {
 struct LlamaConfig {
   std::string model_type;
   int64_t rotary_dim = 0;  // dims of each head the rotary embedding turns (phi3's partial_rotary_factor)
-  // Gemma 2 (gemma2 = true): embedding scaled by sqrt(hidden), RMSNorm (1 + w), norms around attention and
-  // MLP outputs, GELU-tanh gate, attention scale query_pre_attn_scalar^-0.5, score and logit soft-capping
-  bool gemma2 = false;
+  // Gemma (gemma = true for gemma and gemma2): embedding scaled by sqrt(hidden), RMSNorm (1 + w), GELU-tanh
+  // gate. Gemma 2 (gemma2) adds norms around the attention and MLP outputs, the attention scale
+  // query_pre_attn_scalar^-0.5 and score / logit soft-capping.
+  bool gemma = false, gemma2 = false;
   double query_pre_attn_scalar = 0, attn_softcap = 0, final_softcap = 0;
   std::string hidden_act = "silu";
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0,

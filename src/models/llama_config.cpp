@@ -61,19 +61,30 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
   for (int64_t i = first; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = sw;
 }
 
-// Gemma 2's settings (Gemma2Config's defaults). It reads hidden_activation (Gemma 1 read hidden_act); only
-// the tanh GELU is built.
-void read_gemma2(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
+// A soft-capping value as transformers reads it: absent = the config class's default, null = off (0).
+double softcap(const json& j, const char* key, const jsonf::JsonPath& root, double def) {
+  if (!j.contains(key)) return def;
+  if (j.at(key).is_null()) return 0.0;
+  return jsonf::as_number(j.at(key), root / key, {1e-30, 1e30});
+}
+
+// Gemma and Gemma 2 (their config classes' defaults). Gemma reads hidden_act, where the legacy "gelu" means
+// the tanh approximation (GemmaConfig rewrites it); Gemma 2 reads hidden_activation. Only the tanh GELU is
+// built.
+void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   c.gemma2 = c.model_type == "gemma2";
-  if (!c.gemma2) return;
-  c.hidden_act = jsonf::get_string_or(j, "hidden_activation", root, "gelu_pytorch_tanh");
+  c.gemma = c.gemma2 || c.model_type == "gemma";
+  if (!c.gemma) return;
+  const char* act_key = c.gemma2 ? "hidden_activation" : "hidden_act";
+  c.hidden_act = jsonf::get_string_or(j, act_key, root, "gelu_pytorch_tanh");
+  if (!c.gemma2 && c.hidden_act == "gelu") c.hidden_act = "gelu_pytorch_tanh";
   if (c.hidden_act != "gelu_pytorch_tanh")
-    (root / "hidden_activation")
-        .fail("is '" + c.hidden_act + "'; nibble builds gelu_pytorch_tanh for gemma2");
+    (root / act_key).fail("is '" + c.hidden_act + "'; nibble builds gelu_pytorch_tanh for " + c.model_type);
+  if (!j.contains("tie_word_embeddings")) c.tie_word_embeddings = true;  // the Gemma configs' default
+  if (!c.gemma2) return;
   c.query_pre_attn_scalar = jsonf::get_number_or(j, "query_pre_attn_scalar", root, 256.0, kPositive);
-  c.attn_softcap = jsonf::get_number_or(j, "attn_logit_softcapping", root, 0.0, {0.0, 1e30});
-  c.final_softcap = jsonf::get_number_or(j, "final_logit_softcapping", root, 0.0, {0.0, 1e30});
-  if (!j.contains("tie_word_embeddings")) c.tie_word_embeddings = true;  // Gemma2Config's default
+  c.attn_softcap = softcap(j, "attn_logit_softcapping", root, 50.0);
+  c.final_softcap = softcap(j, "final_logit_softcapping", root, 30.0);
 }
 
 }  // namespace
@@ -95,9 +106,10 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
         .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
               std::to_string(c.kv_heads) + ")");
   // Qwen3Config's head_dim defaults to 128, Gemma2Config's to 256, the others' to hidden / heads
-  const int64_t default_head_dim = c.model_type == "qwen3"    ? 128
-                                   : c.model_type == "gemma2" ? 256
-                                                              : std::max<int64_t>(c.hidden / c.heads, 1);
+  const int64_t default_head_dim = c.model_type == "qwen3" ? 128
+                                   : c.model_type == "gemma2" || c.model_type == "gemma"
+                                       ? 256
+                                       : std::max<int64_t>(c.hidden / c.heads, 1);
   c.head_dim = jsonf::get_int_or(j, "head_dim", root, default_head_dim, kHeadDim);
   if (c.head_dim % 2 != 0)
     (root / "head_dim").fail("must be a positive even number, found " + std::to_string(c.head_dim));
@@ -158,7 +170,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
       (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
   }
   read_sliding_windows(j, root, c);
-  read_gemma2(j, root, c);
+  read_gemma(j, root, c);
   return c;
 }
 

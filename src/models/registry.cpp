@@ -12,7 +12,7 @@
 namespace nibble {
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"};
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"};
   return k;
 }
 

@@ -19,7 +19,9 @@ For each model in MODELS, under tests/golden/checkpoints/families/<name>/:
                       config facts read back from the instantiated model (layer_types, each attention module's
                       sliding_window and scaling, rope parameters and inv_freq, ...)
 Sizes: hidden 32, intermediate 64, 4 heads / 2 KV heads, head_dim 8 (16 where a model tests head_dim != hidden/heads),
-vocab 128, 2 layers (qwen2-sw 3): model.safetensors 93-138 KB each, the whole directory ~1.3 MB of distinct files.
+vocab 128, 2 layers (qwen2-sw, gemma3-text 3): model.safetensors 93-138 KB each, the whole directory ~1.6 MB of
+distinct files.
+    python3 tests/golden/make_family_golden.py name ...   # remake only those directories (others untouched)
 For the models in BNB_4BIT also <name>-bnb-nf4/: a float32 model of the same family but with hidden 64 and
 intermediate 64 (bitsandbytes 0.50's CPU 4-bit path needs every quantized in_features to be a multiple of 64), its
 own seed, saved to a temporary directory (not committed), loaded by transformers with BitsAndBytesConfig(
@@ -58,6 +60,8 @@ def llama(**kw):
     return ("llama", {**BASE, **kw})
 
 
+PHI3_LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.1, 1.5], "long_factor": [2.0, 5.0],
+                 "partial_rotary_factor": 0.5}
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
 # Seeds (SEEDS, picked by `make_family_golden.py --search-seeds`): the first of seed0, seed0+100, ..., seed0+100*(SEED_TRIES-1)
@@ -66,9 +70,9 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
 # llama-tied the rule must hold for it and for every rope variant that shares its weights. A model that never meets
 # it keeps seed0 and is listed in SEED_RULE_EXEMPT (make() asserts the rule for all others).
 SEED0 = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
-         "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22}
+         "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22, "gemma": 13, "gemma3-text": 14}
 SEEDS = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
-         "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22}
+         "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22, "gemma": 213, "gemma3-text": 114}
 SEED_RULE_EXEMPT = set()
 SEED_RULE_MIN_DISTINCT = 6
 SEED_RULE_MIN_MARGIN = 2e-3
@@ -113,6 +117,24 @@ MODELS = {
     "phi3": ("phi3", {**{k: v for k, v in BASE.items() if k != "head_dim"}, "partial_rotary_factor": 0.5}, SEEDS["phi3"],
              "Phi-3: fused qkv_proj and gate_up_proj, partial_rotary_factor 0.5 (rotary dim 4 of head_dim 8), "
              "default rope"),
+    "gemma": ("gemma", {**BASE, "tie_word_embeddings": True, "hidden_act": "gelu", "bos_token_id": 2, "eos_token_id": 1},
+              SEEDS["gemma"],
+              "Gemma 1: embeddings * sqrt(32), RMSNorm (1+w), GeGLU with the legacy hidden_act 'gelu' in config.json "
+              "(transformers runs the tanh approximation for it), attention scale head_dim**-0.5, tied"),
+    "gemma3-text": ("gemma3_text", {**BASE, "num_hidden_layers": 3, "tie_word_embeddings": True, "sliding_window": 8,
+                                    "sliding_window_pattern": 3, "query_pre_attn_scalar": 24, "rope_theta": 1000000.0,
+                                    "rope_local_base_freq": 10000.0, "bos_token_id": 2, "eos_token_id": 1},
+                    SEEDS["gemma3-text"],
+                    "Gemma 3 text-only (Gemma3ForCausalLM): 3 layers sliding, sliding, full (sliding_window_pattern 3), "
+                    "window 8, local layers rope base 1e4 and the full layer 1e6, q_norm/k_norm (1+w) per head "
+                    "before rope, query_pre_attn_scalar 24, pre/post feed-forward norms, embeddings * sqrt(32), no "
+                    "soft-capping (Gemma3TextConfig defaults), tied"),
+    "phi3-longrope": ("phi3", {**{k: v for k, v in BASE.items() if k != "head_dim"}, "partial_rotary_factor": 0.5,
+                               "max_position_embeddings": 64, "original_max_position_embeddings": 16,
+                               "rope_parameters": PHI3_LONGROPE}, SEEDS["phi3"],
+                      "Phi-3 longrope: phi3's weights, rope_type longrope with short/long factors over the 2 "
+                      "frequencies of the 4 rotating dims, original_max_position_embeddings 16 < prompt 24 (long "
+                      "factors), max_position_embeddings 64 (attention factor sqrt(1 + ln 4 / ln 16) on cos/sin)"),
 }
 # 4-bit variants only where the family's layout is new to the 4-bit loader (Qwen2's q/k/v biases beside quantized
 # weights, Qwen3's q_norm/k_norm); Mistral's tensors are named and shaped as Llama's, whose bnb checkpoints
@@ -125,7 +147,7 @@ BNB_4BIT = {"qwen2-sw": {"hidden_size": 64, "intermediate_size": 64, "head_dim":
 # The rope variants are llama-tied's weights (same shapes, same seed) under another config: identical
 # model.safetensors bytes, so git stores that blob once, and each test isolates what its config changes.
 SAME_WEIGHTS_AS = {"llama3-rope": "llama-tied", "llama3-rope-legacy": "llama-tied", "llama-yarn": "llama-tied", "llama-linear": "llama-tied",
-                   "llama-dynamic": "llama-tied"}
+                   "llama-dynamic": "llama-tied", "phi3-longrope": "phi3"}
 DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 # Sensitivity checks, recorded in golden.json as max |logits - logits with this changed|: each feature under test
 # must move the logits (far beyond the 1e-4 tolerance), or the test could pass with the feature ignored.
@@ -153,12 +175,56 @@ CONTRASTS = {
                "gelu_exact": ({"hidden_activation": "gelu"}, None)},
     "phi3": {"full_rotary": ({"partial_rotary_factor": 1.0,
                               "rope_parameters": {**DEFAULT_ROPE, "partial_rotary_factor": 1.0}}, None)},
+    # a third element, where present, edits the loaded model (what a C++ port could get wrong that no config
+    # value switches off)
+    "gemma": {"embeddings_not_scaled": ({}, None, lambda m: m.model.embed_tokens.embed_scale.fill_(1.0)),
+              "norms_times_w_not_1_plus_w": ({}, None, lambda m: add_to_params(m, lambda n: "norm" in n, -1.0)),
+              "gelu_exact": ({}, None, lambda m: set_act(m, torch.nn.GELU()))},
+    "gemma3-text": {"local_rope_base_as_global": ({"rope_parameters": {
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}}, None),
+                    "global_rope_base_as_local": ({"rope_parameters": {
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "default", "rope_theta": 10000.0}}}, None),
+                    "all_layers_full": ({"layer_types": ["full_attention"] * 3}, None),
+                    "all_layers_sliding": ({"layer_types": ["sliding_attention"] * 3}, None),
+                    "query_pre_attn_scalar_8": ({"query_pre_attn_scalar": 8}, None),
+                    "no_q_norm_k_norm": ({}, None, lambda m: drop_qk_norm(m)),
+                    "q_norm_k_norm_times_w_not_1_plus_w": ({}, None, lambda m: add_to_params(
+                        m, lambda n: "q_norm" in n or "k_norm" in n, -1.0)),
+                    "embeddings_not_scaled": ({}, None, lambda m: m.model.embed_tokens.embed_scale.fill_(1.0))},
+    "phi3-longrope": {"default_rope": ({"rope_parameters": {**DEFAULT_ROPE, "partial_rotary_factor": 0.5}}, None),
+                      "short_factors": ({"rope_parameters": {**PHI3_LONGROPE,
+                                                             "long_factor": PHI3_LONGROPE["short_factor"]}}, None),
+                      "attention_factor_1": ({"rope_parameters": {**PHI3_LONGROPE, "attention_factor": 1.0}}, None)},
 }
+
+
+def add_to_params(m, sel, delta):
+    hit = 0
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if sel(n):
+                p.add_(delta)
+                hit += 1
+    assert hit, "no parameter selected"
+
+
+def set_act(m, act):
+    for layer in m.model.layers:
+        layer.mlp.act_fn = act
+
+
+def drop_qk_norm(m):
+    for layer in m.model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()
+        layer.self_attn.k_norm = torch.nn.Identity()
 # config.json edits after save_pretrained: keys to delete, keys to set
 CONFIG_EDITS = {
     "qwen2-sw": {"delete": ["layer_types"]},
     "qwen2-nosw": {"delete": ["layer_types"], "set": {"sliding_window": 8}},
     "gemma2": {"delete": ["layer_types"]},
+    "gemma": {"set": {"hidden_act": "gelu"}},
     "llama3-rope-legacy": {"delete": ["rope_parameters"],
                            "set": {"rope_theta": 10000.0,
                                    "rope_scaling": {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}}},
@@ -212,6 +278,61 @@ NOTES = {
              "rope_parameters; the model reads rope_parameters['partial_rotary_factor'] (rope dim = int(8*0.5) "
              "= 4, the first 4 of each head's 8 dims rotate, rotate_half within those 4); Hub Phi-3/4 configs "
              "have it only at the top level, from where transformers copies it in"],
+    "gemma": ["GemmaConfig.__post_init__ (5.24) rewrites hidden_act 'gelu' to 'gelu_pytorch_tanh' (with a warning: "
+              "'a legacy value of the official releases but it is meant to target the tanh approximation'), so "
+              "save_pretrained wrote 'gelu_pytorch_tanh'; config.json was edited back to hidden_act 'gelu' (as the "
+              "Gemma 1 checkpoints on the Hub have it) and the reload reproduced the logits bit for bit. A C++ "
+              "loader must map Gemma 1's 'gelu' to the tanh GELU (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))",
+              "Gemma 1 reads only hidden_act (GemmaMLP: ACT2FN[config.hidden_act]); hidden_activation is not a "
+              "GemmaConfig field and is ignored by the model (Gemma 2 and 3 read hidden_activation)",
+              "GeGLU: down_proj(act(gate_proj(x)) * up_proj(x))",
+              "embedding normalizer: GemmaTextScaledWordEmbedding multiplies the looked-up row by embed_scale = "
+              "torch.tensor(hidden_size**0.5) (float32 sqrt(32) = 5.656854152679443) cast to the weight dtype; the "
+              "tied lm_head uses the unscaled embedding matrix",
+              "GemmaRMSNorm: x.float() * rsqrt(mean(x^2) + eps) * (1 + w.float()), cast back; weights stored as w "
+              "(zero-initialised; here N(0, 0.1)); the same form for input_layernorm, post_attention_layernorm "
+              "(the pre-MLP norm, Llama layout: no post-attention/feed-forward output norms) and the final norm",
+              "attention scale head_dim**-0.5 (Gemma 1 has no query_pre_attn_scalar, no soft-capping, no sliding "
+              "window); default rope theta 10000 on all 8 dims",
+              "gelu_exact contrast (exact erf GELU in place of tanh) is only ~6e-4 (asserted > 3e-4, as for gemma2)"],
+    "gemma3-text": [SLIDING_NOTE,
+                    "Gemma3TextConfig: without layer_types, layer i is sliding iff (i+1) % sliding_window_pattern != 0 "
+                    "(pattern default 6: five sliding then one full); made with sliding_window_pattern 3, so layers "
+                    "0,1 slide (window 8) and layer 2 is full. save_pretrained writes layer_types and both "
+                    "sliding_window_pattern and _sliding_window_pattern (3); config.json kept as saved",
+                    "rope per layer type: Gemma3RotaryEmbedding keeps sliding_attention_inv_freq (rope_parameters"
+                    "['sliding_attention']['rope_theta'] = the legacy rope_local_base_freq, default 1e4) and "
+                    "full_attention_inv_freq (['full_attention']['rope_theta'] = the legacy rope_theta, default 1e6); "
+                    "a legacy rope_scaling applies to full_attention only. Here 1e4 local, 1e6 global, both default "
+                    "rope (attention_scaling 1) over all 8 head dims",
+                    "q_norm/k_norm: Gemma3RMSNorm over head_dim (8), (1 + w) form, eps rms_norm_eps, applied per head "
+                    "to q and k after the projections and before rope (as Qwen3, but with 1 + w)",
+                    "attention scale query_pre_attn_scalar**-0.5 (24 here, not head_dim 8); attn_logit_softcapping "
+                    "and final_logit_softcapping are None (the Gemma3TextConfig defaults): no soft-capping",
+                    "layer: x + post_attention_layernorm(attn(input_layernorm(x))), then h + "
+                    "post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h))); all (1 + w) RMSNorms; GeGLU with "
+                    "hidden_activation gelu_pytorch_tanh",
+                    "embedding normalizer as Gemma: row * float32 sqrt(hidden_size); tied lm_head unscaled",
+                    "extra_checks: the same weights under a config.json in the Hub form (rope_theta, "
+                    "rope_local_base_freq, rope_scaling null, sliding_window_pattern; no layer_types, no "
+                    "rope_parameters) give bit-identical logits"],
+    "phi3-longrope": ["longrope (_compute_longrope_parameters): inv_freq_i = 1 / (ext_i * theta^(2i/d)) with d = "
+                      "rotary dim (int(8 * 0.5) = 4, so 2 factors), ext = long_factor when the sequence length "
+                      "(max position id + 1) > original_max_position_embeddings (16), else short_factor",
+                      "attention_factor not given, factor not given: factor = max_position_embeddings / "
+                      "original_max_position_embeddings = 64/16 = 4 and attention_factor = sqrt(1 + ln(4)/ln(16)) = "
+                      "sqrt(1.5) = 1.2247449, multiplying cos and sin (for short and long factors alike)",
+                      "the rotary module starts with the short-factor inv_freq and switches per forward "
+                      "(dynamic_rope_update -> longrope_frequency_update: torch.where(seq_len > 16, long, short)); "
+                      "the 24-token prompt and every decode step (positions 24..35) use the long factors, so "
+                      "generate with the cache agrees with a cache-free loop (greedy_no_cache_agrees)",
+                      "Phi3ForCausalLM.prepare_inputs_for_generation drops the cache the first time the sequence "
+                      "exceeds 16 while the cache holds <= 16 tokens, re-running the whole sequence with the long "
+                      "factors: extra_checks runs a 10-token prompt across that boundary (generate vs cache-free)",
+                      "transformers 5.24 writes original_max_position_embeddings both at the top level and inside "
+                      "rope_parameters; Hub Phi-3 configs have it at the top level with rope_scaling {type: longrope "
+                      "(or su), short_factor, long_factor}",
+                      "weights are phi3's (same seed, identical model.safetensors)"],
 }
 
 
@@ -298,9 +419,20 @@ def config_facts(model):
         per_layer.append(d)
     facts["per_layer"] = per_layer
     rot = model.model.rotary_emb
-    facts["rotary_emb"] = {"rope_type": getattr(rot, "rope_type", None),
-                           "attention_scaling": float(getattr(rot, "attention_scaling", 1.0)),
-                           "inv_freq_at_load": [float(x) for x in rot.inv_freq]}
+    if hasattr(rot, "inv_freq"):
+        facts["rotary_emb"] = {"rope_type": getattr(rot, "rope_type", None),
+                               "attention_scaling": float(getattr(rot, "attention_scaling", 1.0)),
+                               "inv_freq_at_load": [float(x) for x in rot.inv_freq]}
+    else:  # one rope per layer type (Gemma 3): <type>_inv_freq, <type>_attention_scaling
+        facts["rotary_emb"] = {t: {"rope_type": rot.rope_type[t],
+                                   "attention_scaling": float(getattr(rot, f"{t}_attention_scaling")),
+                                   "inv_freq_at_load": [float(x) for x in getattr(rot, f"{t}_inv_freq")]}
+                               for t in rot.layer_types}
+        for d in per_layer:
+            t = d["self_attn.layer_type"]
+            d["rope_theta"] = cfg.rope_parameters[t]["rope_theta"]
+            d["rope_inv_freq"] = facts["rotary_emb"][t]["inv_freq_at_load"]
+            d["rope_attention_scaling"] = facts["rotary_emb"][t]["attention_scaling"]
     facts["parameters"] = {n: list(p.shape) for n, p in model.named_parameters()}
     return facts
 
@@ -314,9 +446,10 @@ def edit_config(path, edits):
     cfgp.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
 
 
-def contrast(path, changes, param_sel, logits):
+def contrast(path, changes, param_sel, logits, model_fn=None):
     """max |logits - logits of the same weights with config.json `changes` applied (layer_types re-derived) or
-    with the parameters named by param_sel reset (norm weights to 1, others to 0)|."""
+    with the parameters named by param_sel reset (norm weights to 1, others to 0), or the loaded model edited by
+    model_fn|."""
     c = json.loads((path / "config.json").read_text())
     c.pop("layer_types", None)
     c.update(copy.deepcopy(changes))
@@ -331,6 +464,9 @@ def contrast(path, changes, param_sel, logits):
                     p.fill_(1.0 if "norm" in n else 0.0)
                     hit += 1
         assert hit, "no parameter selected"
+    if model_fn is not None:
+        with torch.no_grad():
+            model_fn(m)
     return float((forward_logits(m, PROMPT) - logits).abs().max())
 
 
@@ -347,6 +483,55 @@ def greedy_margins(model, new_ids):
             margins.append(round(float(t[0] - t[1]), 6))
             out = model(torch.tensor([[tok]]), cache=out.past_key_values, use_cache=True)
     return margins
+
+
+def longrope_checks(path, logits):
+    """inv_freq of a fresh load (short factors) and after a 24-token forward (long factors); and a 10-token prompt
+    whose greedy text crosses original_max_position_embeddings (16): generate (Phi3ForCausalLM.
+    prepare_inputs_for_generation drops the cache once the sequence first exceeds 16, re-running everything with the
+    long factors) against a cache-free argmax loop."""
+    m = load(path)
+    short = [float(x) for x in m.model.rotary_emb.inv_freq]
+    forward_logits(m, PROMPT)
+    long = [float(x) for x in m.model.rotary_emb.inv_freq]
+    assert short != long
+    p10, n = PROMPT[:10], 14
+    m = load(path)
+    m.generation_config.eos_token_id = None
+    gc = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True,
+                          bos_token_id=None)
+    ids = list(p10)
+    with torch.no_grad():
+        gen = m.generate(torch.tensor([p10]), generation_config=gc)[0, len(p10):].tolist()
+        m = load(path)
+        for _ in range(n):
+            ids.append(int(m(torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+    return {"inv_freq_fresh_load_short_factors": short, "inv_freq_after_24_token_forward_long_factors": long,
+            "attention_scaling": float(m.model.rotary_emb.attention_scaling),
+            "short_prompt": p10, "short_prompt_generate_14_new_ids": gen,
+            "short_prompt_no_cache_14_new_ids": ids[len(p10):], "short_prompt_no_cache_agrees": gen == ids[len(p10):]}
+
+
+def gemma3_hub_form_checks(path, logits):
+    """config.json in the form of Gemma 3 checkpoints on the Hub (top-level rope_theta, rope_local_base_freq,
+    rope_scaling null, sliding_window_pattern, no layer_types or rope_parameters): same layer types, same logits."""
+    import tempfile
+    c = json.loads((path / "config.json").read_text())
+    for k in ["rope_parameters", "layer_types", "_sliding_window_pattern"]:
+        c.pop(k)
+    c.update(rope_theta=1000000.0, rope_local_base_freq=10000.0, rope_scaling=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        shutil.copy(path / "model.safetensors", tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
+        m = load(tmp)
+        same = torch.equal(forward_logits(m, PROMPT), logits)
+        assert same
+        return {"hub_form_config_json": c, "hub_form_layer_types": m.config.layer_types,
+                "hub_form_rope_parameters": m.config.rope_parameters, "hub_form_logits_bit_identical": same}
+
+
+EXTRA_CHECKS = {"phi3-longrope": longrope_checks, "gemma3-text": gemma3_hub_form_checks}
 
 
 def write_golden(path, logits, info):
@@ -461,7 +646,7 @@ def make(name, model_type, kw, seed, what):
     rule_met = check_seed_rule(name, gen, margins)
     if name in SAME_WEIGHTS_AS:
         assert seed == SEEDS[SAME_WEIGHTS_AS[name]], name
-    contrasts = {label: contrast(path, ch, sel, logits) for label, (ch, sel) in CONTRASTS.get(name, {}).items()}
+    contrasts = {label: contrast(path, ch, sel, logits, *fn) for label, (ch, sel, *fn) in CONTRASTS.get(name, {}).items()}
     for label, d in contrasts.items():
         assert d > CONTRAST_MIN.get(label, 1e-2), (name, label, d)
     info = {
@@ -484,6 +669,8 @@ def make(name, model_type, kw, seed, what):
         "prompt_longer_than_every_window": True,
         "notes": NOTES.get(name, []),
     }
+    if name in EXTRA_CHECKS:
+        info["extra_checks"] = EXTRA_CHECKS[name](path, logits)
     write_golden(path, logits, info)
     print(f"{name}: greedy {gen} nocache_agrees={nocache == gen} margin={info['logits_min_top2_margin']:.4f}")
 
@@ -528,7 +715,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--search-seeds"]:
         search_seeds(sys.argv[2:])
         sys.exit(0)
-    assert not sys.argv[1:], "usage: make_family_golden.py [--search-seeds [name ...]]"
+    only = sys.argv[1:]  # names in MODELS to remake (default: all)
+    assert all(n in MODELS for n in only), "usage: make_family_golden.py [--search-seeds [name ...]] | [name ...]"
     OUT.mkdir(parents=True, exist_ok=True)
     for n, (mt, kw, seed, what) in MODELS.items():
-        make(n, mt, kw, seed, what)
+        if not only or n in only:
+            make(n, mt, kw, seed, what)

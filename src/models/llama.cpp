@@ -13,7 +13,7 @@ using nlohmann::json;
 
 namespace {
 // Workspace slots of the decoder (nn modules use the slots below 16).
-enum Slot : size_t { kHidden = 16, kNormed, kOut, kCos, kSin };
+enum Slot : size_t { kHidden = 16, kNormed, kOut, kCos, kSin, kCosLocal, kSinLocal };
 
 // The 8-bit options nibble refuses rather than ignores.
 void check_int8_options(const BitsAndBytesConfig& q, const std::string& where) {
@@ -132,9 +132,9 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       L.attn.scale = static_cast<float>(1.0 / std::sqrt(c_.query_pre_attn_scalar));
       L.attn.softcap = static_cast<float>(c_.attn_softcap);
     }
-    if (c_.model_type == "qwen3") {
-      L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps);
-      L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps);
+    if (c_.model_type == "qwen3" || c_.gemma3) {  // (Gemma 3's with 1 + w)
+      L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps, c_.gemma3);
+      L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps, c_.gemma3);
     }
     if (fused)
       L.mlp =
@@ -173,6 +173,8 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
   if (!lm_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
   rope_ = nn::RotaryEmbedding(D, c_.rope(), c_.rotary_dim);
+  if (c_.local_rope_theta > 0)
+    rope_local_ = nn::RotaryEmbedding(D, {.theta = c_.local_rope_theta}, c_.rotary_dim);
 }
 
 void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
@@ -201,10 +203,19 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
     for (int64_t i = 0; i < T * H; ++i) h[i] *= normalizer;
   }
   rope_.angles(start, T, cosv, sinv);
+  float* cosl = nullptr;
+  float* sinl = nullptr;
+  if (c_.local_rope_theta > 0) {  // gemma3's sliding layers turn by their own base
+    cosl = ws.get(kCosLocal, static_cast<size_t>(T * half));
+    sinl = ws.get(kSinLocal, static_cast<size_t>(T * half));
+    rope_local_.angles(start, T, cosl, sinl);
+  }
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
     L.input_norm.forward(h, T, xn);
-    L.attn.forward(xn, T, start, rope_, cosv, sinv, kv[static_cast<size_t>(l)], ws, o);
+    const bool local = cosl && L.attn.window > 0;
+    L.attn.forward(xn, T, start, local ? rope_local_ : rope_, local ? cosl : cosv, local ? sinl : sinv,
+                   kv[static_cast<size_t>(l)], ws, o);
     if (L.pre_ff_norm) {  // Gemma 2: normalize the attention output, add; normalize around the MLP, add
       L.post_norm.forward(o, T, o);
 #pragma omp parallel for if (T > 1)

@@ -25,7 +25,8 @@ struct LlamaConfig {
   // Gemma (gemma = true for gemma and gemma2): embedding scaled by sqrt(hidden), RMSNorm (1 + w), GELU-tanh
   // gate. Gemma 2 (gemma2) adds norms around the attention and MLP outputs, the attention scale
   // query_pre_attn_scalar^-0.5 and score / logit soft-capping.
-  bool gemma = false, gemma2 = false;
+  bool gemma = false, gemma2 = false, gemma3 = false;  // gemma3 (gemma3_text) implies gemma2's pieces
+  double local_rope_theta = 0;  // gemma3: sliding layers' rotary base (0: one rotary embedding for all)
   double query_pre_attn_scalar = 0, attn_softcap = 0, final_softcap = 0;
   std::string hidden_act = "silu";
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0,
@@ -95,6 +96,7 @@ class LlamaModel final : public CausalLM {
   nn::RMSNorm norm_;
   std::unique_ptr<nn::LinearBase> lm_head_;  // null when tied to the embedding and not quantized
   std::unique_ptr<nn::Linear> tied_head_;    // the embedding as the output layer when lm_head_ is null
+  nn::RotaryEmbedding rope_local_;           // gemma3's sliding layers
   nn::RotaryEmbedding rope_;
   std::optional<BitsAndBytesConfig> qcfg_;
 };

@@ -20,13 +20,14 @@ constexpr IntRange kHidden{1, 1 << 20}, kIntermediate{1, 1 << 22}, kLayers{0, 1 
 constexpr NumberRange kPositive{1e-30, 1e30};
 
 // Sliding-window layers as transformers reads them. mistral, phi3: every layer when sliding_window is set.
-// gemma2: layer_types' sliding layers, or without it every other layer starting with the first.
+// gemma2: layer_types' sliding layers, or without it every other layer starting with the first. gemma3_text:
+// layer_types, or every sliding_window_pattern-th layer (default 6) full, the others sliding.
 // qwen2: sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on
 // the layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers
 // (qwen3 alike). llama has no sliding window.
 void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   c.window.assign(static_cast<size_t>(c.layers), 0);
-  static const char* kWindowed[] = {"mistral", "qwen2", "qwen3", "phi3", "gemma2"};
+  static const char* kWindowed[] = {"mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"};
   if (std::none_of(std::begin(kWindowed), std::end(kWindowed),
                    [&](const char* t) { return c.model_type == t; }))
     return;
@@ -39,6 +40,15 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
   if (c.model_type == "gemma2") {  // layer_types, or alternating sliding / full starting with sliding
     if (!jsonf::find_array(j, "layer_types", root)) {
       for (int64_t i = 0; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = i % 2 == 0 ? sw : 0;
+      return;
+    }
+  } else if (c.model_type == "gemma3_text") {  // layer_types, or every sliding_window_pattern-th layer full
+    if (!jsonf::find_array(j, "layer_types", root)) {
+      const int64_t pattern = jsonf::get_int_or(
+          j, "sliding_window_pattern", root,
+          jsonf::get_int_or(j, "_sliding_window_pattern", root, 6, {1, 1 << 12}), {1, 1 << 12});
+      for (int64_t i = 0; i < c.layers; ++i)
+        c.window[static_cast<size_t>(i)] = (i + 1) % pattern != 0 ? sw : 0;
       return;
     }
   } else if (!jsonf::get_bool_or(j, "use_sliding_window", root, false)) {
@@ -72,10 +82,11 @@ double softcap(const json& j, const char* key, const jsonf::JsonPath& root, doub
 // the tanh approximation (GemmaConfig rewrites it); Gemma 2 reads hidden_activation. Only the tanh GELU is
 // built.
 void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
-  c.gemma2 = c.model_type == "gemma2";
+  c.gemma3 = c.model_type == "gemma3_text";
+  c.gemma2 = c.model_type == "gemma2" || c.gemma3;
   c.gemma = c.gemma2 || c.model_type == "gemma";
   if (!c.gemma) return;
-  const char* act_key = c.gemma2 ? "hidden_activation" : "hidden_act";
+  const char* act_key = c.gemma2 ? "hidden_activation" : "hidden_act";  // (Gemma 3 as Gemma 2)
   c.hidden_act = jsonf::get_string_or(j, act_key, root, "gelu_pytorch_tanh");
   if (!c.gemma2 && c.hidden_act == "gelu") c.hidden_act = "gelu_pytorch_tanh";
   if (c.hidden_act != "gelu_pytorch_tanh")
@@ -83,8 +94,60 @@ void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   if (!j.contains("tie_word_embeddings")) c.tie_word_embeddings = true;  // the Gemma configs' default
   if (!c.gemma2) return;
   c.query_pre_attn_scalar = jsonf::get_number_or(j, "query_pre_attn_scalar", root, 256.0, kPositive);
-  c.attn_softcap = softcap(j, "attn_logit_softcapping", root, 50.0);
-  c.final_softcap = softcap(j, "final_logit_softcapping", root, 30.0);
+  // Gemma2Config defaults the soft-caps to 50 / 30, Gemma3TextConfig to None
+  c.attn_softcap = softcap(j, "attn_logit_softcapping", root, c.gemma3 ? 0.0 : 50.0);
+  c.final_softcap = softcap(j, "final_logit_softcapping", root, c.gemma3 ? 0.0 : 30.0);
+}
+
+// One rope dict (rope_parameters / rope_scaling, or one layer type's entry): type and scaling parameters.
+void read_rope_dict(const json& rs, const jsonf::JsonPath& at, const std::string& path, LlamaConfig& c) {
+  c.rope_type = jsonf::get_string_or(rs, "rope_type", at, jsonf::get_string_or(rs, "type", at, "default"));
+  if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3" && c.rope_type != "yarn")
+    throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
+                            "' is not supported (default, linear, llama3, yarn)");
+  c.rope_factor = jsonf::get_number_or(rs, "factor", at, 1.0, kPositive);
+  c.low_freq_factor = jsonf::get_number_or(rs, "low_freq_factor", at, 1.0, kPositive);
+  c.high_freq_factor = jsonf::get_number_or(rs, "high_freq_factor", at, 4.0, kPositive);
+  c.original_max_positions = jsonf::get_int_or(rs, "original_max_position_embeddings", at, 8192, kPositions);
+  if (c.rope_type == "yarn") {
+    // transformers: original_max_position_embeddings is required; a missing factor is max / original
+    c.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
+    c.rope_factor = jsonf::get_number_or(
+        rs, "factor", at,
+        static_cast<double>(c.max_positions) / static_cast<double>(c.original_max_positions), kPositive);
+    c.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
+    c.mscale = jsonf::get_number_or(rs, "mscale", at, 0.0, {0.0, 1e6});
+    c.mscale_all_dim = jsonf::get_number_or(rs, "mscale_all_dim", at, 0.0, {0.0, 1e6});
+    c.beta_fast = jsonf::get_number_or(rs, "beta_fast", at, 32.0, kPositive);
+    c.beta_slow = jsonf::get_number_or(rs, "beta_slow", at, 1.0, kPositive);
+    c.truncate = jsonf::get_bool_or(rs, "truncate", at, true);
+  }
+  if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
+    (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
+}
+
+// Gemma 3's two rotary embeddings: full-attention layers use rope_theta (default 1e6) with the rope scaling,
+// sliding layers rope_local_base_freq (default 1e4) unscaled. transformers 5 writes them as rope_parameters
+// {"full_attention": {...}, "sliding_attention": {...}}; Hub configs as rope_theta, rope_local_base_freq and
+// rope_scaling.
+void read_gemma3_rope(const json& j, const jsonf::JsonPath& root, const std::string& path, LlamaConfig& c) {
+  if (!c.gemma3) return;
+  const json* rp = jsonf::find_object(j, "rope_parameters", root);
+  if (rp && rp->contains("full_attention")) {
+    const jsonf::JsonPath at = root / "rope_parameters";
+    const json& full = jsonf::get_object(*rp, "full_attention", at);
+    const json& local = jsonf::get_object(*rp, "sliding_attention", at);
+    read_rope_dict(full, at / "full_attention", path, c);
+    c.rope_theta = jsonf::get_number(full, "rope_theta", at / "full_attention", kPositive);
+    c.local_rope_theta = jsonf::get_number(local, "rope_theta", at / "sliding_attention", kPositive);
+    const std::string lt = jsonf::get_string_or(local, "rope_type", at / "sliding_attention", "default");
+    if (lt != "default")
+      throw NotSupportedError(path + ": rope_parameters.sliding_attention type '" + lt +
+                              "' is not supported (default)");
+    return;
+  }
+  c.rope_theta = jsonf::get_number_or(j, "rope_theta", root, 1e6, kPositive);
+  c.local_rope_theta = jsonf::get_number_or(j, "rope_local_base_freq", root, 1e4, kPositive);
 }
 
 }  // namespace
@@ -106,10 +169,11 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
         .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
               std::to_string(c.kv_heads) + ")");
   // Qwen3Config's head_dim defaults to 128, Gemma2Config's to 256, the others' to hidden / heads
-  const int64_t default_head_dim = c.model_type == "qwen3" ? 128
-                                   : c.model_type == "gemma2" || c.model_type == "gemma"
-                                       ? 256
-                                       : std::max<int64_t>(c.hidden / c.heads, 1);
+  const int64_t default_head_dim =
+      c.model_type == "qwen3" ? 128
+      : c.model_type == "gemma2" || c.model_type == "gemma" || c.model_type == "gemma3_text"
+          ? 256
+          : std::max<int64_t>(c.hidden / c.heads, 1);
   c.head_dim = jsonf::get_int_or(j, "head_dim", root, default_head_dim, kHeadDim);
   if (c.head_dim % 2 != 0)
     (root / "head_dim").fail("must be a positive even number, found " + std::to_string(c.head_dim));
@@ -140,37 +204,10 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   c.attention_bias = jsonf::get_bool_or(j, "attention_bias", root, false) || c.model_type == "qwen2";
   c.mlp_bias = jsonf::get_bool_or(j, "mlp_bias", root, false);
   const char* rs_key = rp ? "rope_parameters" : "rope_scaling";
-  if (const json* rs = jsonf::find_object(j, rs_key, root)) {
-    const jsonf::JsonPath at = root / rs_key;
-    c.rope_type =
-        jsonf::get_string_or(*rs, "rope_type", at, jsonf::get_string_or(*rs, "type", at, "default"));
-    if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3" &&
-        c.rope_type != "yarn")
-      throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
-                              "' is not supported (default, linear, llama3, yarn)");
-    c.rope_factor = jsonf::get_number_or(*rs, "factor", at, 1.0, kPositive);
-    c.low_freq_factor = jsonf::get_number_or(*rs, "low_freq_factor", at, 1.0, kPositive);
-    c.high_freq_factor = jsonf::get_number_or(*rs, "high_freq_factor", at, 4.0, kPositive);
-    c.original_max_positions =
-        jsonf::get_int_or(*rs, "original_max_position_embeddings", at, 8192, kPositions);
-    if (c.rope_type == "yarn") {
-      // transformers: original_max_position_embeddings is required; a missing factor is max / original
-      c.original_max_positions = jsonf::get_int(*rs, "original_max_position_embeddings", at, kPositions);
-      c.rope_factor = jsonf::get_number_or(
-          *rs, "factor", at,
-          static_cast<double>(c.max_positions) / static_cast<double>(c.original_max_positions), kPositive);
-      c.attention_factor = jsonf::get_number_or(*rs, "attention_factor", at, NAN, kPositive);
-      c.mscale = jsonf::get_number_or(*rs, "mscale", at, 0.0, {0.0, 1e6});
-      c.mscale_all_dim = jsonf::get_number_or(*rs, "mscale_all_dim", at, 0.0, {0.0, 1e6});
-      c.beta_fast = jsonf::get_number_or(*rs, "beta_fast", at, 32.0, kPositive);
-      c.beta_slow = jsonf::get_number_or(*rs, "beta_slow", at, 1.0, kPositive);
-      c.truncate = jsonf::get_bool_or(*rs, "truncate", at, true);
-    }
-    if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
-      (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
-  }
+  if (const json* rs = jsonf::find_object(j, rs_key, root)) read_rope_dict(*rs, root / rs_key, path, c);
   read_sliding_windows(j, root, c);
   read_gemma(j, root, c);
+  read_gemma3_rope(j, root, path, c);
   return c;
 }
 

@@ -12,7 +12,8 @@
 namespace nibble {
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> k{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"};
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2",  "qwen3",
+                                          "phi3",  "gemma",   "gemma2", "gemma3_text"};
   return k;
 }
 

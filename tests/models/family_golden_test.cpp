@@ -3,7 +3,8 @@
 // model_type nibble supports gives transformers' float32 logits (one forward of a 24-token prompt, longer
 // than every sliding window) to 1e-4 and its greedy continuation exactly (the prompt in one call, then one
 // token per step, EOS off); the bnb-4bit NF4 ones load as saved and give transformers' 4-bit logits.
-// Checkpoints of families nibble does not run yet (dynamic rope) must fail with the clear error naming it.
+// Checkpoints nibble does not run yet (dynamic rope, Phi-3 longrope) must fail with the clear error naming
+// them.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -74,5 +75,26 @@ TEST(FamilyGolden, LogitsAndGreedyTextAsTransformers) {
         json::parse(test::read_bytes(d + "/golden.json"))["greedy_new_ids"].get<std::vector<int32_t>>());
     ++ran;
   }
-  EXPECT_GE(ran, 14);  // mistral, qwen2 (window on and off), qwen3, phi3, gemma2, llama variants, NF4 ones
+  EXPECT_GE(
+      ran,
+      16);  // mistral, qwen2 (window on and off), qwen3, phi3, gemma, gemma2, gemma3, llama variants, NF4
+}
+
+// Gemma 3 as Hub configs spell it (rope_theta + rope_local_base_freq, sliding_window_pattern, no layer_types
+// or rope_parameters): transformers gives the same logits bit for bit (golden.json's extra check), so must
+// nibble.
+TEST(FamilyGolden, Gemma3HubFormConfig) {
+  const std::string src = kDir + "/gemma3-text";
+  const json g = json::parse(test::read_bytes(src + "/golden.json"));
+  ASSERT_TRUE(g["extra_checks"]["hub_form_logits_bit_identical"].get<bool>());
+  test::TempDir d;
+  for (const char* f : {"model.safetensors", "generation_config.json"}) fs::copy_file(src + "/" + f, d / f);
+  test::write_bytes(d / "config.json", g["extra_checks"]["hub_form_config_json"].dump());
+  const auto gs = SafetensorsFile::open(src + "/golden.safetensors");
+  const Tensor idt = gs.get("input_ids");
+  const std::vector<int32_t> ids(idt.data<int32_t>(), idt.data<int32_t>() + idt.numel());
+  const auto hub = AutoModelForCausalLM::from_pretrained(d.str(), {.quiet = true});
+  const auto saved = AutoModelForCausalLM::from_pretrained(src, {.quiet = true});
+  EXPECT_EQ(hub.forward(ids), saved.forward(ids));
+  EXPECT_LT(test::max_abs_diff(hub.forward(ids), gs.get("logits").to_float_vector()), 1e-4);
 }

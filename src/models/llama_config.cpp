@@ -190,11 +190,14 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   if (rp && !rp->is_object()) rp = nullptr;  // transformers 5 also allows a per-layer-type mapping; ignored
   if (rp)
     c.rope_theta = jsonf::get_number_or(*rp, "rope_theta", root / "rope_parameters", c.rope_theta, kPositive);
-  // partial_rotary_factor (phi3): transformers reads it from rope_parameters, where it also copies the
-  // top-level value Hub configs carry
-  double prf = jsonf::get_number_or(j, "partial_rotary_factor", root, 1.0, {1e-6, 1.0});
-  if (rp)
-    prf = jsonf::get_number_or(*rp, "partial_rotary_factor", root / "rope_parameters", prf, {1e-6, 1.0});
+  // partial_rotary_factor: phi3's rotary embedding reads it from rope_parameters, where transformers also
+  // copies the top-level value Hub configs carry; the other families here rotate whole heads whatever it says
+  double prf = 1.0;
+  if (c.model_type == "phi3") {
+    prf = jsonf::get_number_or(j, "partial_rotary_factor", root, 1.0, {1e-6, 1.0});
+    if (rp)
+      prf = jsonf::get_number_or(*rp, "partial_rotary_factor", root / "rope_parameters", prf, {1e-6, 1.0});
+  }
   c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.head_dim) * prf);
   if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0)
     (root / "partial_rotary_factor")

@@ -248,6 +248,37 @@ std::vector<Case> cases() {
         edit_json(d + "/config.json", [](json& j) { j["eos_token_id"] = 1 << 30; });
       },
       {"config.json: 'eos_token_id'", "in [0, 2047]"});
+  auto qwen2_with = [](const char* key, json v) {
+    return [key, v](const std::string& d) {
+      edit_json(d + "/config.json", [&](json& j) {
+        j["model_type"] = "qwen2";
+        j["use_sliding_window"] = true;
+        j["sliding_window"] = 8;
+        j[key] = v;
+      });
+    };
+  };
+  add("config_layer_types_short", E, G, qwen2_with("layer_types", {"full_attention"}),
+      {"config.json: 'layer_types' has 1 entries, expected num_hidden_layers (2)"});
+  add("config_layer_types_bogus", E, G, qwen2_with("layer_types", {"full_attention", "banana"}),
+      {"config.json: 'layer_types[1]' is 'banana'"});
+  add("config_sliding_window_zero", E, G, qwen2_with("sliding_window", 0), {"config.json: 'sliding_window'"});
+  add("config_partial_rotary_odd", E, G,
+      [](const std::string& d) {
+        edit_json(d + "/config.json", [](json& j) {
+          j["model_type"] = "phi3";
+          j["partial_rotary_factor"] = 0.05;
+        });
+      },
+      {"config.json: 'partial_rotary_factor'", "rotary dims of head_dim 16"});
+  add("config_gemma2_activation", E, G,
+      [](const std::string& d) {
+        edit_json(d + "/config.json", [](json& j) {
+          j["model_type"] = "gemma2";
+          j["hidden_activation"] = "relu";
+        });
+      },
+      {"config.json: 'hidden_activation' is 'relu'"});
   add("generation_config_eos_string", E, G, set_config("generation_config.json", P("/eos_token_id"), "2"),
       {"generation_config.json: 'eos_token_id' must be an integer"});
   add("generation_config_eos_list", E, G, set_config("generation_config.json", P("/eos_token_id"), {1, -5}),

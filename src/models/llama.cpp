@@ -42,6 +42,7 @@ nn::RopeConfig LlamaConfig::rope() const {
           .low_freq_factor = low_freq_factor,
           .high_freq_factor = high_freq_factor,
           .original_max_positions = original_max_positions,
+          .max_positions = max_positions,
           .attention_factor = attention_factor,
           .mscale = mscale,
           .mscale_all_dim = mscale_all_dim,

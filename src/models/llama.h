@@ -74,7 +74,13 @@ class LlamaModel final : public CausalLM {
   int64_t kv_width() const override { return c_.kv_heads * c_.head_dim; }
   int64_t vocab_size() const override { return c_.vocab; }
   int64_t hidden_size() const override { return c_.hidden; }
-  int64_t max_position_embeddings() const override { return c_.max_positions; }
+  // The positions a sequence may use: max_position_embeddings, or with dynamic NTK rope (which grows its base
+  // past it, with no limit in transformers) factor times that, the length the scaling is meant for.
+  int64_t max_position_embeddings() const override {
+    return c_.rope_type == "dynamic"
+               ? static_cast<int64_t>(static_cast<double>(c_.max_positions) * c_.rope_factor)
+               : c_.max_positions;
+  }
 
   NamedTensors state_dict() const override;
   size_t memory_footprint() const override;

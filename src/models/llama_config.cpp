@@ -102,9 +102,10 @@ void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
 // One rope dict (rope_parameters / rope_scaling, or one layer type's entry): type and scaling parameters.
 void read_rope_dict(const json& rs, const jsonf::JsonPath& at, const std::string& path, LlamaConfig& c) {
   c.rope_type = jsonf::get_string_or(rs, "rope_type", at, jsonf::get_string_or(rs, "type", at, "default"));
-  if (c.rope_type != "default" && c.rope_type != "linear" && c.rope_type != "llama3" && c.rope_type != "yarn")
+  static const char* kTypes[] = {"default", "linear", "llama3", "yarn", "dynamic"};
+  if (std::none_of(std::begin(kTypes), std::end(kTypes), [&](const char* t) { return c.rope_type == t; }))
     throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
-                            "' is not supported (default, linear, llama3, yarn)");
+                            "' is not supported (default, linear, llama3, yarn, dynamic)");
   c.rope_factor = jsonf::get_number_or(rs, "factor", at, 1.0, kPositive);
   c.low_freq_factor = jsonf::get_number_or(rs, "low_freq_factor", at, 1.0, kPositive);
   c.high_freq_factor = jsonf::get_number_or(rs, "high_freq_factor", at, 4.0, kPositive);

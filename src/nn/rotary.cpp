@@ -46,6 +46,10 @@ RotaryEmbedding::RotaryEmbedding(int64_t head_dim, const RopeConfig& c, int64_t 
     : head_dim_(head_dim) {
   const int64_t D = rotary_dim > 0 ? rotary_dim : head_dim;  // frequencies over the rotated dims only
   inv_freq_.resize(static_cast<size_t>(D / 2));
+  dynamic_ = c.type == "dynamic";
+  theta_ = static_cast<float>(c.theta);
+  factor_ = static_cast<float>(c.factor);
+  max_positions_ = c.max_positions;
   if (c.type == "yarn") {
     yarn(D, c, inv_freq_, attention_scaling_);
     return;
@@ -71,9 +75,23 @@ RotaryEmbedding::RotaryEmbedding(int64_t head_dim, const RopeConfig& c, int64_t 
 
 void RotaryEmbedding::angles(int64_t start, int64_t T, float* cos, float* sin) const {
   const auto half = static_cast<int64_t>(inv_freq_.size());
+  const float* inv = inv_freq_.data();
+  thread_local std::vector<float> grown;
+  if (dynamic_ && start + T > max_positions_) {
+    const float dim = static_cast<float>(2 * half);
+    float t = factor_ * static_cast<float>(start + T);
+    t = t / static_cast<float>(max_positions_);
+    t = t - (factor_ - 1.0f);
+    const float base =
+        theta_ * std::pow(t, static_cast<float>(static_cast<double>(2 * half) / (2 * half - 2)));
+    grown.resize(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+      grown[static_cast<size_t>(i)] = 1.0f / std::pow(base, static_cast<float>(2 * i) / dim);
+    inv = grown.data();
+  }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const float f = static_cast<float>(start + t) * inv_freq_[static_cast<size_t>(i)];
+      const float f = static_cast<float>(start + t) * inv[i];
       cos[t * half + i] = std::cos(f) * attention_scaling_;
       sin[t * half + i] = std::sin(f) * attention_scaling_;
     }

@@ -1,7 +1,7 @@
 // Rotary position embedding as transformers' LlamaRotaryEmbedding + apply_rotary_pos_emb (rotate_half
-// convention): inverse frequencies in float32 (default, linear, llama3 and yarn scaling), angle = position *
-// inv_freq in float32, cos/sin times yarn's attention factor, then x' = x * cos + rotate_half(x) * sin per
-// head.
+// convention): inverse frequencies in float32 (default, linear, llama3, yarn and dynamic NTK scaling), angle
+// = position * inv_freq in float32, cos/sin times yarn's attention factor, then x' = x * cos + rotate_half(x)
+// * sin per head.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -12,9 +12,10 @@ namespace nibble::nn {
 
 struct RopeConfig {
   double theta = 10000.0;
-  std::string type = "default";  // "default", "linear", "llama3", "yarn"
+  std::string type = "default";  // "default", "linear", "llama3", "yarn", "dynamic"
   double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_positions = 8192;
+  int64_t max_positions = 2048;  // dynamic: beyond it the base grows with the sequence
   // yarn (transformers' _compute_yarn_parameters): attention_factor (NaN: from factor, mscale,
   // mscale_all_dim), the ramp's beta_fast / beta_slow, and whether its correction range is truncated to
   // integers
@@ -37,6 +38,13 @@ class RotaryEmbedding {
  private:
   std::vector<float> inv_freq_;
   int64_t head_dim_ = 0;
+  // dynamic NTK: a call whose last position + 1 (seq_len) passes max_positions turns all its positions with
+  // base = theta * (factor * seq_len / max - (factor - 1))^(dim / (dim - 2)) (float32, as transformers'
+  // forward computes it); earlier positions keep the rotation they had (cached keys), as in transformers'
+  // generate.
+  bool dynamic_ = false;
+  float theta_ = 0, factor_ = 1;
+  int64_t max_positions_ = 0;
   float attention_scaling_ = 1.0f;  // yarn's attention factor; 1 otherwise
 };
 

@@ -39,6 +39,13 @@ struct Session::Impl {
 
   // Runs tokens[cached, size) plus `ids`; the logits of positions first .. of that run into *all if given.
   void run(std::span<const int32_t> ids, std::vector<float>* all, int64_t first = 0) {
+    // a model that must turn the cached positions otherwise for this call (Phi-3 longrope crossing its
+    // original length) gets them all again, as transformers' generate recomputes its cache there
+    const int64_t total = static_cast<int64_t>(tokens.size() + ids.size());
+    const int64_t rerun =
+        cached > 0 && total > cached && model.model->rotation_changes(cached, total) ? cached : 0;
+    cached -= rerun;
+    first += rerun;
     const int64_t pending = static_cast<int64_t>(tokens.size()) - cached;
     const int64_t n = pending + static_cast<int64_t>(ids.size());
     if (n == 0) return;
@@ -61,6 +68,7 @@ struct Session::Impl {
       }
     } catch (...) {
       tokens.resize(before);  // a rejected append leaves the session as it was
+      cached += rerun;
       throw;
     }
     cached += n;

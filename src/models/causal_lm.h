@@ -29,6 +29,13 @@ class CausalLM {
   virtual int64_t vocab_size() const = 0;
   virtual int64_t hidden_size() const = 0;
   virtual int64_t max_position_embeddings() const = 0;
+  // True if a call over positions start .. end - 1 needs the cached positions 0 .. start - 1 turned otherwise
+  // than they were (Phi-3's longrope crossing its original length): the caller then re-runs them all.
+  virtual bool rotation_changes(int64_t start, int64_t end) const {
+    (void)start;
+    (void)end;
+    return false;
+  }
 
   virtual NamedTensors state_dict() const = 0;
   virtual size_t memory_footprint() const = 0;

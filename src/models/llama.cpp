@@ -43,6 +43,8 @@ nn::RopeConfig LlamaConfig::rope() const {
           .high_freq_factor = high_freq_factor,
           .original_max_positions = original_max_positions,
           .max_positions = max_positions,
+          .short_factor = short_factor,
+          .long_factor = long_factor,
           .attention_factor = attention_factor,
           .mscale = mscale,
           .mscale_all_dim = mscale_all_dim,
@@ -174,8 +176,11 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
   if (!lm_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
   rope_ = nn::RotaryEmbedding(D, c_.rope(), c_.rotary_dim);
-  if (c_.local_rope_theta > 0)
-    rope_local_ = nn::RotaryEmbedding(D, {.theta = c_.local_rope_theta}, c_.rotary_dim);
+  if (c_.local_rope_theta > 0) {
+    nn::RopeConfig local;
+    local.theta = c_.local_rope_theta;
+    rope_local_ = nn::RotaryEmbedding(D, local, c_.rotary_dim);
+  }
 }
 
 void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,

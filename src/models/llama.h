@@ -37,6 +37,7 @@ struct LlamaConfig {
   int64_t original_max_positions = 8192;
   double attention_factor = NAN, mscale = 0, mscale_all_dim = 0, beta_fast = 32, beta_slow = 1;  // yarn
   bool truncate = true;
+  std::vector<double> short_factor, long_factor;  // longrope
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
   // per layer: the sliding window (a query sees the `window` positions ending at its own), 0 = full causal
   std::vector<int64_t> window;
@@ -76,6 +77,9 @@ class LlamaModel final : public CausalLM {
   int64_t hidden_size() const override { return c_.hidden; }
   // The positions a sequence may use: max_position_embeddings, or with dynamic NTK rope (which grows its base
   // past it, with no limit in transformers) factor times that, the length the scaling is meant for.
+  bool rotation_changes(int64_t start, int64_t end) const override {
+    return rope_.regime_changes(start, end);
+  }
   int64_t max_position_embeddings() const override {
     return c_.rope_type == "dynamic"
                ? static_cast<int64_t>(static_cast<double>(c_.max_positions) * c_.rope_factor)

@@ -102,10 +102,10 @@ void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
 // One rope dict (rope_parameters / rope_scaling, or one layer type's entry): type and scaling parameters.
 void read_rope_dict(const json& rs, const jsonf::JsonPath& at, const std::string& path, LlamaConfig& c) {
   c.rope_type = jsonf::get_string_or(rs, "rope_type", at, jsonf::get_string_or(rs, "type", at, "default"));
-  static const char* kTypes[] = {"default", "linear", "llama3", "yarn", "dynamic"};
+  static const char* kTypes[] = {"default", "linear", "llama3", "yarn", "dynamic", "longrope"};
   if (std::none_of(std::begin(kTypes), std::end(kTypes), [&](const char* t) { return c.rope_type == t; }))
     throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
-                            "' is not supported (default, linear, llama3, yarn, dynamic)");
+                            "' is not supported (default, linear, llama3, yarn, dynamic, longrope)");
   c.rope_factor = jsonf::get_number_or(rs, "factor", at, 1.0, kPositive);
   c.low_freq_factor = jsonf::get_number_or(rs, "low_freq_factor", at, 1.0, kPositive);
   c.high_freq_factor = jsonf::get_number_or(rs, "high_freq_factor", at, 4.0, kPositive);
@@ -122,6 +122,16 @@ void read_rope_dict(const json& rs, const jsonf::JsonPath& at, const std::string
     c.beta_fast = jsonf::get_number_or(rs, "beta_fast", at, 32.0, kPositive);
     c.beta_slow = jsonf::get_number_or(rs, "beta_slow", at, 1.0, kPositive);
     c.truncate = jsonf::get_bool_or(rs, "truncate", at, true);
+  }
+  if (c.rope_type == "longrope") {  // factor absent = max / original (0 here, resolved by the rotary module)
+    c.rope_factor = jsonf::get_number_or(rs, "factor", at, 0.0, {0.0, 1e30});
+    c.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
+    c.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
+    for (auto [key, dst] : {std::pair{"short_factor", &c.short_factor}, {"long_factor", &c.long_factor}}) {
+      const json& a = jsonf::get_array(rs, key, at);
+      dst->clear();
+      for (size_t i = 0; i < a.size(); ++i) dst->push_back(jsonf::as_number(a[i], (at / key)[i], kPositive));
+    }
   }
   if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
     (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
@@ -209,6 +219,11 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   c.mlp_bias = jsonf::get_bool_or(j, "mlp_bias", root, false);
   const char* rs_key = rp ? "rope_parameters" : "rope_scaling";
   if (const json* rs = jsonf::find_object(j, rs_key, root)) read_rope_dict(*rs, root / rs_key, path, c);
+  // transformers' standardize_rope_params: a top-level original_max_position_embeddings (Phi-3 writes one)
+  // wins for the types that read it
+  if (c.rope_type == "llama3" || c.rope_type == "yarn" || c.rope_type == "longrope")
+    c.original_max_positions =
+        jsonf::get_int_or(j, "original_max_position_embeddings", root, c.original_max_positions, kPositions);
   read_sliding_windows(j, root, c);
   read_gemma(j, root, c);
   read_gemma3_rope(j, root, path, c);

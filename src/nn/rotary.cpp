@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 
+#include "nibble/error.h"
+
 namespace nibble::nn {
 
 namespace {
@@ -54,6 +56,27 @@ RotaryEmbedding::RotaryEmbedding(int64_t head_dim, const RopeConfig& c, int64_t 
     yarn(D, c, inv_freq_, attention_scaling_);
     return;
   }
+  if (c.type == "longrope") {  // transformers' _compute_longrope_parameters
+    const auto half = static_cast<size_t>(D / 2);
+    if (c.short_factor.size() != half || c.long_factor.size() != half)
+      throw FormatError("longrope: short_factor and long_factor need " + std::to_string(half) +
+                        " entries (rotary dims / 2), got " + std::to_string(c.short_factor.size()) + " and " +
+                        std::to_string(c.long_factor.size()));
+    const double orig = static_cast<double>(c.original_max_positions);
+    const double factor = c.factor > 0 ? c.factor : static_cast<double>(c.max_positions) / orig;
+    double af = c.attention_factor;
+    if (std::isnan(af)) af = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(orig));
+    attention_scaling_ = static_cast<float>(af);
+    original_max_positions_ = c.original_max_positions;
+    inv_long_.resize(half);
+    for (size_t i = 0; i < half; ++i) {
+      const float p =
+          std::pow(static_cast<float>(c.theta), static_cast<float>(2 * i) / static_cast<float>(D));
+      inv_freq_[i] = 1.0f / (static_cast<float>(c.short_factor[i]) * p);
+      inv_long_[i] = 1.0f / (static_cast<float>(c.long_factor[i]) * p);
+    }
+    return;
+  }
   for (int64_t i = 0; i < D / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(D);
     float f = 1.0f / std::pow(static_cast<float>(c.theta), e);
@@ -89,6 +112,7 @@ void RotaryEmbedding::angles(int64_t start, int64_t T, float* cos, float* sin) c
       grown[static_cast<size_t>(i)] = 1.0f / std::pow(base, static_cast<float>(2 * i) / dim);
     inv = grown.data();
   }
+  if (!inv_long_.empty() && start + T > original_max_positions_) inv = inv_long_.data();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const float f = static_cast<float>(start + t) * inv[i];

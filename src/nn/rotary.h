@@ -12,10 +12,12 @@ namespace nibble::nn {
 
 struct RopeConfig {
   double theta = 10000.0;
-  std::string type = "default";  // "default", "linear", "llama3", "yarn", "dynamic"
+  std::string type = "default";  // "default", "linear", "llama3", "yarn", "dynamic", "longrope"
   double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_positions = 8192;
   int64_t max_positions = 2048;  // dynamic: beyond it the base grows with the sequence
+  // longrope (Phi-3): per-frequency factors for sequences up to / past original_max_positions
+  std::vector<double> short_factor, long_factor;
   // yarn (transformers' _compute_yarn_parameters): attention_factor (NaN: from factor, mscale,
   // mscale_all_dim), the ramp's beta_fast / beta_slow, and whether its correction range is truncated to
   // integers
@@ -32,6 +34,12 @@ class RotaryEmbedding {
   void angles(int64_t start, int64_t T, float* cos, float* sin) const;
   // Rotates x [T, heads, head_dim] in place with the angles of its T positions; threaded when T > 1.
   void apply(float* x, int64_t T, int64_t heads, const float* cos, const float* sin) const;
+  // longrope: positions below `start` were turned by the short factors and a call reaching `end` needs the
+  // long ones (transformers' Phi-3 generate then recomputes its whole cache).
+  bool regime_changes(int64_t start, int64_t end) const {
+    return !inv_long_.empty() && start > 0 && start <= original_max_positions_ &&
+           end > original_max_positions_;
+  }
   // Bytes of the buffers transformers registers (inv_freq and original_inv_freq).
   size_t buffer_bytes() const { return 2 * inv_freq_.size() * sizeof(float); }
 
@@ -43,6 +51,9 @@ class RotaryEmbedding {
   // forward computes it); earlier positions keep the rotation they had (cached keys), as in transformers'
   // generate.
   bool dynamic_ = false;
+  // longrope: calls whose last position + 1 passes original_max_positions turn by the long factors
+  std::vector<float> inv_long_;
+  int64_t original_max_positions_ = 0;
   float theta_ = 0, factor_ = 1;
   int64_t max_positions_ = 0;
   float attention_scaling_ = 1.0f;  // yarn's attention factor; 1 otherwise

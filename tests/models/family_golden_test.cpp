@@ -3,7 +3,7 @@
 // model_type nibble supports gives transformers' float32 logits (one forward of a 24-token prompt, longer
 // than every sliding window) to 1e-4 and its greedy continuation exactly (the prompt in one call, then one
 // token per step, EOS off); the bnb-4bit NF4 ones load as saved and give transformers' 4-bit logits.
-// Checkpoints nibble does not run yet (Phi-3 longrope) must fail with the clear error naming them.
+// A checkpoint nibble does not run yet must fail with the clear error naming what it lacks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,13 +33,14 @@ std::vector<std::string> family_dirs() {
 bool supported(const json& config) {
   const auto& ok = supported_model_types();
   if (std::find(ok.begin(), ok.end(), config["model_type"].get<std::string>()) == ok.end()) return false;
-  // rope types nibble does not implement yet (longrope) are refused at load: checked below
+  // a rope type nibble does not implement would be refused at load: checked below
   const json* rp = config.contains("rope_parameters") ? &config["rope_parameters"]
                    : config.contains("rope_scaling")  ? &config["rope_scaling"]
                                                       : nullptr;
   if (rp && rp->is_object()) {
     const std::string t = rp->value("rope_type", rp->value("type", std::string("default")));
-    return t == "default" || t == "linear" || t == "llama3" || t == "yarn" || t == "dynamic";
+    return t == "default" || t == "linear" || t == "llama3" || t == "yarn" || t == "dynamic" ||
+           t == "longrope";
   }
   return true;
 }
@@ -74,9 +75,9 @@ TEST(FamilyGolden, LogitsAndGreedyTextAsTransformers) {
         json::parse(test::read_bytes(d + "/golden.json"))["greedy_new_ids"].get<std::vector<int32_t>>());
     ++ran;
   }
-  // every directory but phi3-longrope (18 of 19): mistral, qwen2 (window on / off), qwen3, phi3, gemma 1/2/3,
-  // llama variants (dynamic rope included), NF4 ones
-  EXPECT_EQ(ran, static_cast<int>(dirs.size()) - 1);
+  // every directory: mistral, qwen2 (window on / off), qwen3, phi3 (longrope too), gemma 1/2/3, llama
+  // variants (dynamic rope included), NF4 ones
+  EXPECT_EQ(ran, static_cast<int>(dirs.size()));
 }
 
 // Gemma 3 as Hub configs spell it (rope_theta + rope_local_base_freq, sliding_window_pattern, no layer_types
@@ -96,4 +97,18 @@ TEST(FamilyGolden, Gemma3HubFormConfig) {
   const auto saved = AutoModelForCausalLM::from_pretrained(src, {.quiet = true});
   EXPECT_EQ(hub.forward(ids), saved.forward(ids));
   EXPECT_LT(test::max_abs_diff(hub.forward(ids), gs.get("logits").to_float_vector()), 1e-4);
+}
+
+// Phi-3 longrope: a 10-token prompt grows past original_max_position_embeddings (16) while generating;
+// transformers' generate then recomputes its cache with the long factors, and so does the session (the greedy
+// ids equal transformers' cached and cache-free runs).
+TEST(FamilyGolden, Phi3LongropeCrossingTheOriginalLength) {
+  const std::string d = kDir + "/phi3-longrope";
+  const json x = json::parse(test::read_bytes(d + "/golden.json"))["extra_checks"];
+  ASSERT_TRUE(x["short_prompt_no_cache_agrees"].get<bool>());
+  const auto prompt = x["short_prompt"].get<std::vector<int32_t>>();
+  const auto want = x["short_prompt_generate_14_new_ids"].get<std::vector<int32_t>>();
+  const auto m = AutoModelForCausalLM::from_pretrained(d, {.quiet = true});
+  const auto out = m.generate(prompt, {.max_new_tokens = 14, .eos_token_id = {-1}});
+  EXPECT_EQ(std::vector<int32_t>(out.begin() + static_cast<long>(prompt.size()), out.end()), want);
 }

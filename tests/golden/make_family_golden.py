@@ -26,7 +26,10 @@ For the models in BNB_4BIT also <name>-bnb-nf4/: a float32 model of the same fam
 intermediate 64 (bitsandbytes 0.50's CPU 4-bit path needs every quantized in_features to be a multiple of 64), its
 own seed, saved to a temporary directory (not committed), loaded by transformers with BitsAndBytesConfig(
 load_in_4bit=True, nf4, compute float32) and saved with save_pretrained; its golden.* from transformers' forward of
-that 4-bit model (bitsandbytes' CPU path).
+that 4-bit model (bitsandbytes' CPU path). BNB_EXTRA adds phi3-bnb-nf4, gemma2-bnb-nf4, gemma3-text-bnb-nf4 (the
+same way) and qwen3-bnb-int8 (BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0), saved as int8 weight +
+SCB + weight_format; logits from transformers' forward of the 8-bit model). A family's name remakes only its float32
+directory; each quantized directory is remade by naming it.
 
 Every saved checkpoint is reloaded with from_pretrained and must reproduce the logits bit for bit (asserted).
 
@@ -70,9 +73,11 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
 # llama-tied the rule must hold for it and for every rope variant that shares its weights. A model that never meets
 # it keeps seed0 and is listed in SEED_RULE_EXEMPT (make() asserts the rule for all others).
 SEED0 = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
-         "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22, "gemma": 13, "gemma3-text": 14}
+         "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22, "gemma": 13, "gemma3-text": 14,
+         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26}
 SEEDS = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
-         "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22, "gemma": 213, "gemma3-text": 114}
+         "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22, "gemma": 213, "gemma3-text": 114,
+         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26}
 SEED_RULE_EXEMPT = set()
 SEED_RULE_MIN_DISTINCT = 6
 SEED_RULE_MIN_MARGIN = 2e-3
@@ -144,6 +149,23 @@ MODELS = {
 # its own seed, saved to a temporary directory only (not committed). source -> config overrides.
 BNB_4BIT = {"qwen2-sw": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16},
             "qwen3": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 32}}
+# Further quantized variants, each named on the command line by its own directory name: Phi-3 (fused qkv_proj and
+# gate_up_proj quantized as one Linear each), Gemma 2 and Gemma 3 text (their norms and embedding scale around
+# quantized projections; head_dim 16 so that o_proj's in_features 4 x 16 is 64), and Qwen3 in LLM.int8
+# (load_in_8bit, threshold 6.0: int8 weight + SCB + weight_format in the file). name -> (family in MODELS, config
+# overrides, "nf4" or "int8"). Phi-3 has no head_dim setting: 64 / 4 heads = 16. The Gemma ones are untied (an
+# lm_head.weight in float32, not quantized: transformers keeps lm_head out of bnb): tied at hidden 64, the scaled
+# embedding of the last token dominates the final state and the greedy text repeats that token (no seed in 50 met
+# the seed rule: <= 4 distinct ids); the float32 gemma2 / gemma3-text directories test the tying.
+BNB_EXTRA = {"phi3-bnb-nf4": ("phi3", {"hidden_size": 64, "intermediate_size": 64}, "nf4"),
+             "gemma2-bnb-nf4": ("gemma2", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16,
+                                           "tie_word_embeddings": False}, "nf4"),
+             "gemma3-text-bnb-nf4": ("gemma3-text", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16,
+                                                     "tie_word_embeddings": False}, "nf4"),
+             "qwen3-bnb-int8": ("qwen3", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 32}, "int8")}
+# every quantized directory: name -> (family, config overrides, kind)
+BNB_VARIANTS = {**{f"{n}-bnb-nf4": (n, o, "nf4") for n, o in BNB_4BIT.items()}, **BNB_EXTRA}
+INT8_THRESHOLD = 6.0
 # The rope variants are llama-tied's weights (same shapes, same seed) under another config: identical
 # model.safetensors bytes, so git stores that blob once, and each test isolates what its config changes.
 SAME_WEIGHTS_AS = {"llama3-rope": "llama-tied", "llama3-rope-legacy": "llama-tied", "llama-yarn": "llama-tied", "llama-linear": "llama-tied",
@@ -563,20 +585,27 @@ def check_seed_rule(name, gen, margins):
     return ok
 
 
-def bnb_source(name):
-    """The float32 model a 4-bit variant is quantized from: model type, config kwargs, seed."""
-    mt, kw, _, _ = MODELS[name]
-    return mt, {**kw, **BNB_4BIT[name]}, SEEDS[f"{name}-bnb-nf4"]
+def bnb_source(qname):
+    """The float32 model a quantized variant is made from: model type, config kwargs, seed."""
+    fam, over, _ = BNB_VARIANTS[qname]
+    mt, kw, _, _ = MODELS[fam]
+    return mt, {**kw, **over}, SEEDS[qname]
 
 
-def quantize_via_tmp(name, mt, kw, seed, tmp):
-    """float32 model saved to tmp (with the family's config.json edits), loaded by transformers in bnb NF4."""
+def bnb_config(kind):
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def quantize_via_tmp(name, mt, kw, seed, tmp, kind="nf4"):
+    """float32 model saved to tmp (with the family's config.json edits), loaded by transformers in bnb NF4 (or
+    LLM.int8 for kind "int8")."""
     src = build(mt, kw, seed)
     src.save_pretrained(tmp, safe_serialization=True)
     if CONFIG_EDITS.get(name):
         edit_config(tmp, CONFIG_EDITS[name])
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    return src, load(tmp, quantization_config=q)
+    return src, load(tmp, quantization_config=bnb_config(kind))
 
 
 def search_seeds(only=()):
@@ -585,8 +614,8 @@ def search_seeds(only=()):
     groups = {}
     for n in MODELS:
         groups.setdefault(SAME_WEIGHTS_AS.get(n, n), []).append(n)
-    for n in BNB_4BIT:
-        groups[f"{n}-bnb-nf4"] = []
+    for n in BNB_VARIANTS:
+        groups[n] = []
     for key in SEED0:
         if only and key not in only:
             continue
@@ -594,13 +623,13 @@ def search_seeds(only=()):
         for k in range(SEED_TRIES):
             seed = SEED0[key] + 100 * k
             results = []
-            if key.endswith("-bnb-nf4"):
-                src = key[: -len("-bnb-nf4")]
-                mt, kw, _ = bnb_source(src)
+            if key in BNB_VARIANTS:
+                src, _, kind = BNB_VARIANTS[key]
+                mt, kw, _ = bnb_source(key)
                 with tempfile.TemporaryDirectory() as tmp:
-                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp))[1]
+                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp), kind)[1]
                     gen = greedy_generate(qm)
-                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp))[1]
+                    qm = quantize_via_tmp(src, mt, kw, seed, pathlib.Path(tmp), kind)[1]
                     results.append((gen, greedy_margins(qm, gen)))
             else:
                 for n in groups[key]:
@@ -674,29 +703,60 @@ def make(name, model_type, kw, seed, what):
     write_golden(path, logits, info)
     print(f"{name}: greedy {gen} nocache_agrees={nocache == gen} margin={info['logits_min_top2_margin']:.4f}")
 
-    if name in BNB_4BIT:
-        import tempfile
-        qname = f"{name}-bnb-nf4"
-        qpath = OUT / qname
-        shutil.rmtree(qpath, ignore_errors=True)
-        smt, skw, sseed = bnb_source(name)
-        with tempfile.TemporaryDirectory() as tmp:
-            src, qm = quantize_via_tmp(name, smt, skw, sseed, pathlib.Path(tmp))
-            src_logits = forward_logits(src, PROMPT)
-            qm.save_pretrained(qpath)
-        qlogits = forward_logits(qm, PROMPT)
-        qre = load(qpath)
-        assert torch.equal(forward_logits(qre, PROMPT), qlogits), qname
-        qgen = greedy_generate(load(qpath))
-        qmargins = greedy_margins(load(qpath), qgen)
-        qrule = check_seed_rule(qname, qgen, qmargins)
-        in_features = {n: m.in_features for n, m in qm.named_modules() if isinstance(m, bitsandbytes.nn.Linear4bit)}
-        assert in_features and all(f % 64 == 0 for f in in_features.values()), in_features
-        qinfo = {"name": qname, "tests": f"a {name}-like model (the {name} config with {BNB_4BIT[name]}, so that "
+
+def int8_outlier_counts(model, ids):
+    """Per Linear8bitLt, how many input columns bitsandbytes treats as outliers in one forward of ids (columns of
+    the float16-cast input with some |x| >= threshold: int8_vectorwise_quant's rule), and that forward's logits."""
+    counts, hooks = {}, []
+    for n, m in model.named_modules():
+        if isinstance(m, bitsandbytes.nn.Linear8bitLt):
+            def pre(mod, inp, n=n):
+                a = inp[0].reshape(-1, inp[0].shape[-1]).to(torch.float16)
+                counts[n] = int((a.abs() >= mod.state.threshold).any(dim=0).sum())
+            hooks.append(m.register_forward_pre_hook(pre))
+    logits = forward_logits(model, ids)
+    for h in hooks:
+        h.remove()
+    return counts, logits
+
+
+# the golden.json format of these is kept as first committed (the later variants add shapes and more)
+BNB_FORMAT_V1 = {"qwen2-sw-bnb-nf4", "qwen3-bnb-nf4"}
+
+
+def make_bnb(qname):
+    """<qname>/: the family's float32 model with BNB_VARIANTS' overrides, its own seed, saved to a temporary
+    directory only, loaded by transformers in bnb NF4 (or LLM.int8) and saved with save_pretrained; golden logits
+    and greedy ids from transformers' forward of that quantized model (bitsandbytes' CPU path)."""
+    import tempfile
+    name, over, kind = BNB_VARIANTS[qname]
+    qpath = OUT / qname
+    shutil.rmtree(qpath, ignore_errors=True)
+    smt, skw, sseed = bnb_source(qname)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, qm = quantize_via_tmp(name, smt, skw, sseed, pathlib.Path(tmp), kind)
+        src_logits = forward_logits(src, PROMPT)
+        qm.save_pretrained(qpath)
+    qlogits = forward_logits(qm, PROMPT)
+    qre = load(qpath)
+    if kind == "int8":
+        outliers, relogits = int8_outlier_counts(qre, PROMPT)
+    else:
+        relogits = forward_logits(qre, PROMPT)
+    assert torch.equal(relogits, qlogits), qname
+    qgen = greedy_generate(load(qpath))
+    qmargins = greedy_margins(load(qpath), qgen)
+    qrule = check_seed_rule(qname, qgen, qmargins)
+    cls = bitsandbytes.nn.Linear8bitLt if kind == "int8" else bitsandbytes.nn.Linear4bit
+    mods = {n: m for n, m in qm.named_modules() if isinstance(m, cls)}
+    in_features = {n: m.in_features for n, m in mods.items()}
+    assert in_features and all(f % 64 == 0 for f in in_features.values()), in_features
+    if qname in BNB_FORMAT_V1:
+        qinfo = {"name": qname, "tests": f"a {name}-like model (the {name} config with {over}, so that "
                  "every quantized in_features is a multiple of 64) loaded by transformers with BitsAndBytesConfig("
                  "load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=float32) and saved; logits "
                  "are transformers' forward of the 4-bit model on CPU",
-                 "source_float32": {"like": name, "model_type": smt, "config_overrides": BNB_4BIT[name],
+                 "source_float32": {"like": name, "model_type": smt, "config_overrides": over,
                                     "seed": sseed, "config_json_edits": CONFIG_EDITS.get(name, {}),
                                     "committed": False},
                  "seed": sseed, "seed_rule_met": qrule, "versions": VERSIONS,
@@ -706,8 +766,47 @@ def make(name, model_type, kw, seed, what):
                  "quantized_modules": sorted(in_features),
                  "config_json": "as save_pretrained wrote it from the 4-bit model (no edits; derived layer_types "
                                 "included)"}
-        write_golden(qpath, qlogits, qinfo)
-        print(f"{qname}: greedy {qgen} max|dlogits|={qinfo['max_abs_diff_vs_float32_logits']:.4f}")
+    else:
+        how = ("BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)" if kind == "int8" else
+               "BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=float32)")
+        qinfo = {"name": qname, "tests": f"a {name}-like model (the {name} config with {over}, so that "
+                 f"every quantized in_features is a multiple of 64) loaded by transformers with {how} and saved "
+                 f"with save_pretrained; logits are transformers' forward of the {kind} model on CPU",
+                 "quantization": kind,
+                 "source_float32": {"like": name, "model_type": smt, "config_overrides": over,
+                                    "seed": sseed, "config_json_edits": CONFIG_EDITS.get(name, {}),
+                                    "committed": False,
+                                    "remake": f"make_family_golden.py {qname} (build() of MODELS['{name}'] with "
+                                              "the overrides and this seed, saved to a temporary directory, the "
+                                              "family's config_json_edits applied, then from_pretrained with the "
+                                              "quantization config)"},
+                 "seed": sseed, "seed_rule_met": qrule, "versions": VERSIONS,
+                 "prompt": PROMPT, "greedy_new_ids": qgen, "logits_min_top2_margin": top2_margin(qlogits),
+                 "greedy_step_top2_margins": qmargins,
+                 "max_abs_diff_vs_float32_logits": float((qlogits - src_logits).abs().max()),
+                 "quantized_modules": sorted(in_features),
+                 "quantized_module_shapes": {n: [m.out_features, m.in_features] for n, m in sorted(mods.items())},
+                 "not_quantized": sorted(n for n, m in qm.named_modules()
+                                         if isinstance(m, torch.nn.Linear) and not isinstance(m, cls)),
+                 "tensors_in_model_safetensors": {
+                     k: [str(v.dtype).replace("torch.", ""), list(v.shape)]
+                     for k, v in sorted(safetensors.torch.load_file(str(qpath / "model.safetensors")).items())},
+                 "config_json": "as save_pretrained wrote it from the quantized model (no edits; derived "
+                                "layer_types included)"}
+        if kind == "int8":
+            qinfo["int8_threshold"] = INT8_THRESHOLD
+            qinfo["int8_outlier_columns_in_logits_forward"] = outliers
+            qinfo["int8_notes"] = [
+                "the model is in eval mode, so Linear8bitLt runs bitsandbytes.matmul -> MatMul8bitLt (not the "
+                "training-only MatMul8bitFp dequantize path): the input is cast to float16, int8_vectorwise_quant "
+                "(threshold 6.0) marks as outlier every column holding some |x| >= 6, zeroes those entries, quantizes "
+                "each row by its absmax (round(x * 127 / absmax)) and zeroes the outlier columns of the int8 rows; "
+                "int8_mixed_scaled_mm: int32 matmul of the int8 rows with the int8 weight, scaled by "
+                "row_absmax * SCB / 127^2, bias added, plus (outlier columns of the input) @ (those weight columns "
+                "dequantized, CB * SCB / 127)^T",
+                "int8_outlier_columns_in_logits_forward counts those columns per module over the 24 prompt rows"]
+    write_golden(qpath, qlogits, qinfo)
+    print(f"{qname}: greedy {qgen} max|dlogits|={qinfo['max_abs_diff_vs_float32_logits']:.4f}")
 
 
 if __name__ == "__main__":
@@ -715,9 +814,13 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--search-seeds"]:
         search_seeds(sys.argv[2:])
         sys.exit(0)
-    only = sys.argv[1:]  # names in MODELS to remake (default: all)
-    assert all(n in MODELS for n in only), "usage: make_family_golden.py [--search-seeds [name ...]] | [name ...]"
+    only = sys.argv[1:]  # names in MODELS or BNB_VARIANTS to remake (default: all)
+    assert all(n in MODELS or n in BNB_VARIANTS for n in only), \
+        "usage: make_family_golden.py [--search-seeds [name ...]] | [name ...]"
     OUT.mkdir(parents=True, exist_ok=True)
     for n, (mt, kw, seed, what) in MODELS.items():
         if not only or n in only:
             make(n, mt, kw, seed, what)
+        for q, (fam, _, _) in BNB_VARIANTS.items():
+            if fam == n and (not only or q in only):
+                make_bnb(q)

@@ -49,9 +49,11 @@ struct Session::Impl {
     const int64_t pending = static_cast<int64_t>(tokens.size()) - cached;
     const int64_t n = pending + static_cast<int64_t>(ids.size());
     if (n == 0) return;
-    if (cached + n > cache.capacity())
+    if (cached + n > cache.capacity()) {
+      cached += rerun;  // nothing ran: the session stays as it was
       throw ValueError("context full: " + std::to_string(cached + n) + " tokens do not fit in a context of " +
                        std::to_string(cache.capacity()));
+    }
     const int64_t V = model.model->vocab_size();
     const size_t before = tokens.size();
     tokens.insert(tokens.end(), ids.begin(), ids.end());

@@ -35,24 +35,6 @@ void check_int8_options(const BitsAndBytesConfig& q, const std::string& where) {
 }
 }  // namespace
 
-nn::RopeConfig LlamaConfig::rope() const {
-  return {.theta = rope_theta,
-          .type = rope_type,
-          .factor = rope_factor,
-          .low_freq_factor = low_freq_factor,
-          .high_freq_factor = high_freq_factor,
-          .original_max_positions = original_max_positions,
-          .max_positions = max_positions,
-          .short_factor = short_factor,
-          .long_factor = long_factor,
-          .attention_factor = attention_factor,
-          .mscale = mscale,
-          .mscale_all_dim = mscale_all_dim,
-          .beta_fast = beta_fast,
-          .beta_slow = beta_slow,
-          .truncate = truncate};
-}
-
 LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOptions& opt)
     : dtype_(opt.dtype) {
   const std::string dir = ck.label();
@@ -175,7 +157,7 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
   bar.finish();
   if (!embed_.storage()->writable()) embed_ = embed_.clone();  // detach from the file mapping
   if (!lm_head_) tied_head_ = std::make_unique<nn::Linear>(embed_, std::nullopt);
-  rope_ = nn::RotaryEmbedding(D, c_.rope(), c_.rotary_dim);
+  rope_ = nn::RotaryEmbedding(D, c_.rope, c_.rotary_dim);
   if (c_.local_rope_theta > 0) {
     nn::RopeConfig local;
     local.theta = c_.local_rope_theta;

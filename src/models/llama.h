@@ -31,19 +31,13 @@ struct LlamaConfig {
   std::string hidden_act = "silu";
   int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0,
           max_positions = 2048;
-  double rms_eps = 1e-6, rope_theta = 10000.0;
-  std::string rope_type = "default";
-  double rope_factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
-  int64_t original_max_positions = 8192;
-  double attention_factor = NAN, mscale = 0, mscale_all_dim = 0, beta_fast = 32, beta_slow = 1;  // yarn
-  bool truncate = true;
-  std::vector<double> short_factor, long_factor;  // longrope
+  double rms_eps = 1e-6;
+  nn::RopeConfig rope;  // the rotary embedding's type and scaling, read straight into what it takes
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
   // per layer: the sliding window (a query sees the `window` positions ending at its own), 0 = full causal
   std::vector<int64_t> window;
 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& path);
-  nn::RopeConfig rope() const;
 };
 
 struct LlamaLayer {
@@ -81,8 +75,8 @@ class LlamaModel final : public CausalLM {
     return rope_.regime_changes(start, end);
   }
   int64_t max_position_embeddings() const override {
-    return c_.rope_type == "dynamic"
-               ? static_cast<int64_t>(static_cast<double>(c_.max_positions) * c_.rope_factor)
+    return c_.rope.type == "dynamic"
+               ? static_cast<int64_t>(static_cast<double>(c_.max_positions) * c_.rope.factor)
                : c_.max_positions;
   }
 

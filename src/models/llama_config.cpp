@@ -101,39 +101,41 @@ void read_gemma(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
 
 // One rope dict (rope_parameters / rope_scaling, or one layer type's entry): type and scaling parameters.
 void read_rope_dict(const json& rs, const jsonf::JsonPath& at, const std::string& path, LlamaConfig& c) {
-  c.rope_type = jsonf::get_string_or(rs, "rope_type", at, jsonf::get_string_or(rs, "type", at, "default"));
+  c.rope.type = jsonf::get_string_or(rs, "rope_type", at, jsonf::get_string_or(rs, "type", at, "default"));
   static const char* kTypes[] = {"default", "linear", "llama3", "yarn", "dynamic", "longrope"};
-  if (std::none_of(std::begin(kTypes), std::end(kTypes), [&](const char* t) { return c.rope_type == t; }))
-    throw NotSupportedError(path + ": rope_scaling type '" + c.rope_type +
+  if (std::none_of(std::begin(kTypes), std::end(kTypes), [&](const char* t) { return c.rope.type == t; }))
+    throw NotSupportedError(path + ": rope_scaling type '" + c.rope.type +
                             "' is not supported (default, linear, llama3, yarn, dynamic, longrope)");
-  c.rope_factor = jsonf::get_number_or(rs, "factor", at, 1.0, kPositive);
-  c.low_freq_factor = jsonf::get_number_or(rs, "low_freq_factor", at, 1.0, kPositive);
-  c.high_freq_factor = jsonf::get_number_or(rs, "high_freq_factor", at, 4.0, kPositive);
-  c.original_max_positions = jsonf::get_int_or(rs, "original_max_position_embeddings", at, 8192, kPositions);
-  if (c.rope_type == "yarn") {
+  c.rope.factor = jsonf::get_number_or(rs, "factor", at, 1.0, kPositive);
+  c.rope.low_freq_factor = jsonf::get_number_or(rs, "low_freq_factor", at, 1.0, kPositive);
+  c.rope.high_freq_factor = jsonf::get_number_or(rs, "high_freq_factor", at, 4.0, kPositive);
+  c.rope.original_max_positions =
+      jsonf::get_int_or(rs, "original_max_position_embeddings", at, 8192, kPositions);
+  if (c.rope.type == "yarn") {
     // transformers: original_max_position_embeddings is required; a missing factor is max / original
-    c.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
-    c.rope_factor = jsonf::get_number_or(
+    c.rope.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
+    c.rope.factor = jsonf::get_number_or(
         rs, "factor", at,
-        static_cast<double>(c.max_positions) / static_cast<double>(c.original_max_positions), kPositive);
-    c.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
-    c.mscale = jsonf::get_number_or(rs, "mscale", at, 0.0, {0.0, 1e6});
-    c.mscale_all_dim = jsonf::get_number_or(rs, "mscale_all_dim", at, 0.0, {0.0, 1e6});
-    c.beta_fast = jsonf::get_number_or(rs, "beta_fast", at, 32.0, kPositive);
-    c.beta_slow = jsonf::get_number_or(rs, "beta_slow", at, 1.0, kPositive);
-    c.truncate = jsonf::get_bool_or(rs, "truncate", at, true);
+        static_cast<double>(c.max_positions) / static_cast<double>(c.rope.original_max_positions), kPositive);
+    c.rope.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
+    c.rope.mscale = jsonf::get_number_or(rs, "mscale", at, 0.0, {0.0, 1e6});
+    c.rope.mscale_all_dim = jsonf::get_number_or(rs, "mscale_all_dim", at, 0.0, {0.0, 1e6});
+    c.rope.beta_fast = jsonf::get_number_or(rs, "beta_fast", at, 32.0, kPositive);
+    c.rope.beta_slow = jsonf::get_number_or(rs, "beta_slow", at, 1.0, kPositive);
+    c.rope.truncate = jsonf::get_bool_or(rs, "truncate", at, true);
   }
-  if (c.rope_type == "longrope") {  // factor absent = max / original (0 here, resolved by the rotary module)
-    c.rope_factor = jsonf::get_number_or(rs, "factor", at, 0.0, {0.0, 1e30});
-    c.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
-    c.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
-    for (auto [key, dst] : {std::pair{"short_factor", &c.short_factor}, {"long_factor", &c.long_factor}}) {
+  if (c.rope.type == "longrope") {  // factor absent = max / original (0 here, resolved by the rotary module)
+    c.rope.factor = jsonf::get_number_or(rs, "factor", at, 0.0, {0.0, 1e30});
+    c.rope.attention_factor = jsonf::get_number_or(rs, "attention_factor", at, NAN, kPositive);
+    c.rope.original_max_positions = jsonf::get_int(rs, "original_max_position_embeddings", at, kPositions);
+    for (auto [key, dst] :
+         {std::pair{"short_factor", &c.rope.short_factor}, {"long_factor", &c.rope.long_factor}}) {
       const json& a = jsonf::get_array(rs, key, at);
       dst->clear();
       for (size_t i = 0; i < a.size(); ++i) dst->push_back(jsonf::as_number(a[i], (at / key)[i], kPositive));
     }
   }
-  if (c.rope_type == "llama3" && c.high_freq_factor == c.low_freq_factor)
+  if (c.rope.type == "llama3" && c.rope.high_freq_factor == c.rope.low_freq_factor)
     (at / "high_freq_factor").fail("must differ from low_freq_factor for llama3 rope scaling");
 }
 
@@ -149,7 +151,7 @@ void read_gemma3_rope(const json& j, const jsonf::JsonPath& root, const std::str
     const json& full = jsonf::get_object(*rp, "full_attention", at);
     const json& local = jsonf::get_object(*rp, "sliding_attention", at);
     read_rope_dict(full, at / "full_attention", path, c);
-    c.rope_theta = jsonf::get_number(full, "rope_theta", at / "full_attention", kPositive);
+    c.rope.theta = jsonf::get_number(full, "rope_theta", at / "full_attention", kPositive);
     c.local_rope_theta = jsonf::get_number(local, "rope_theta", at / "sliding_attention", kPositive);
     const std::string lt = jsonf::get_string_or(local, "rope_type", at / "sliding_attention", "default");
     if (lt != "default")
@@ -157,7 +159,7 @@ void read_gemma3_rope(const json& j, const jsonf::JsonPath& root, const std::str
                               "' is not supported (default)");
     return;
   }
-  c.rope_theta = jsonf::get_number_or(j, "rope_theta", root, 1e6, kPositive);
+  c.rope.theta = jsonf::get_number_or(j, "rope_theta", root, 1e6, kPositive);
   c.local_rope_theta = jsonf::get_number_or(j, "rope_local_base_freq", root, 1e4, kPositive);
 }
 
@@ -175,6 +177,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   c.kv_heads = jsonf::get_int_or(j, "num_key_value_heads", root, c.heads, {1, c.heads});
   c.vocab = jsonf::get_int(j, "vocab_size", root, kVocab);
   c.max_positions = jsonf::get_int_or(j, "max_position_embeddings", root, 2048, kPositions);
+  c.rope.max_positions = c.max_positions;  // dynamic NTK and longrope scale against it
   if (c.heads % c.kv_heads != 0)
     (root / "num_attention_heads")
         .fail("(" + std::to_string(c.heads) + ") must be a multiple of num_key_value_heads (" +
@@ -194,13 +197,13 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   jsonf::checked_product({c.heads, c.head_dim, c.hidden}, root,
                          "num_attention_heads * head_dim * hidden_size (q_proj)");
   c.rms_eps = jsonf::get_number_or(j, "rms_norm_eps", root, 1e-6, {0.0, 1.0});
-  c.rope_theta = jsonf::get_number_or(j, "rope_theta", root, 10000.0, kPositive);
+  c.rope.theta = jsonf::get_number_or(j, "rope_theta", root, 10000.0, kPositive);
   // transformers 5 writes rope_parameters {rope_theta, rope_type, factor, ...}; 4.x writes rope_theta +
   // rope_scaling
   const json* rp = jsonf::find(j, "rope_parameters", root);
   if (rp && !rp->is_object()) rp = nullptr;  // transformers 5 also allows a per-layer-type mapping; ignored
   if (rp)
-    c.rope_theta = jsonf::get_number_or(*rp, "rope_theta", root / "rope_parameters", c.rope_theta, kPositive);
+    c.rope.theta = jsonf::get_number_or(*rp, "rope_theta", root / "rope_parameters", c.rope.theta, kPositive);
   // partial_rotary_factor: phi3's rotary embedding reads it from rope_parameters, where transformers also
   // copies the top-level value Hub configs carry; the other families here rotate whole heads whatever it says
   double prf = 1.0;
@@ -221,9 +224,9 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
   if (const json* rs = jsonf::find_object(j, rs_key, root)) read_rope_dict(*rs, root / rs_key, path, c);
   // transformers' standardize_rope_params: a top-level original_max_position_embeddings (Phi-3 writes one)
   // wins for the types that read it
-  if (c.rope_type == "llama3" || c.rope_type == "yarn" || c.rope_type == "longrope")
-    c.original_max_positions =
-        jsonf::get_int_or(j, "original_max_position_embeddings", root, c.original_max_positions, kPositions);
+  if (c.rope.type == "llama3" || c.rope.type == "yarn" || c.rope.type == "longrope")
+    c.rope.original_max_positions = jsonf::get_int_or(j, "original_max_position_embeddings", root,
+                                                      c.rope.original_max_positions, kPositions);
   read_sliding_windows(j, root, c);
   read_gemma(j, root, c);
   read_gemma3_rope(j, root, path, c);

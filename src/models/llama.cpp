@@ -172,6 +172,9 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
   if (static_cast<int64_t>(kv.size()) != c_.layers)
     throw ValueError("forward: the KV cache has " + std::to_string(kv.size()) + " layers, the model " +
                      std::to_string(c_.layers));
+  if (first_logit < 0 || first_logit >= T)  // checked before the cache is written
+    throw ValueError("forward: first_logit " + std::to_string(first_logit) + " is not in [0, " +
+                     std::to_string(T) + ")");
   float* h = ws.get(kHidden, static_cast<size_t>(T * H));
   float* xn = ws.get(kNormed, static_cast<size_t>(T * H));
   float* o = ws.get(kOut, static_cast<size_t>(T * H));
@@ -222,9 +225,6 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
   }
-  if (first_logit < 0 || first_logit >= T)
-    throw ValueError("forward: first_logit " + std::to_string(first_logit) + " is not in [0, " +
-                     std::to_string(T) + ")");
   const int64_t first = first_logit;
   norm_.forward(h + first * H, T - first, xn);
   (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);

@@ -76,8 +76,13 @@ GemmPath gemm_int8_auto_path(const Q4Weights& w);
 std::string gemm_int8_path_name(GemmPath p);
 void gemm_4bit_int8(const Q4Weights& w, const float* x, int64_t M, float* y, GemmPath path = GemmPath::Auto);
 
-// v rounded to `dt` (round to nearest even) and back to float32; identity for float32.
-float round_to(DType dt, float v);
+// v rounded to `dt` (round to nearest even) and back to float32; identity for float32. Inline: the LLM.int8
+// epilogue runs it per output.
+inline float round_to(DType dt, float v) {
+  if (dt == DType::BFloat16) return bf16_to_float(float_to_bf16(v));
+  if (dt == DType::Float16) return fp16_to_float(float_to_fp16(v));
+  return v;
+}
 
 // Inside an OpenMP parallel region: this thread's contiguous share [first, second) of n output rows.
 std::pair<int64_t, int64_t> thread_rows(int64_t n);

@@ -6,12 +6,6 @@
 
 namespace nibble::kernels {
 
-float round_to(DType dt, float v) {
-  if (dt == DType::BFloat16) return bf16_to_float(float_to_bf16(v));
-  if (dt == DType::Float16) return fp16_to_float(float_to_fp16(v));
-  return v;
-}
-
 namespace ref {
 
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, int64_t n0,

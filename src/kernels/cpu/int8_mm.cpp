@@ -27,29 +27,13 @@ int8_t to_int8(float v) {
   return static_cast<int8_t>(std::clamp(std::nearbyint(v), -128.0f, 127.0f));
 }
 
-float fp16_round(float v) {
-  return fp16_to_float(float_to_fp16(v));
-}
-
-// v rounded to the model dtype (inline: it runs per output)
-inline float dt_round(DType dt, float v) {
-  switch (dt) {
-    case DType::BFloat16:
-      return bf16_to_float(float_to_bf16(v));
-    case DType::Float16:
-      return fp16_round(v);
-    default:
-      return v;
-  }
-}
-
 // The dequantized outlier columns of rows [n0, n1): ws[(n - n0) * C + c]
 void outlier_weights(const I8Weights& w, const Int8Epilogue& e, int64_t n0, int64_t n1, float* ws) {
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* row = w.cb + n * w.K;
     const float s = w.scb[n];
     for (int64_t c = 0; c < e.C; ++c)
-      ws[(n - n0) * e.C + c] = dt_round(e.dtype, static_cast<float>(row[e.cols[c]]) * s * kInt8Dequant);
+      ws[(n - n0) * e.C + c] = round_to(e.dtype, static_cast<float>(row[e.cols[c]]) * s * kInt8Dequant);
   }
 }
 
@@ -57,8 +41,8 @@ void outlier_weights(const I8Weights& w, const Int8Epilogue& e, int64_t n0, int6
 inline float finish(const Int8Epilogue& e, int32_t acc, float rs, float scb, int64_t n, float osum) {
   float v = static_cast<float>(acc) * (rs * scb) * kInt8MmDequant;
   if (e.bias) v += e.bias[n];
-  v = dt_round(e.dtype, v);
-  if (e.C > 0) v = dt_round(e.dtype, v + dt_round(e.dtype, osum));
+  v = round_to(e.dtype, v);
+  if (e.C > 0) v = round_to(e.dtype, v + round_to(e.dtype, osum));
   return v;
 }
 
@@ -197,7 +181,7 @@ void int8_quantize_activations(const float* x, int64_t M, int64_t K, float thres
   outlier_cols.clear();
   outlier_cols.reserve(static_cast<size_t>(K));  // once: the count varies per call
   // torch compares the float16 tensor with the threshold in float16
-  const float thr = fp16_round(threshold);
+  const float thr = round_to(DType::Float16, threshold);
   const bool decompose = threshold > 0.0f;
   thread_local std::vector<float> row;  // scratch kept between calls: no allocation per decode step
   thread_local std::vector<uint8_t> is_outlier_col;
@@ -206,13 +190,14 @@ void int8_quantize_activations(const float* x, int64_t M, int64_t K, float thres
     is_outlier_col.assign(static_cast<size_t>(K), 0);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k)
-        if (std::fabs(fp16_round(x[m * K + k])) >= thr) is_outlier_col[static_cast<size_t>(k)] = 1;
+        if (std::fabs(round_to(DType::Float16, x[m * K + k])) >= thr)
+          is_outlier_col[static_cast<size_t>(k)] = 1;
     for (int64_t k = 0; k < K; ++k)
       if (is_outlier_col[static_cast<size_t>(k)]) outlier_cols.push_back(static_cast<int32_t>(k));
   }
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k = 0; k < K; ++k) {
-      const float v = fp16_round(x[m * K + k]);
+      const float v = round_to(DType::Float16, x[m * K + k]);
       row[static_cast<size_t>(k)] = decompose && std::fabs(v) >= thr ? 0.0f : v;  // outlier elements zeroed
     }
     rs[m] = int8_quantize_row(row.data(), K, q + m * K);

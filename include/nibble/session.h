@@ -48,6 +48,18 @@ class Session {
                                 const std::function<void(int32_t)>& on_token = {});
   FinishReason finish_reason() const;
 
+  // Queues `id` as the next token without running it: it runs with the next logits(), append(), generate()
+  // or Session::step (for callers that pick tokens themselves, as the server does). ValueError if the
+  // context has no room for it.
+  void push(int32_t id);
+  // Runs every session's queued tokens in one batched forward (continuous batching: the linear layers read
+  // each weight once for all sessions; attention runs per session over its own cache); afterwards each
+  // session's logits() are ready. The sessions must share one model and be distinct. Runs in the kernels'
+  // row-invariant mode, so each session gets the same bits whether it steps alone or beside others (except
+  // LLM.int8 with a threshold > 0, whose outlier columns are chosen over all rows of a call, as in
+  // bitsandbytes). ValueError, before anything runs, if a session's tokens do not fit in its context.
+  static void step(std::span<Session* const> sessions);
+
   const std::vector<int32_t>& tokens() const;  // everything appended or generated, in order
   int64_t length() const;                      // tokens().size()
   int64_t context_length() const;

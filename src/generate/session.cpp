@@ -10,6 +10,7 @@
 #include "models/auto_model_impl.h"
 #include "nibble/error.h"
 #include "nibble/sampling.h"
+#include "nn/linear.h"
 
 namespace nibble {
 
@@ -130,6 +131,59 @@ std::vector<int32_t> Session::generate(const GenerationConfig& cfg,
     if (on_token) on_token(next);
   }
   return out;
+}
+
+void Session::push(int32_t id) {
+  if (length() >= context_length())
+    throw ValueError("context full: " + std::to_string(length() + 1) + " tokens do not fit in a context of " +
+                     std::to_string(context_length()));
+  impl_->tokens.push_back(id);
+  impl_->finish = FinishReason::None;
+}
+
+void Session::step(std::span<Session* const> sessions) {
+  if (sessions.empty()) return;
+  const auto& model = sessions[0]->impl_->model;
+  thread_local std::vector<Impl*> batch;  // sessions with queued tokens that run together
+  thread_local std::vector<models::SequenceStep> steps;
+  thread_local std::vector<float> logits;
+  batch.clear();
+  steps.clear();
+  for (Session* s : sessions) {
+    Impl& im = *s->impl_;
+    if (&im.model != &model) throw ValueError("Session::step: the sessions do not share one model");
+    for (const Impl* other : batch)
+      if (other == &im) throw ValueError("Session::step: a session is listed twice");
+    const int64_t size = static_cast<int64_t>(im.tokens.size());
+    if (size > im.cache.capacity())
+      throw ValueError("context full: " + std::to_string(size) + " tokens do not fit in a context of " +
+                       std::to_string(im.cache.capacity()));
+    if (size > im.cached) batch.push_back(&im);
+  }
+  const nn::RowInvariantScope invariant;
+  const ThreadScope scope(sessions[0]->impl_->threads);
+  // a session whose cached positions must turn otherwise (Phi-3 longrope) re-runs alone
+  std::erase_if(batch, [](Impl* im) {
+    const int64_t size = static_cast<int64_t>(im->tokens.size());
+    if (!im->model.model->rotation_changes(im->cached, size)) return false;
+    im->run({}, nullptr);
+    return true;
+  });
+  if (batch.empty()) return;
+  for (Impl* im : batch) {
+    const std::span<const int32_t> ids(im->tokens.data() + im->cached,
+                                       im->tokens.size() - static_cast<size_t>(im->cached));
+    steps.push_back({ids, im->cached, im->cache.layers()});
+  }
+  const int64_t V = model.model->vocab_size();
+  logits.resize(batch.size() * static_cast<size_t>(V));
+  model.model->forward_batch(steps, batch[0]->ws, logits.data());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Impl& im = *batch[i];
+    im.logits.assign(logits.begin() + static_cast<int64_t>(i) * V,
+                     logits.begin() + static_cast<int64_t>(i + 1) * V);
+    im.cached = static_cast<int64_t>(im.tokens.size());
+  }
 }
 
 FinishReason Session::finish_reason() const {

@@ -14,6 +14,14 @@
 
 namespace nibble::models {
 
+// One sequence of a batched step: its new tokens at positions start .. start + ids.size() - 1 over its own
+// cache (one KVLayer per layer).
+struct SequenceStep {
+  std::span<const int32_t> ids;
+  int64_t start = 0;
+  std::span<const nn::KVLayer> kv;
+};
+
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
@@ -23,6 +31,11 @@ class CausalLM {
   // calls.
   virtual void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
                        nn::Workspace& ws, int64_t first_logit, float* logits) const = 0;
+  // Several sequences in one pass (continuous batching): the linear layers see all their tokens at once, so
+  // each weight is read once for all; attention runs per sequence over its own cache. The logits of each
+  // sequence's last token go to logits[s * vocab]. Under kernels' row-invariant mode (the caller's scope),
+  // each sequence's results do not depend on the others.
+  virtual void forward_batch(std::span<const SequenceStep> seqs, nn::Workspace& ws, float* logits) const = 0;
 
   virtual int64_t num_layers() const = 0;
   virtual int64_t kv_width() const = 0;  // kv_heads * head_dim: floats per cache row

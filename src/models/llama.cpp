@@ -168,45 +168,71 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
 void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
                          nn::Workspace& ws, int64_t first_logit, float* logits) const {
   const auto T = static_cast<int64_t>(ids.size());
-  const int64_t H = c_.hidden, V = c_.vocab, half = c_.head_dim / 2;
-  if (static_cast<int64_t>(kv.size()) != c_.layers)
-    throw ValueError("forward: the KV cache has " + std::to_string(kv.size()) + " layers, the model " +
-                     std::to_string(c_.layers));
   if (first_logit < 0 || first_logit >= T)  // checked before the cache is written
     throw ValueError("forward: first_logit " + std::to_string(first_logit) + " is not in [0, " +
                      std::to_string(T) + ")");
+  const SequenceStep one{ids, start, kv};
+  run(std::span(&one, 1), ws, first_logit, logits);
+}
+
+void LlamaModel::forward_batch(std::span<const SequenceStep> seqs, nn::Workspace& ws, float* logits) const {
+  if (seqs.empty()) return;
+  for (const auto& s : seqs)
+    if (s.ids.empty()) throw ValueError("forward_batch: a sequence has no tokens");
+  run(seqs, ws, -1, logits);
+}
+
+// first_logit >= 0: one sequence, logits of its rows first_logit ..; -1: the last row of each sequence.
+void LlamaModel::run(std::span<const SequenceStep> seqs, nn::Workspace& ws, int64_t first_logit,
+                     float* logits) const {
+  const int64_t H = c_.hidden, V = c_.vocab, half = c_.head_dim / 2;
+  int64_t T = 0;
+  for (const auto& s : seqs) {
+    if (static_cast<int64_t>(s.kv.size()) != c_.layers)
+      throw ValueError("forward: the KV cache has " + std::to_string(s.kv.size()) + " layers, the model " +
+                       std::to_string(c_.layers));
+    T += static_cast<int64_t>(s.ids.size());
+  }
   float* h = ws.get(kHidden, static_cast<size_t>(T * H));
   float* xn = ws.get(kNormed, static_cast<size_t>(T * H));
   float* o = ws.get(kOut, static_cast<size_t>(T * H));
   float* cosv = ws.get(kCos, static_cast<size_t>(T * half));
   float* sinv = ws.get(kSin, static_cast<size_t>(T * half));
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t id = ids[static_cast<size_t>(t)];
-    if (id < 0 || id >= V)
-      throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
-    convert_floats(
-        embed_.dtype(),
-        embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
-        DType::Float32, h + t * H, static_cast<size_t>(H));
-  }
-  if (c_.gemma) {  // Gemma: the embedding times sqrt(hidden) (a float32 constant)
-    const auto normalizer = static_cast<float>(std::sqrt(static_cast<double>(H)));
-    for (int64_t i = 0; i < T * H; ++i) h[i] *= normalizer;
-  }
-  rope_.angles(start, T, cosv, sinv);
   float* cosl = nullptr;
   float* sinl = nullptr;
   if (c_.local_rope_theta > 0) {  // gemma3's sliding layers turn by their own base
     cosl = ws.get(kCosLocal, static_cast<size_t>(T * half));
     sinl = ws.get(kSinLocal, static_cast<size_t>(T * half));
-    rope_local_.angles(start, T, cosl, sinl);
   }
+  int64_t row = 0;
+  for (const auto& s : seqs) {
+    const auto n = static_cast<int64_t>(s.ids.size());
+    for (int64_t t = 0; t < n; ++t) {
+      const int32_t id = s.ids[static_cast<size_t>(t)];
+      if (id < 0 || id >= V)
+        throw ValueError("token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
+      convert_floats(
+          embed_.dtype(),
+          embed_.raw() + static_cast<size_t>(id) * static_cast<size_t>(H) * dtype_size(embed_.dtype()),
+          DType::Float32, h + (row + t) * H, static_cast<size_t>(H));
+    }
+    rope_.angles(s.start, n, cosv + row * half, sinv + row * half);
+    if (cosl) rope_local_.angles(s.start, n, cosl + row * half, sinl + row * half);
+    row += n;
+  }
+  if (c_.gemma) {  // Gemma: the embedding times sqrt(hidden) (a float32 constant)
+    const auto normalizer = static_cast<float>(std::sqrt(static_cast<double>(H)));
+    for (int64_t i = 0; i < T * H; ++i) h[i] *= normalizer;
+  }
+  thread_local std::vector<nn::AttentionSegment> segs;  // grows to the largest batch, then allocates nothing
   for (int64_t l = 0; l < c_.layers; ++l) {
     const LlamaLayer& L = layers_[static_cast<size_t>(l)];
+    segs.clear();
+    for (const auto& s : seqs)
+      segs.push_back({static_cast<int64_t>(s.ids.size()), s.start, &s.kv[static_cast<size_t>(l)]});
     L.input_norm.forward(h, T, xn);
     const bool local = cosl && L.attn.window > 0;
-    L.attn.forward(xn, T, start, local ? rope_local_ : rope_, local ? cosl : cosv, local ? sinl : sinv,
-                   kv[static_cast<size_t>(l)], ws, o);
+    L.attn.forward(xn, segs, local ? rope_local_ : rope_, local ? cosl : cosv, local ? sinl : sinv, ws, o);
     if (L.pre_ff_norm) {  // Gemma 2: normalize the attention output, add; normalize around the MLP, add
       L.post_norm.forward(o, T, o);
 #pragma omp parallel for if (T > 1)
@@ -225,12 +251,24 @@ void LlamaModel::forward(std::span<const int32_t> ids, int64_t start, std::span<
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
   }
-  const int64_t first = first_logit;
-  norm_.forward(h + first * H, T - first, xn);
-  (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, T - first, logits);
+  int64_t rows = 0;
+  if (first_logit >= 0) {  // one sequence: its rows from first_logit on
+    rows = T - first_logit;
+    norm_.forward(h + first_logit * H, rows, xn);
+  } else {            // each sequence's last row, gathered
+    float* last = o;  // free now
+    int64_t end = 0;
+    for (const auto& s : seqs) {
+      end += static_cast<int64_t>(s.ids.size());
+      std::copy_n(h + (end - 1) * H, H, last + rows * H);
+      ++rows;
+    }
+    norm_.forward(last, rows, xn);
+  }
+  (lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_)).forward(xn, rows, logits);
   if (c_.final_softcap > 0) {  // Gemma 2: logits / cap, tanh, * cap
     const auto cap = static_cast<float>(c_.final_softcap);
-    const int64_t n = (T - first) * V;
+    const int64_t n = rows * V;
 #pragma omp parallel for if (n > 65536)
     for (int64_t i = 0; i < n; ++i) logits[i] = std::tanh(logits[i] / cap) * cap;
   }

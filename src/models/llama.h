@@ -65,6 +65,7 @@ class LlamaModel final : public CausalLM {
 
   void forward(std::span<const int32_t> ids, int64_t start, std::span<const nn::KVLayer> kv,
                nn::Workspace& ws, int64_t first_logit, float* logits) const override;
+  void forward_batch(std::span<const SequenceStep> seqs, nn::Workspace& ws, float* logits) const override;
   int64_t num_layers() const override { return c_.layers; }
   int64_t kv_width() const override { return c_.kv_heads * c_.head_dim; }
   int64_t vocab_size() const override { return c_.vocab; }
@@ -91,6 +92,7 @@ class LlamaModel final : public CausalLM {
   const LlamaConfig& config() const { return c_; }
 
  private:
+  void run(std::span<const SequenceStep> seqs, nn::Workspace& ws, int64_t first_logit, float* logits) const;
   std::vector<const nn::LinearBase*> linears() const;
   LlamaConfig c_;
   DType dtype_;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "nn/linear.h"
 #include "nn/rms_norm.h"
@@ -20,6 +21,12 @@ struct KVLayer {
   int64_t capacity = 0;
 };
 
+// One sequence of a batched call: T rows of the batch at positions start .. start + T - 1 over its own cache.
+struct AttentionSegment {
+  int64_t T = 0, start = 0;
+  const KVLayer* kv = nullptr;
+};
+
 class Attention {
  public:
   Attention() = default;
@@ -32,6 +39,11 @@ class Attention {
   // those positions (RotaryEmbedding::angles). Appends the T new keys/values to `kv` (capacity checked).
   void forward(const float* x, int64_t T, int64_t start, const RotaryEmbedding& rope, const float* cos,
                const float* sin, const KVLayer& kv, Workspace& ws, float* out) const;
+  // Several sequences at once: x holds their rows one after another (segments in order), cos/sin the angles
+  // of each row's own position. The projections run over all rows in one call; the attention itself per
+  // sequence over its own cache.
+  void forward(const float* x, std::span<const AttentionSegment> segments, const RotaryEmbedding& rope,
+               const float* cos, const float* sin, Workspace& ws, float* out) const;
 
   std::unique_ptr<LinearBase> q_proj, k_proj, v_proj, o_proj;
   std::unique_ptr<LinearBase> qkv_proj;  // fused (then q/k/v_proj are null)

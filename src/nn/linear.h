@@ -116,4 +116,7 @@ class Linear8bitLt final : public LinearBase {
 // Points into `packed` and `state`, which must outlive it.
 kernels::Q4Weights q4_weights(const Tensor& packed, const QuantState& state);
 
+// Batched decode's row-invariant mode for the layers above the kernels (see kernels::RowInvariantScope).
+using kernels::RowInvariantScope;
+
 }  // namespace nibble::nn

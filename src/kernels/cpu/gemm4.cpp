@@ -14,14 +14,16 @@ namespace nibble::kernels {
 namespace avx512 {
 bool supported(DType compute);
 bool amx_supported();
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx,
+               bool invariant);
 void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 }  // namespace avx512
 
 namespace avx2 {
 bool supported(DType compute);
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute);
-void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant);
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                bool invariant);
 }  // namespace avx2
 
 namespace {
@@ -31,7 +33,18 @@ bool fast_shape(const Q4Weights& w) {
 // Below 8 tokens the AMX path's fixed cost (decoding every weight once per call) loses to the AVX-512
 // kernels (measured at 4096x4096: equal at M = 8, AMX 1.4x at 12, 1.7x at 16).
 constexpr int64_t kAmxMinTokens = 8;
+thread_local bool tl_row_invariant = false;
 }  // namespace
+
+RowInvariantScope::RowInvariantScope(bool on) : prev_(tl_row_invariant) {
+  tl_row_invariant = on;
+}
+RowInvariantScope::~RowInvariantScope() {
+  tl_row_invariant = prev_;
+}
+bool row_invariant() {
+  return tl_row_invariant;
+}
 
 bool gemm_path_available(GemmPath p, DType compute) {
   if (p == GemmPath::Reference || p == GemmPath::Auto) return true;
@@ -61,13 +74,15 @@ GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute) {
 }
 
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, GemmPath path) {
-  if (path == GemmPath::Auto) path = gemm_auto_path(w, M, compute);
+  const bool inv = tl_row_invariant;
+  // row-invariant: the path a multi-token call below the AMX threshold takes, for every M
+  if (path == GemmPath::Auto) path = gemm_auto_path(w, inv ? 2 : M, compute);
   if (path == GemmPath::Avx2) {
     if (!avx2::supported(compute) || !fast_shape(w))
       throw NotSupportedError(
           "gemm_4bit: the avx2 path needs AVX2, FMA and F16C, float32, bfloat16 or float16 compute, "
           "K % blocksize == 0 and K % 32 == 0");
-    avx2::gemm_4bit(w, x, M, y, compute);
+    avx2::gemm_4bit(w, x, M, y, compute, inv);
     return;
   }
   if (path == GemmPath::Avx512 || path == GemmPath::Amx) {
@@ -77,7 +92,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
           "gemm_4bit: the " + gemm_path_name(path, compute) +
           " path needs AVX-512 (BF16 for bfloat16, AMX-BF16 for amx), K % blocksize == 0 and K % 32 == 0");
     // a single token has no use for tiles
-    avx512::gemm_4bit(w, x, M, y, compute, amx && M > 1);
+    avx512::gemm_4bit(w, x, M, y, compute, amx && M > 1, inv);
     return;
   }
 #pragma omp parallel
@@ -123,7 +138,7 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
     return;
   }
   if (path == GemmPath::Avx2) {
-    avx2::gemm_dense(w, wdt, N, K, x, M, y);
+    avx2::gemm_dense(w, wdt, N, K, x, M, y, tl_row_invariant);
     return;
   }
 #pragma omp parallel

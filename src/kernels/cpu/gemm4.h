@@ -47,6 +47,23 @@ struct Q4Weights {
 // prompts/batches (M >= 8) where the CPU and kernel allow them, else AVX-512, else AVX2 + FMA, else the
 // scalar reference.
 enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
+
+// Row-invariant mode, for batched decode (several sequences' tokens in one call): while a scope is alive on
+// the calling thread, gemm_4bit and gemm_dense give each row the same bits whatever M (1 .. 31) - a single
+// token takes the multi-token kernels instead of the GEMV ones (which sum in another order) and no path
+// switches with M (no AMX). So a sequence decoded beside others gets exactly what it gets alone
+// (tests/kernels/row_invariance_test.cpp). gemm_4bit_int8 is row-invariant always.
+class RowInvariantScope {
+ public:
+  explicit RowInvariantScope(bool on = true);
+  ~RowInvariantScope();
+  RowInvariantScope(const RowInvariantScope&) = delete;
+  RowInvariantScope& operator=(const RowInvariantScope&) = delete;
+
+ private:
+  bool prev_;
+};
+bool row_invariant();
 std::string gemm_path_name(GemmPath p, DType compute);
 // The path Auto takes for these weights and M tokens.
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);

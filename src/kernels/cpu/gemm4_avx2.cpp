@@ -370,12 +370,14 @@ bool supported(DType compute) {
          (compute == DType::Float32 || compute == DType::BFloat16 || compute == DType::Float16);
 }
 
-// Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32).
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute) {
+// Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32). invariant: a single
+// token takes gemv_batch too (its sums are in gemv_batch's order, as when it shares a call).
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant) {
   // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
-  const int64_t chunk = M == 1 && w.blocksize % 64 == 0 ? 64 : 32;
+  const bool single = M == 1 && !invariant;
+  const int64_t chunk = single && w.blocksize % 64 == 0 ? 64 : 32;
   const float* xd = prepare_x(x, M, w.K, compute, lookup(compute), chunk, tl_x);
-  if (M == 1) {
+  if (single) {
     if (compute == DType::BFloat16)
       gemv_rows<DType::BFloat16>(w, compute, xd, y, chunk);
     else if (compute == DType::Float16)
@@ -393,15 +395,16 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 
 // Dense float32 / bfloat16 / float16 weights. bfloat16 weights meet x rounded to bfloat16, as on the
 // AVX512-BF16 path; float32 and float16 weights meet float32 x (float16 widens exactly, as in the reference).
-// Requires K % 8 == 0.
-void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+// Requires K % 8 == 0. invariant: a single token takes the multi-token loop (one accumulator per row).
+void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                bool invariant) {
   const float* xs = x;
   if (wdt == DType::BFloat16) {
     float* xr = scratch(tl_x, static_cast<size_t>(M * K));
     for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
     xs = xr;
   }
-  if (M == 1) {
+  if (M == 1 && !invariant) {
     dense_gemv(wp, wdt, N, K, xs, y);
     return;
   }

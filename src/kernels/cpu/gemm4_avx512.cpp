@@ -262,9 +262,11 @@ bool supported(DType compute) {
 
 // Requires: supported(compute), K % blocksize == 0 (blocks never straddle rows), K % 32 == 0; amx: also
 // amx_supported(), bfloat16 compute and M > 1.
-void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx) {
+// invariant: no GEMV for one token, no outer-product GEMM from 32 (the row-tile kernel for every M)
+void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool amx,
+               bool invariant) {
   const int64_t N = w.N, K = w.K;
-  if (M == 1) {
+  if (M == 1 && !invariant) {
     if (compute == DType::BFloat16) {
       // per thread, reused across calls: the decode loop allocates nothing once warm
       static thread_local std::vector<uint16_t> xb, xp;
@@ -309,7 +311,8 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
     gemm_bf16_amx(w, xb.data(), M, y);
     return;
   }
-  if (bf && M >= 32 && K % 2 == 0) {  // below ~32 tokens the panel packing costs more than it saves
+  if (bf && M >= 32 && K % 2 == 0 &&
+      !invariant) {  // below ~32 tokens the panel packing costs more than it saves
     gemm_bf16_outer(w, xb.data(), M, y);
     return;
   }

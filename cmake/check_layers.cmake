@@ -37,6 +37,7 @@ set(public_quantize_checkpoint models)
 set(public_tokenizer tokenizer)
 set(public_sampling generate)
 set(public_session generate)
+set(public_chat_template chat)
 set(public_nibble tools)
 
 set(violations "")

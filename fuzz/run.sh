@@ -13,9 +13,11 @@ if [ ${#targets[@]} -eq 0 ]; then
   for d in fuzz/corpus/*/; do targets+=("$(basename "$d")"); done
 fi
 for t in "${targets[@]}"; do
+  dict=fuzz/json.dict
+  [ -f fuzz/"$t".dict ] && dict=fuzz/"$t".dict
   work=$(mktemp -d)
   echo "-- fuzz_$t: ${seconds}s over fuzz/corpus/$t ($(ls fuzz/corpus/"$t" | wc -l) inputs)"
-  if ! build/fuzz/fuzz_"$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -dict=fuzz/json.dict \
+  if ! build/fuzz/fuzz_"$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -dict="$dict" \
       -artifact_prefix="$work/" -print_final_stats=1 "$work" fuzz/corpus/"$t" >"$work/log" 2>&1; then
     tail -n 60 "$work/log"
     for a in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do

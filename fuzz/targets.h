@@ -14,11 +14,13 @@
 #include <map>
 #include <string>
 
+#include "chat/jinja.h"
 #include "io/hf_config.h"
 #include "io/json_field.h"
 #include "models/llama.h"
 #include "models/registry.h"
 #include "nibble/bitsandbytes_config.h"
+#include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
@@ -151,6 +153,27 @@ inline void index_json(const uint8_t* data, size_t size) {
   try {
     const Checkpoint c = Checkpoint::open(dir);
     for (const auto& n : c.names()) (void)c.get(n);
+  } catch (const Error&) {
+  }
+}
+
+// A chat template (arbitrary text) parsed, then rendered over a fixed conversation with tools, under limits
+// small enough that runaway loops, recursion and output end quickly.
+inline void chat_template(const uint8_t* data, size_t size) {
+  static const nlohmann::ordered_json vars = nlohmann::ordered_json::parse(R"({
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi \u00e9 {{x}}"},
+      {"role": "assistant", "content": "Hello", "reasoning_content": "think",
+       "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]},
+      {"role": "tool", "content": "42"}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "documents": null, "add_generation_prompt": true, "bos_token": "<s>", "eos_token": "</s>"})");
+  chat::jinja::Limits limits;
+  limits.max_output = size_t{1} << 20;
+  limits.max_steps = size_t{1} << 16;
+  limits.max_call_depth = 64;
+  try {
+    const auto p = chat::jinja::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.jinja");
+    (void)chat::jinja::render(*p, vars, limits);
   } catch (const Error&) {
   }
 }

@@ -83,6 +83,14 @@ TEST(FuzzSmoke, IndexJson) {
       600, nibble::fuzz::index_json);
 }
 
+TEST(FuzzSmoke, ChatTemplate) {
+  for (const char* f : {"/chat_templates/meta-llama-Llama-3.1-8B-Instruct.jinja",
+                        "/chat_templates/mistralai-Mistral-Nemo-Instruct-2407.jinja",
+                        "/chat_templates/inline-bofenghuang-vigogne-2-70b-chat.jinja"})
+    mutate_and_run(nibble::test::read_bytes(nibble::test::golden_dir() + f), 300,
+                   nibble::fuzz::chat_template);
+}
+
 // The committed libFuzzer corpus (fuzz/corpus/<target>/, minimized by -merge=1) runs through the same entry
 // points, so every input the campaigns kept is replayed by CTest and under ASan+UBSan.
 TEST(FuzzSmoke, CommittedCorpus) {
@@ -93,7 +101,8 @@ TEST(FuzzSmoke, CommittedCorpus) {
       {"tokenizer_config_json", nibble::fuzz::tokenizer_config_json},
       {"quant_state_json", nibble::fuzz::quant_state_json},
       {"config_json", nibble::fuzz::config_json},
-      {"index_json", nibble::fuzz::index_json}};
+      {"index_json", nibble::fuzz::index_json},
+      {"chat_template", nibble::fuzz::chat_template}};
   const fs::path root = fs::path(NIBBLE_SOURCE_DIR) / "fuzz" / "corpus";
   size_t inputs = 0;
   for (const auto& [name, target] : targets) {

@@ -38,6 +38,7 @@ set(public_tokenizer tokenizer)
 set(public_sampling generate)
 set(public_session generate)
 set(public_chat_template chat)
+set(public_server server)
 set(public_nibble tools)
 
 set(violations "")

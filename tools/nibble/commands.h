@@ -13,6 +13,8 @@ void add_generate(CLI::App& app);
 void add_info(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_serve(CLI::App& app);
+void add_chat(CLI::App& app);
 // "avx2 x14, reference x1": the kernel paths of AutoModelForCausalLM::kernel_paths and their layer counts.
 inline std::string describe_kernels(const std::vector<std::pair<std::string, int64_t>>& paths) {
   std::string s;
@@ -27,5 +29,7 @@ inline void register_all(CLI::App& app) {
   add_perplexity(app);
   add_bench(app);
   add_config(app);
+  add_serve(app);
+  add_chat(app);
 }
 }  // namespace nibble::cli

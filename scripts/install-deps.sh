@@ -3,7 +3,7 @@
 # what is missing, so it is cheap to run on every CI start.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libhwy-dev libgtest-dev
-      libbenchmark-dev libomp-dev libicu-dev libcpp-httplib-dev clang libclang-rt-14-dev)
+      libbenchmark-dev libomp-dev libicu-dev libcpp-httplib-dev python3-venv clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -253,6 +253,12 @@ struct Server::Impl {
     const int threads = std::max(4, o.http_threads);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(16u << 20);
+    // SO_REUSEADDR (restart while old connections linger) but not httplib's default SO_REUSEPORT, with which a
+    // second server on the same port would silently share its connections instead of failing to start
+    http.set_socket_options([](socket_t sock) {
+      const int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(R"({"status":"ok"})", "application/json");
     });

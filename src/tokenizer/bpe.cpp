@@ -129,9 +129,9 @@ void Bpe::encode_word(const std::string& word, std::vector<int32_t>& out) const 
     } else if (unk_) {
       if (!(fuse_unk_ && last_unk)) sym.push_back(*unk_);
       last_unk = true;
-    } else {
-      throw FormatError("tokenizer: character '" + ch + "' is not in the vocab and there is no unk_token");
     }
+    // neither: HF tokenizers' BPE drops the character (transformers 5's LlamaTokenizer builds its BPE without an
+    // unk_token, so a character with no byte tokens vanishes there); ids must match, so it vanishes here too
   }
   // merge the lowest-ranked adjacent pair until none applies (a linked list plus a heap, as HF tokenizers)
   const size_t n = sym.size();

@@ -244,16 +244,16 @@ Normalizer make_normalizer(const json& j, const JsonPath& at) {
 }
 
 PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
-  if (j.is_null()) return [](const std::vector<std::string>& w) { return w; };
+  if (j.is_null()) return [](const std::vector<std::string>& w, bool) { return w; };
   const std::string type = jsonf::get_string(j, "type", at);
   if (type == "Sequence") {
     std::vector<PreTokenizer> parts;
     const json& list = array_or_empty(j, "pretokenizers", at);
     for (size_t i = 0; i < list.size(); ++i)
       parts.push_back(make_pre_tokenizer(list[i], (at / "pretokenizers")[i]));
-    return [parts](const std::vector<std::string>& w) {
+    return [parts](const std::vector<std::string>& w, bool at_start) {
       std::vector<std::string> r = w;
-      for (const auto& p : parts) r = p(r);
+      for (const auto& p : parts) r = p(r, at_start);
       return r;
     };
   }
@@ -267,7 +267,7 @@ PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
         behavior != "MergedWithNext" && behavior != "Contiguous")
       (at / "behavior").fail("'" + behavior + "' is not a split behavior");
     const bool invert = jsonf::get_bool_or(j, "invert", at, false);
-    return [re, behavior, invert, where](const std::vector<std::string>& words) {
+    return [re, behavior, invert, where](const std::vector<std::string>& words, bool) {
       std::vector<std::string> out;
       for (const auto& w : words)
         for (auto& p : split_words(w, matches(*re, w, where), behavior, invert))
@@ -280,7 +280,7 @@ PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
     const bool use_regex = jsonf::get_bool_or(j, "use_regex", at, true);
     auto re = compile(kGpt2Pattern, at);
     const std::string where = at.str();
-    return [re, prefix, use_regex, where](const std::vector<std::string>& words) {
+    return [re, prefix, use_regex, where](const std::vector<std::string>& words, bool) {
       std::vector<std::string> out;
       for (size_t i = 0; i < words.size(); ++i) {
         std::string w = words[i];
@@ -298,11 +298,14 @@ PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
     const std::string rep = metaspace_replacement(j, at);
     const std::string scheme = metaspace_scheme(j, at);
     const bool split = jsonf::get_bool_or(j, "split", at, true);
-    return [rep, scheme, split](const std::vector<std::string>& words) {
+    return [rep, scheme, split](const std::vector<std::string>& words, bool at_start) {
       std::vector<std::string> out;
       for (size_t i = 0; i < words.size(); ++i) {
         std::string w = replace_all(words[i], " ", rep);
-        if ((scheme == "always" || (scheme == "first" && i == 0)) && w.rfind(rep, 0) != 0) w = rep + w;
+        // "first": only the word at offset 0 of the text (HF: offsets_original().0 == 0), not one after an
+        // added token
+        if ((scheme == "always" || (scheme == "first" && at_start && i == 0)) && w.rfind(rep, 0) != 0)
+          w = rep + w;
         if (!split) {
           out.push_back(w);
           continue;
@@ -322,7 +325,7 @@ PreTokenizer make_pre_tokenizer(const json& j, const JsonPath& at) {
     const bool individual = jsonf::get_bool_or(j, "individual_digits", at, false);
     auto re = compile(individual ? "\\p{Nd}" : "\\p{Nd}+", at);
     const std::string where = at.str();
-    return [re, where](const std::vector<std::string>& words) {
+    return [re, where](const std::vector<std::string>& words, bool) {
       std::vector<std::string> out;
       for (const auto& w : words)
         for (auto& p : split_words(w, matches(*re, w, where), "Isolated", false))

@@ -13,8 +13,9 @@
 namespace nibble::tok {
 
 using Normalizer = std::function<std::string(const std::string&)>;
-// Splits a (normalized) string into words for the model.
-using PreTokenizer = std::function<std::vector<std::string>(const std::vector<std::string>&)>;
+// Splits a (normalized) string into words for the model. at_start: the words begin at offset 0 of the text
+// being encoded (not after an added token), which Metaspace's prepend_scheme "first" asks.
+using PreTokenizer = std::function<std::vector<std::string>(const std::vector<std::string>&, bool at_start)>;
 // Transforms the list of token strings into text pieces (HF decode_chain).
 using Decoder = std::function<std::vector<std::string>(std::vector<std::string>)>;
 

@@ -106,6 +106,42 @@ constexpr jsonf::ParseLimits kTokenizerJsonLimits{.max_bytes = size_t{1} << 30};
 
 }  // namespace
 
+// transformers 5 builds some tokenizer classes' pipelines itself instead of taking tokenizer.json's: the
+// class named by tokenizer_config.json's tokenizer_class decides how text is split (and AutoTokenizer is what
+// apply_chat_template and the model cards use). LlamaTokenizer (Llama 2, Mistral, TinyLlama, ...): no
+// normalizer, Metaspace with prepend_scheme "first" (or "always" with legacy: true, "never" without
+// add_prefix_space), split off, and the matching decoder - so text after an added token (a chat template's
+// "<s>[INST]") gets no "\u2581" prefix, where tokenizer.json's Prepend normalizer would add one.
+static std::string as_transformers_builds_it(const std::string& text, const std::string& path,
+                                             const json& cfg, const JsonPath& at) {
+  const std::string cls = jsonf::get_string_or(cfg, "tokenizer_class", at, "");
+  if (cls != "LlamaTokenizer" && cls != "LlamaTokenizerFast") return text;
+  json j = jsonf::parse_json(text, path, kTokenizerJsonLimits);
+  const JsonPath root(path);
+  jsonf::as_object(j, root);
+  if (jsonf::get_string(jsonf::get_object(j, "model", root), "type", root / "model") != "BPE") return text;
+  const bool prefix = jsonf::get_bool_or(cfg, "add_prefix_space", at, true);
+  const bool legacy = jsonf::get_bool_or(cfg, "legacy", at, false);
+  // BPE(vocab, merges, fuse_unk=True, byte_fallback=True) - no unk_token
+  json& model = j["model"];
+  model["fuse_unk"] = true;
+  model["byte_fallback"] = true;
+  model.erase("unk_token");
+  j["normalizer"] = nullptr;
+  j["pre_tokenizer"] = {{"type", "Metaspace"},
+                        {"replacement", "\u2581"},
+                        {"prepend_scheme", !prefix  ? "never"
+                                           : legacy ? "always"
+                                                    : "first"},
+                        {"split", false}};
+  json decoders = json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                               {{"type", "ByteFallback"}},
+                               {{"type", "Fuse"}}});
+  if (prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  j["decoder"] = {{"type", "Sequence"}, {"decoders", decoders}};
+  return j.dump();
+}
+
 Tokenizer Tokenizer::from_json(const std::string& text, const std::string& label) {
   const json j = jsonf::parse_json(text, label, kTokenizerJsonLimits);
   const JsonPath root(label);
@@ -154,12 +190,19 @@ Tokenizer Tokenizer::from_pretrained(const std::string& name_or_path) {
   const std::string dir = resolve_model_path(name_or_path);  // a directory, or a model id in the HF cache
   const std::string path = (std::filesystem::path(dir) / "tokenizer.json").string();
   if (!std::filesystem::exists(path)) throw IoError(path + ": not found (nibble reads HF tokenizer.json)");
-  Tokenizer t = from_json(read_json_text(path, kTokenizerJsonLimits.max_bytes), path);
+  const std::string text = read_json_text(path, kTokenizerJsonLimits.max_bytes);
+  // the file as written is checked whole (a malformed stage is an error even where transformers replaces it)
+  Tokenizer t = from_json(text, path);
   const std::string cfg_path = (std::filesystem::path(dir) / "tokenizer_config.json").string();
+  json cfg;
   if (std::filesystem::exists(cfg_path)) {
-    const json cfg = read_json_file(cfg_path);
+    cfg = read_json_file(cfg_path);
+    jsonf::as_object(cfg, JsonPath(cfg_path));
+    std::string built = as_transformers_builds_it(text, path, cfg, JsonPath(cfg_path));
+    if (built != text) t = from_json(built, path);
+  }
+  if (!cfg.is_null()) {
     const JsonPath root(cfg_path);
-    jsonf::as_object(cfg, root);
     t.impl_->bos = special_from_config(cfg, "bos_token", root, t);
     t.impl_->eos = special_from_config(cfg, "eos_token", root, t);
   }
@@ -197,7 +240,11 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
   const Impl& im = *impl_;
   std::vector<int32_t> ids;
   if (add_special_tokens) ids = im.prefix_ids;
-  auto emit = [&](int32_t id) { ids.push_back(id); };
+  bool at_start = true;  // nothing of the text consumed yet
+  auto emit = [&](int32_t id) {
+    ids.push_back(id);
+    at_start = false;
+  };
   // HF order: split the raw text on non-normalized added tokens; normalize each stretch; split that on the
   // normalized added tokens; pre-tokenize and BPE what remains.
   split_added(
@@ -206,7 +253,8 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
         split_added(
             im.added, true, im.normalizer(raw),
             [&](const std::string& norm) {
-              for (const auto& w : im.pre({norm})) im.bpe->encode_word(w, ids);
+              for (const auto& w : im.pre({norm}, at_start)) im.bpe->encode_word(w, ids);
+              at_start = false;
             },
             emit);
       },

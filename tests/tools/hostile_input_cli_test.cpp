@@ -327,9 +327,16 @@ std::vector<Case> cases() {
       set_config("tokenizer.json", P("/post_processor/special_tokens/<|start_story|>/ids/0"), 99999),
       {"tokenizer.json: 'post_processor.special_tokens[\"<|start_story|>\"].ids[0]'", "99999"});
 
+  // (a tokenizer class whose pipeline transformers takes from tokenizer.json: for LlamaTokenizer it builds
+  // its own Metaspace pre-tokenizer and never runs this one)
   add("tokenizer_regex_backtracking", E, G,
-      set_config("tokenizer.json", P("/pre_tokenizer"),
-                 {{"type", "Split"}, {"pattern", {{"Regex", "(a+)+$"}}}, {"behavior", "Isolated"}}),
+      [split = set_config("tokenizer.json", P("/pre_tokenizer"),
+                          {{"type", "Split"}, {"pattern", {{"Regex", "(a+)+$"}}}, {"behavior", "Isolated"}}),
+       cls = set_config("tokenizer_config.json", P("/tokenizer_class"), "PreTrainedTokenizerFast")](
+          const std::string& d) {
+        split(d);
+        cls(d);
+      },
       {"tokenizer.json: 'pre_tokenizer.pattern'", "regex matching failed"});
   c.back().prompt = std::string(64, 'a') + "!";
 

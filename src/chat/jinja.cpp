@@ -48,6 +48,9 @@ struct Ctx {
   int depth = 0;
   int line = 0;
   std::string* out = nullptr;
+  // every namespace() of this render: the only mutable objects, so the only way to a reference cycle
+  // (`{% set ns.self = ns %}`); render() empties them at its end so that cycles are freed
+  std::vector<std::shared_ptr<Dict>> namespaces;
 
   [[noreturn]] void fail(const std::string& what) const {
     throw ValueError(prog->name + " line " + std::to_string(line) + ": " + what);
@@ -2061,6 +2064,7 @@ void add_globals(Scope& g) {
   g.set("namespace", Value::func("namespace", [](Ctx& c, Args& a) {
           Value ns = Value::dict();
           ns.ns = true;
+          c.namespaces.push_back(ns.d);
           for (const auto& p : a.pos) {
             if (p.t != T::Dict || p.ns) c.fail("namespace() takes a mapping as positional argument");
             for (const auto& [k, v] : p.d->kv) ns.d->set(k, v);
@@ -2106,6 +2110,12 @@ std::string render(const Program& program, const nlohmann::ordered_json& vars, c
   if (!vars.is_object()) c.fail("the template variables must be an object");
   for (const auto& [k, v] : vars.items()) top->set(k, from_json(c, v, 0));
   Interp in(c);
+  struct BreakCycles {
+    Ctx& c;
+    ~BreakCycles() {
+      for (auto& d : c.namespaces) d->kv.clear();
+    }
+  } break_cycles{c};
   try {
     const Flow f = in.exec_body(program.body, top);
     (void)f;

@@ -36,6 +36,7 @@ struct Expr {
   };
   K k;
   int line = 0, col = 0;
+  int depth = 1;  // of this subtree (the parser bounds it, so evaluation and destruction recurse boundedly)
   Value lit;
   std::string name;     // Name / Attr / Filter / Test; Bin: the operator
   bool negate = false;  // Test: `is not`

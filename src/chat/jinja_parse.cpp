@@ -1,5 +1,6 @@
 // Lexer and parser: jinja2's lexer rules (trim_blocks, lstrip_blocks, whitespace control, raw blocks, a
 // single trailing newline dropped) and its expression grammar and precedence.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -430,6 +431,7 @@ class Parser {
 
  private:
   static constexpr int kMaxDepth = 100;
+  static constexpr int kMaxExprDepth = 256;
 
   const Tok& cur() const { return t_[p_]; }
   const Tok& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -484,6 +486,19 @@ class Parser {
     }
     ~Depth() { --p.depth_; }
   };
+
+  // n's depth from its children's; FormatError past kMaxExprDepth (a chain like 1+1+1+... nests without
+  // recursing in the parser)
+  ExprP deep(ExprP n) {
+    int d = 0;
+    for (const auto& c : n->a)
+      if (c) d = std::max(d, c->depth);
+    for (const auto& kv : n->kw)
+      if (kv.second) d = std::max(d, kv.second->depth);
+    n->depth = d + 1;
+    if (n->depth > kMaxExprDepth) fail("the expression nests too deeply");
+    return n;
+  }
 
   ExprP node(Expr::K k, size_t pos) {
     auto e = std::make_unique<Expr>();
@@ -729,7 +744,7 @@ class Parser {
         break;
       t->a.push_back(one());
     }
-    return t;
+    return deep(std::move(t));
   }
 
   ExprP parse_expression(bool with_condexpr = true) {
@@ -748,7 +763,7 @@ class Parser {
       } else {
         c->a.push_back(nullptr);
       }
-      e = std::move(c);
+      e = deep(std::move(c));
     }
     return e;
   }
@@ -761,7 +776,7 @@ class Parser {
       auto n = node(Expr::Or, pos);
       n->a.push_back(std::move(l));
       n->a.push_back(parse_and());
-      l = std::move(n);
+      l = deep(std::move(n));
     }
     return l;
   }
@@ -773,7 +788,7 @@ class Parser {
       auto n = node(Expr::And, pos);
       n->a.push_back(std::move(l));
       n->a.push_back(parse_not());
-      l = std::move(n);
+      l = deep(std::move(n));
     }
     return l;
   }
@@ -784,7 +799,7 @@ class Parser {
       ++p_;
       auto n = node(Expr::Not, pos);
       n->a.push_back(parse_not());
-      return n;
+      return deep(std::move(n));
     }
     return parse_compare();
   }
@@ -813,6 +828,7 @@ class Parser {
       }
       c->ops.push_back(op);
       c->a.push_back(parse_math1());
+      c = deep(std::move(c));
     }
     return c ? std::move(c) : std::move(e);
   }
@@ -821,7 +837,7 @@ class Parser {
     n->name = op;
     n->a.push_back(std::move(l));
     n->a.push_back(std::move(r));
-    return n;
+    return deep(std::move(n));
   }
   ExprP parse_math1() {
     const size_t pos = cur().pos;
@@ -868,6 +884,7 @@ class Parser {
       ++p_;
       n = node(neg ? Expr::Neg : Expr::Pos, pos);
       n->a.push_back(parse_unary(false));
+      n = deep(std::move(n));
     } else {
       n = parse_primary();
     }
@@ -928,7 +945,7 @@ class Parser {
         n->a.push_back(parse_expression(true));
       }
       ++p_;
-      return n;
+      return deep(std::move(n));
     }
     if (is_op("{")) {
       ++p_;
@@ -941,7 +958,7 @@ class Parser {
         n->a.push_back(parse_expression(true));
       }
       ++p_;
-      return n;
+      return deep(std::move(n));
     }
     fail("unexpected " + std::string(tk.k == Tok::Eof        ? "end of template"
                                      : tk.k == Tok::BlockEnd ? "end of statement block"
@@ -960,14 +977,14 @@ class Parser {
           auto a = node(Expr::Attr, pos);
           a->name = t_[p_++].v;
           a->a.push_back(std::move(n));
-          n = std::move(a);
+          n = deep(std::move(a));
         } else if (cur().k == Tok::Int) {
           auto a = node(Expr::Item, pos);
           auto idx = node(Expr::Lit, cur().pos);
           idx->lit = Value::integer(t_[p_++].i);
           a->a.push_back(std::move(n));
           a->a.push_back(std::move(idx));
-          n = std::move(a);
+          n = deep(std::move(a));
         } else {
           fail("expected name or number");
         }
@@ -1004,7 +1021,7 @@ class Parser {
           if (is_op("]")) break;
           t->a.push_back(parse_expression(true));
         }
-        parts[0] = std::move(t);
+        parts[0] = deep(std::move(t));
       }
     }
     ++p_;
@@ -1013,12 +1030,12 @@ class Parser {
       auto n = node(Expr::Item, pos);
       n->a.push_back(std::move(obj));
       n->a.push_back(std::move(parts[0]));
-      return n;
+      return deep(std::move(n));
     }
     auto n = node(Expr::Slice, pos);
     n->a.push_back(std::move(obj));
     for (auto& p : parts) n->a.push_back(std::move(p));
-    return n;
+    return deep(std::move(n));
   }
 
   ExprP parse_call(ExprP callee, size_t pos) {
@@ -1026,7 +1043,7 @@ class Parser {
     auto n = node(Expr::Call, pos);
     n->a.push_back(std::move(callee));
     parse_args_after_first(*n);
-    return n;
+    return deep(std::move(n));
   }
 
   // arguments of a call/filter/test node whose a[0] is the callee or operand
@@ -1062,7 +1079,7 @@ class Parser {
     }
     f->a.push_back(std::move(operand));
     if (is_op("(")) parse_args_after_first(*f);
-    return f;
+    return deep(std::move(f));
   }
 
   ExprP parse_filter_chain(ExprP operand, bool first_without_bar = false) {
@@ -1106,7 +1123,7 @@ class Parser {
           ExprP arg = parse_primary();
           t->a.push_back(parse_postfix(std::move(arg)));
         }
-        n = std::move(t);
+        n = deep(std::move(t));
       } else if (is_op("(")) {
         n = parse_call(std::move(n), pos);
       } else {

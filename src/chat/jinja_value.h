@@ -2,12 +2,15 @@
 // Undefined and namespace, and callables (macros, globals, bound methods). Lists, dicts and namespaces are
 // shared by reference, as in Python.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "nibble/error.h"
 
 namespace nibble::chat::jinja {
 
@@ -27,7 +30,8 @@ struct Value {
   bool ns = false;      // Dict: a jinja2 namespace() (attributes, not items)
   int64_t i = 0;
   double f = 0;
-  std::string s;  // Str; for Undef, why it is undefined ("'x' is undefined")
+  uint16_t depth = 0;  // List: levels of nested lists/dicts (bounded, so destruction recurses boundedly)
+  std::string s;       // Str; for Undef, why it is undefined ("'x' is undefined")
   std::shared_ptr<List> l;
   std::shared_ptr<Dict> d;
   std::shared_ptr<Func> fn;
@@ -70,12 +74,22 @@ struct Value {
   static Value list(List items = {}, bool tuple = false) {
     Value v;
     v.t = T::List;
+    v.depth = static_cast<uint16_t>(1 + max_depth(items));
     v.l = std::make_shared<List>(std::move(items));
     v.tuple = tuple;
     return v;
   }
   static Value dict();
   static Value func(std::string name, std::function<Value(Ctx&, struct Args&)> call);
+
+  static constexpr int kMaxDepth = 256;
+  static int depth_of(const Value& v);
+  static int max_depth(const List& items) {
+    int d = 0;
+    for (const auto& x : items) d = std::max(d, depth_of(x));
+    if (d >= kMaxDepth) throw ValueError("chat template: a list or dict nests more than 256 levels deep");
+    return d;
+  }
 
   bool is_undef() const { return t == T::Undef; }
   bool is_none() const { return t == T::None; }
@@ -88,12 +102,16 @@ struct Value {
 // A Python dict with string keys, in insertion order.
 struct Dict {
   std::vector<std::pair<std::string, Value>> kv;
+  int child_depth = 0;  // deepest value ever set (a namespace's may have been replaced since)
   const Value* find(const std::string& k) const {
     for (const auto& [key, v] : kv)
       if (key == k) return &v;
     return nullptr;
   }
   void set(const std::string& k, Value v) {
+    child_depth = std::max(child_depth, Value::depth_of(v));
+    if (child_depth >= Value::kMaxDepth)
+      throw ValueError("chat template: a list or dict nests more than 256 levels deep");
     for (auto& [key, old] : kv)
       if (key == k) {
         old = std::move(v);
@@ -112,6 +130,13 @@ struct Func {
   std::string name;
   std::function<Value(Ctx&, Args&)> call;
 };
+
+// namespaces count as one level: they are emptied at the end of a render (jinja.cpp), not destroyed nested
+inline int Value::depth_of(const Value& v) {
+  if (v.t == T::List) return v.depth;
+  if (v.t == T::Dict) return v.ns ? 1 : 1 + v.d->child_depth;
+  return 0;
+}
 
 inline Value Value::dict() {
   Value v;

@@ -299,6 +299,18 @@ TEST(ChatTemplate, HostileTemplatesFailCleanly) {
       "{% set ns = namespace(x=none) %}{% set ns.x = ns %}{{ ns }}",
       "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
       "{{ 9223372036854775807 + 1 }}",
+      "{{ 1" +
+          [] {
+            std::string s;
+            for (int i = 0; i < 100000; ++i) s += "+1";
+            return s;
+          }() +
+          " }}",
+      "{{ x" + std::string(100000, '|') + " }}",
+      "{% set ns = namespace(x=none) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}",
+      "{% set ns = namespace(x=1) %}{% for i in range(100000) %}{% set ns.x = ns.x | batch(1) | list %}{% "
+      "endfor %}",
+      "{% set ns = namespace(x=none) %}{% for i in range(100000) %}{% set ns.x = {'k': ns.x} %}{% endfor %}",
       "{{ 3 ** 100 }}",
       "{% if %}",
       "{{ }}",

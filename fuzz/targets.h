@@ -25,6 +25,7 @@
 #include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 #include "nibble/tokenizer.h"
+#include "server/request.h"
 
 namespace nibble::fuzz {
 
@@ -175,6 +176,18 @@ inline void chat_template(const uint8_t* data, size_t size) {
     const auto p = chat::jinja::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.jinja");
     (void)chat::jinja::render(*p, vars, limits);
   } catch (const Error&) {
+  }
+}
+
+// An HTTP request body of the OpenAI API (arbitrary bytes), checked as /v1/chat/completions and as
+// /v1/completions check it.
+inline void openai_request(const uint8_t* data, size_t size) {
+  const std::string body(reinterpret_cast<const char*>(data), size);
+  for (bool chat : {true, false}) {
+    try {
+      (void)server::parse_request(body, chat);
+    } catch (const Error&) {
+    }
   }
 }
 

@@ -91,6 +91,12 @@ TEST(FuzzSmoke, ChatTemplate) {
                    nibble::fuzz::chat_template);
 }
 
+TEST(FuzzSmoke, OpenAIRequest) {
+  for (const std::string& dir : {std::string(NIBBLE_SOURCE_DIR) + "/fuzz/corpus/openai_request"})
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      mutate_and_run(nibble::test::read_bytes(e.path().string()), 300, nibble::fuzz::openai_request);
+}
+
 // The committed libFuzzer corpus (fuzz/corpus/<target>/, minimized by -merge=1) runs through the same entry
 // points, so every input the campaigns kept is replayed by CTest and under ASan+UBSan.
 TEST(FuzzSmoke, CommittedCorpus) {
@@ -102,7 +108,8 @@ TEST(FuzzSmoke, CommittedCorpus) {
       {"quant_state_json", nibble::fuzz::quant_state_json},
       {"config_json", nibble::fuzz::config_json},
       {"index_json", nibble::fuzz::index_json},
-      {"chat_template", nibble::fuzz::chat_template}};
+      {"chat_template", nibble::fuzz::chat_template},
+      {"openai_request", nibble::fuzz::openai_request}};
   const fs::path root = fs::path(NIBBLE_SOURCE_DIR) / "fuzz" / "corpus";
   size_t inputs = 0;
   for (const auto& [name, target] : targets) {

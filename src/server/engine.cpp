@@ -64,7 +64,7 @@ size_t held_back(const std::string& text, size_t from, const std::vector<std::st
 }  // namespace
 
 Engine::Engine(const AutoModelForCausalLM& model, const Tokenizer& tok, const EngineOptions& opt)
-    : model_(model), tok_(tok), eos_(model.default_eos_token_ids()) {
+    : tok_(tok), eos_(model.default_eos_token_ids()) {
   if (opt.max_batch < 1) throw ValueError("max_batch must be >= 1, got " + std::to_string(opt.max_batch));
   if (opt.context_length < 0)
     throw ValueError("the context length must be >= 0, got " + std::to_string(opt.context_length));

@@ -94,7 +94,6 @@ class Engine {
   bool choose(Slot& s);
   void release(Slot& s, const std::string& reason, const std::string& error = "");
 
-  const AutoModelForCausalLM& model_;
   const Tokenizer& tok_;
   int64_t ctx_;
   std::vector<int32_t> eos_;

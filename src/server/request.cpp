@@ -29,6 +29,13 @@ std::string type_name(const json& v) {
 
 namespace {
 
+// obj[key] is the string `want` (false for a non-object, a missing key or a value of another type)
+bool string_is(const json& obj, const char* key, const std::string& want) {
+  if (!obj.is_object()) return false;
+  const auto it = obj.find(key);
+  return it != obj.end() && it->is_string() && it->get_ref<const std::string&>() == want;
+}
+
 // body[key] if present and not null
 const json* field(const json& body, const char* key) {
   const auto it = body.find(key);
@@ -83,8 +90,7 @@ void refuse_unsupported(const json& body) {
     throw BadRequest{"'logit_bias' is not supported by this server", "logit_bias"};
   if (const json* v = field(body, "tools"); v && !(v->is_array() && v->empty()))
     throw BadRequest{"'tools' is not supported by this server", "tools"};
-  if (const json* v = field(body, "response_format");
-      v && !(v->is_object() && v->value("type", std::string()) == "text"))
+  if (const json* v = field(body, "response_format"); v && !string_is(*v, "type", "text"))
     throw BadRequest{"'response_format' other than {\"type\": \"text\"} is not supported by this server",
                      "response_format"};
   if (const json* v = field(body, "echo"); v && !(v->is_boolean() && !v->get<bool>()))
@@ -143,17 +149,17 @@ Parsed parse_common(const json& body, bool chat) {
   return p;
 }
 
-// OpenAI message content: a string, or text parts joined
-json message_content(const json& m, size_t i) {
+// OpenAI message content: a string, or text parts joined into one (absent or null content stays as given: the
+// template sees what transformers would pass it)
+std::optional<json> message_content(const json& m, size_t i) {
   const std::string where = "messages[" + std::to_string(i) + "].content";
   const auto it = m.find("content");
-  if (it == m.end() || it->is_null()) return "";
+  if (it == m.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return *it;
   if (!it->is_array()) throw BadRequest{"'" + where + "' must be a string or an array of text parts", where};
   std::string text;
   for (const auto& part : *it) {
-    if (!part.is_object() || part.value("type", std::string()) != "text" || !part.contains("text") ||
-        !part["text"].is_string())
+    if (!string_is(part, "type", "text") || !part.contains("text") || !part["text"].is_string())
       throw BadRequest{
           "'" + where + "' parts must be {\"type\": \"text\", \"text\": ...} (no images or audio here)",
           where};
@@ -181,7 +187,7 @@ json parse_messages(const json& body) {
           "'" + where + ".role' must be system, developer, user, assistant or tool, got '" + r + "'",
           where + ".role"};
     json msg = m;  // other fields (name, ...) pass through to the template
-    msg["content"] = message_content(m, i);
+    if (auto c = message_content(m, i)) msg["content"] = std::move(*c);
     out.push_back(std::move(msg));
   }
   return out;

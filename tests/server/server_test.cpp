@@ -304,6 +304,11 @@ TEST(Server, BadRequestsGetOpenAIErrorsAndTheServerKeepsServing) {
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
        "messages[0].content"},
       {"/v1/chat/completions", "{" + ok_chat + R"(, "tools": [{"type": "function"}]})", "tools"},
+      {"/v1/chat/completions", "{" + ok_chat + R"(, "response_format": {"type": 5}})", "response_format"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": [{"type": 3, "text": "x"}]}]})",
+       "messages[0].content"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})",
+       "messages[0].content"},
       // longer than the 256-token context
       {"/v1/completions", json{{"prompt", std::string(3000, 'x') + " once upon a time"}}.dump(), "prompt"},
   };

@@ -147,10 +147,12 @@ struct Matrix {
   }
 };
 
-// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16, 2 f16), path (0 auto, 1 avx2)
+// args: N, K, M, quant (0 nf4, 1 fp4), double quant, compute (0 f32, 1 bf16, 2 f16), path (0 auto, 1 avx2,
+// 2 auto in row-invariant mode: batched decode's, where M = 1 takes the multi-token kernel)
 void BM_Gemm4(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
   const GemmPath path = state.range(6) == 1 ? GemmPath::Avx2 : GemmPath::Auto;
+  const RowInvariantScope invariant(state.range(6) == 2);
   const QuantType qt = state.range(3) == 0 ? QuantType::NF4 : QuantType::FP4;
   const bool dq = state.range(4) != 0;
   const DType cd = state.range(5) == 0   ? DType::Float32
@@ -158,7 +160,8 @@ void BM_Gemm4(benchmark::State& state) {
                                          : DType::Float16;
   const double bw = probe_bandwidth();
   const size_t one = static_cast<size_t>(N * K / 2);
-  const size_t copies = M == 1 ? std::max<size_t>(1, (size_t{256} << 20) / one + 1) : 1;
+  const size_t copies =
+      M == 1 || state.range(6) == 2 ? std::max<size_t>(1, (size_t{256} << 20) / one + 1) : 1;
   std::vector<Matrix> mats;
   for (size_t i = 0; i < copies; ++i) mats.emplace_back(N, K, qt, dq, i + 1);
   std::vector<float> x(static_cast<size_t>(M * K), 0.5f), y(static_cast<size_t>(M * N));
@@ -182,7 +185,8 @@ void BM_Gemm4(benchmark::State& state) {
     if (const double amx = probe_amx_peak_gflops(); amx > 0) state.counters["amx_peak_GFLOP/s"] = amx;
   }
   state.SetLabel(gemm_path_name(path == GemmPath::Auto ? gemm_auto_path(mats[0].w, M, cd) : path, cd) + " " +
-                 std::string(quant_type_name(qt)) + (dq ? "+dq" : "") + " working set " +
+                 std::string(quant_type_name(qt)) + (dq ? "+dq" : "") +
+                 (state.range(6) == 2 ? " row-invariant" : "") + " working set " +
                  std::to_string(copies * mats[0].bytes >> 20) + " MiB");
 }
 
@@ -193,6 +197,8 @@ void shapes(benchmark::internal::Benchmark* b) {
   // small batches (concurrent requests decoded together): tokens/s against M = 1
   for (int64_t M : {2, 4, 8})
     for (int64_t cd : {1, 2}) b->Args({4096, 4096, M, 0, 1, cd, 0});
+  // batched decode (the server): row-invariant mode at M = 1 .. 16, against plain M = 1 above
+  for (int64_t M : {1, 2, 4, 8, 16}) b->Args({4096, 4096, M, 0, 1, 1, 2});
   // quant type / double quant variations at one shape
   for (int64_t q : {0, 1})
     for (int64_t dq : {0, 1}) b->Args({4096, 4096, 1, q, dq, 1, 0});

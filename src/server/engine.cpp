@@ -143,7 +143,14 @@ bool Engine::choose(Slot& s) {
   }
   ++s.generated;
   r.completion_tokens_ = s.generated;
-  s.text += s.dec->put(id);
+  if (id < tok_.vocab_size()) {
+    s.text += s.dec->put(id);
+  } else {
+    // an id the tokenizer has no token for (a model whose embedding rows outnumber the tokenizer's vocab,
+    // padded or random): U+FFFD after what the decoder holds
+    s.text += s.dec->flush();
+    s.text += "\xef\xbf\xbd";
+  }
   const bool last = (o.max_tokens >= 0 && s.generated >= o.max_tokens) || s.session.length() >= ctx_;
   if (last) s.text += s.dec->flush();
   // the earliest stop string in the text not yet emitted (it may begin in the held-back part)

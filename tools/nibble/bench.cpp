@@ -2,7 +2,6 @@
 // load/quantize speed, and the machine's read bandwidth measured in the same run.
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <random>
 
@@ -11,40 +10,11 @@
 #include "nibble/cpu.h"
 #include "nibble/error.h"
 #include "nibble/model.h"
+#include "synthetic.h"
 
 namespace nibble::cli {
 
 namespace {
-// HF config.json of well-known architectures (random weights are generated for them).
-nlohmann::json synthetic_config(const std::string& shape) {
-  struct S {
-    int64_t hidden, inter, heads, kv, layers, vocab;
-    double theta;
-  };
-  static const std::map<std::string, S> shapes{
-      {"llama-7b", {4096, 11008, 32, 32, 32, 32000, 10000.0}},
-      {"llama-13b", {5120, 13824, 40, 40, 40, 32000, 10000.0}},
-      {"llama-3-8b", {4096, 14336, 32, 8, 32, 128256, 500000.0}},
-      {"mistral-7b", {4096, 14336, 32, 8, 32, 32000, 1000000.0}},
-      {"tinyllama-1.1b", {2048, 5632, 32, 4, 22, 32000, 10000.0}},
-      {"tiny", {256, 704, 8, 4, 2, 2048, 10000.0}},
-  };
-  auto it = shapes.find(shape);
-  if (it == shapes.end()) {
-    std::string names;
-    for (const auto& [k, v] : shapes) names += (names.empty() ? "" : ", ") + k;
-    throw ValueError("--synthetic: unknown shape '" + shape + "' (known: " + names + ")");
-  }
-  const S& s = it->second;
-  return {{"model_type", "llama"},           {"architectures", {"LlamaForCausalLM"}},
-          {"hidden_size", s.hidden},         {"intermediate_size", s.inter},
-          {"num_attention_heads", s.heads},  {"num_key_value_heads", s.kv},
-          {"num_hidden_layers", s.layers},   {"vocab_size", s.vocab},
-          {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5},
-          {"rope_theta", s.theta},           {"tie_word_embeddings", false},
-          {"torch_dtype", "bfloat16"}};
-}
-
 // The kernel path most linear layers take.
 std::string most_used(const std::vector<std::pair<std::string, int64_t>>& paths) {
   std::string best;
@@ -74,8 +44,7 @@ void add_bench(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("bench", "prefill (pp) and decode (tg) tokens/s, llama-bench style");
   sub->add_option("MODEL", a->model,
                   "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])");
-  sub->add_option("--synthetic", a->synthetic,
-                  "random weights of a named shape: llama-7b, llama-3-8b, mistral-7b, tinyllama-1.1b, ...");
+  sub->add_option("--synthetic", a->synthetic, kSyntheticHelp);
   sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
   sub->add_option("-p", a->p, "prompt tokens for the prefill test (default 512, 0 = skip)");
   sub->add_option("-n", a->n, "tokens for the decode test (default 128, 0 = skip)");
@@ -99,8 +68,7 @@ void add_bench(CLI::App& app) {
     auto t0 = std::chrono::steady_clock::now();
     std::optional<AutoModelForCausalLM> model;
     if (!a->synthetic.empty()) {
-      nlohmann::json c = synthetic_config(a->synthetic);
-      if (a->layers > 0) c["num_hidden_layers"] = a->layers;
+      const nlohmann::json c = synthetic_config(a->synthetic, a->layers);
       opt.dtype = DType::BFloat16;
       model = AutoModelForCausalLM::from_config(c, opt, 1);
     } else {

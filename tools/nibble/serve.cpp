@@ -1,4 +1,5 @@
-// nibble serve MODEL: the OpenAI-compatible server (nibble/server.h) until SIGINT or SIGTERM.
+// nibble serve MODEL | --synthetic SHAPE --tokenizer DIR: the OpenAI-compatible server (nibble/server.h)
+// until SIGINT or SIGTERM.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,6 +17,7 @@
 #include "nibble/model.h"
 #include "nibble/server.h"
 #include "nibble/tokenizer.h"
+#include "synthetic.h"
 
 namespace nibble::cli {
 
@@ -32,7 +34,8 @@ std::optional<ChatTemplate> load_chat_template(const std::string& dir, const std
 
 void add_serve(CLI::App& app) {
   struct Args {
-    std::string model, host = "127.0.0.1", alias, template_name;
+    std::string model, synthetic, tokenizer, host = "127.0.0.1", alias, template_name;
+    int64_t layers = 0;
     int port = 8080, max_batch = 8, threads = 0;
     int64_t ctx = 0;
     bool quiet = false;
@@ -42,8 +45,11 @@ void add_serve(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server (chat and text completions, streaming, continuous batching)");
   sub->add_option("MODEL", a->model,
-                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
-      ->required();
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])");
+  sub->add_option("--synthetic", a->synthetic, std::string(kSyntheticHelp) + " (needs --tokenizer)");
+  sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
+  sub->add_option("--tokenizer", a->tokenizer,
+                  "directory (or HF cache id) of the tokenizer and chat template (default: MODEL's)");
   sub->add_option("--host", a->host, "address to bind (default 127.0.0.1: this machine only)");
   sub->add_option("--port", a->port, "port (default 8080; 0 = any free port)");
   sub->add_option("--alias", a->alias,
@@ -56,6 +62,10 @@ void add_serve(CLI::App& app) {
   add_quant_flags(sub, a->q, true);
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar");
   sub->callback([a] {
+    if (a->model.empty() == a->synthetic.empty())
+      throw ValueError("serve: give a MODEL directory or --synthetic SHAPE");
+    if (!a->synthetic.empty() && a->tokenizer.empty())
+      throw ValueError("serve: --synthetic needs --tokenizer DIR (a synthetic model has no tokenizer)");
     // SIGINT/SIGTERM go to one watcher thread (blocked here before any other thread starts)
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -67,11 +77,26 @@ void add_serve(CLI::App& app) {
     opt.threads = a->threads;
     opt.quiet = a->quiet;
     opt.activations = activations(a->q);
-    const std::string dir = resolve_model_path(a->model);
-    const auto model = AutoModelForCausalLM::from_pretrained(dir, opt);
-    const Tokenizer tok = Tokenizer::from_pretrained(dir);
-    const auto tmpl = load_chat_template(dir, a->template_name, a->quiet);
+    std::optional<AutoModelForCausalLM> loaded;
+    std::string tok_dir;
+    if (!a->synthetic.empty()) {
+      opt.dtype = DType::BFloat16;
+      loaded = AutoModelForCausalLM::from_config(synthetic_config(a->synthetic, a->layers), opt, 1);
+    } else {
+      tok_dir = resolve_model_path(a->model);
+      loaded = AutoModelForCausalLM::from_pretrained(tok_dir, opt);
+    }
+    const AutoModelForCausalLM& model = *loaded;
+    if (!a->tokenizer.empty()) tok_dir = resolve_model_path(a->tokenizer);
+    const Tokenizer tok = Tokenizer::from_pretrained(tok_dir);
+    // a tokenizer from elsewhere: prompt ids must have embedding rows (generated ids past the tokenizer's
+    // vocab decode as U+FFFD)
+    if (!a->tokenizer.empty() && tok.vocab_size() > model.info().vocab_size)
+      throw ValueError("serve: the tokenizer's vocabulary (" + std::to_string(tok.vocab_size()) +
+                       " ids) is larger than the model's (" + std::to_string(model.info().vocab_size) + ")");
+    const auto tmpl = load_chat_template(tok_dir, a->template_name, a->quiet);
     std::string id = a->alias;
+    if (id.empty() && !a->synthetic.empty()) id = "synthetic-" + a->synthetic;
     if (id.empty()) id = std::filesystem::path(a->model).filename().string();
     if (id.empty()) id = std::filesystem::path(a->model).parent_path().filename().string();
     Server srv(model, tok, tmpl ? &*tmpl : nullptr,

@@ -22,8 +22,7 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
 namespace avx2 {
 bool supported(DType compute);
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant);
-void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
-                bool invariant);
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 }  // namespace avx2
 
 namespace {
@@ -138,7 +137,7 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
     return;
   }
   if (path == GemmPath::Avx2) {
-    avx2::gemm_dense(w, wdt, N, K, x, M, y, tl_row_invariant);
+    avx2::gemm_dense(w, wdt, N, K, x, M, y);
     return;
   }
 #pragma omp parallel

@@ -291,36 +291,6 @@ void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, f
   }
 }
 
-// y[m, n0 + r] for r < rows, all tokens, given decoded rows and x in the same order
-NB_F16C void rows_times_tokens(const float* const* wr, int64_t rows, const float* xd, int64_t M, int64_t K,
-                               float* y, int64_t N, int64_t n0) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xm = xd + m * K;
-    if (rows == 4) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-             a3 = _mm256_setzero_ps();
-      for (int64_t k = 0; k < K; k += 8) {
-        const __m256 xv = _mm256_loadu_ps(xm + k);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr[0] + k), xv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr[1] + k), xv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr[2] + k), xv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr[3] + k), xv, a3);
-      }
-      y[m * N + n0] = hsum(a0);
-      y[m * N + n0 + 1] = hsum(a1);
-      y[m * N + n0 + 2] = hsum(a2);
-      y[m * N + n0 + 3] = hsum(a3);
-    } else {
-      for (int64_t r = 0; r < rows; ++r) {
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K; k += 8)
-          a = _mm256_fmadd_ps(_mm256_loadu_ps(wr[r] + k), _mm256_loadu_ps(xm + k), a);
-        y[m * N + n0 + r] = hsum(a);
-      }
-    }
-  }
-}
-
 // 8 weights of a dense row as float32
 NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
   if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
@@ -329,20 +299,35 @@ NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// one token, rows [n0, n1): y[n] = x . w_n, weights converted in registers
-NB_F16C void dense_rows(const void* wp, DType wdt, int64_t K, const float* x, float* y, int64_t n0,
+// MT tokens (x rows ldx apart, y rows N apart), rows [n0, n1): y[m, n] = x_m . w_n, weights widened in
+// registers once for all MT tokens. Each (row, token) is summed the same way whatever MT - two accumulators
+// over 16-weight steps (a tail of 8 into the first), added, then the horizontal sum - so a token's result
+// does not depend on the tokens beside it, and MT = 1 is the single-token GEMV.
+template <int MT>
+NB_F16C void dense_rows(const void* wp, DType wdt, int64_t K, const float* x, float* y, int64_t N, int64_t n0,
                         int64_t n1) {
   const size_t es = dtype_size(wdt);
   for (int64_t n = n0; n < n1; ++n) {
     const void* wn = static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * es;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a0[MT], a1[MT];
+#pragma GCC unroll 4
+    for (int m = 0; m < MT; ++m) a0[m] = a1[m] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-      a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
-      a1 = _mm256_fmadd_ps(load8(wn, wdt, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+      const __m256 w0 = load8(wn, wdt, k), w1 = load8(wn, wdt, k + 8);
+#pragma GCC unroll 4
+      for (int m = 0; m < MT; ++m) {
+        a0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), a0[m]);
+        a1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * K + k + 8), a1[m]);
+      }
     }
-    if (k < K) a0 = _mm256_fmadd_ps(load8(wn, wdt, k), _mm256_loadu_ps(x + k), a0);
-    y[n] = hsum(_mm256_add_ps(a0, a1));
+    if (k < K) {
+      const __m256 w0 = load8(wn, wdt, k);
+#pragma GCC unroll 4
+      for (int m = 0; m < MT; ++m) a0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), a0[m]);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MT; ++m) y[m * N + n] = hsum(_mm256_add_ps(a0[m], a1[m]));
   }
 }
 
@@ -350,11 +335,25 @@ void dense_gemv(const void* wp, DType wdt, int64_t N, int64_t K, const float* x,
 #pragma omp parallel
   {
     const auto [n0, n1] = thread_rows(N);
-    dense_rows(wp, wdt, K, x, y, n0, n1);
+    dense_rows<1>(wp, wdt, K, x, y, N, n0, n1);
   }
 }
 
-thread_local std::vector<float> tl_x, tl_rows;
+// M tokens: row blocks of ~16 KiB of weights (L1-resident while every group of tokens meets them), threads
+// over blocks
+void dense_tokens(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  const int64_t bytes = K * static_cast<int64_t>(dtype_size(wdt));
+  const int64_t R = std::max<int64_t>(1, (int64_t{16} << 10) / bytes), blocks = (N + R - 1) / R;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * R, n1 = std::min(N, n0 + R);
+    for_token_groups(M, [&](auto mt, int64_t m0) {
+      dense_rows<decltype(mt)::value>(wp, wdt, K, x + m0 * K, y + m0 * N, N, n0, n1);
+    });
+  }
+}
+
+thread_local std::vector<float> tl_x;
 
 // CPUID.1:ECX.F16C (clang's __builtin_cpu_supports does not know "f16c")
 bool has_f16c() {
@@ -395,34 +394,22 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 
 // Dense float32 / bfloat16 / float16 weights. bfloat16 weights meet x rounded to bfloat16, as on the
 // AVX512-BF16 path; float32 and float16 weights meet float32 x (float16 widens exactly, as in the reference).
-// Requires K % 8 == 0. invariant: a single token takes the multi-token loop (one accumulator per row).
-void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
-                bool invariant) {
+// Several tokens: blocks of rows small enough to stay in L1 meet every token in turn, each (row, token)
+// summed exactly as the single-token GEMV sums it (dense_rows), so a row's result does not depend on M - the
+// dense path is row-invariant by construction, and weights are widened in registers, never through a buffer.
+// Requires K % 8 == 0.
+void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
   const float* xs = x;
   if (wdt == DType::BFloat16) {
     float* xr = scratch(tl_x, static_cast<size_t>(M * K));
     for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
     xs = xr;
   }
-  if (M == 1 && !invariant) {
+  if (M == 1) {
     dense_gemv(wp, wdt, N, K, xs, y);
     return;
   }
-#pragma omp parallel
-  {
-    float* row = scratch(tl_rows, static_cast<size_t>(K));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* wn = static_cast<const float*>(wp) + n * K;
-      if (wdt != DType::Float32) {
-        convert_floats(wdt, static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * 2, DType::Float32,
-                       row, static_cast<size_t>(K));
-        wn = row;
-      }
-      const float* wr[1] = {wn};
-      rows_times_tokens(wr, 1, xs, M, K, y, N, n);
-    }
-  }
+  dense_tokens(wp, wdt, N, K, xs, M, y);
 }
 
 }  // namespace nibble::kernels::avx2

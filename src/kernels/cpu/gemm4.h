@@ -49,10 +49,11 @@ struct Q4Weights {
 enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
 
 // Row-invariant mode, for batched decode (several sequences' tokens in one call): while a scope is alive on
-// the calling thread, gemm_4bit and gemm_dense give each row the same bits whatever M (1 .. 31) - a single
-// token takes the multi-token kernels instead of the GEMV ones (which sum in another order) and no path
-// switches with M (no AMX). So a sequence decoded beside others gets exactly what it gets alone
-// (tests/kernels/row_invariance_test.cpp). gemm_4bit_int8 is row-invariant always.
+// the calling thread, gemm_4bit gives each row the same bits whatever M (1 .. 31) - a single token takes the
+// multi-token kernels instead of the GEMV ones (which sum in another order) and no path switches with M (no
+// AMX, no outer-product GEMM). So a sequence decoded beside others gets exactly what it gets alone
+// (tests/kernels/row_invariance_test.cpp). gemm_dense (its AVX2 multi-token loop sums each row as the GEMV
+// does; AVX-512 has one path for every M) and gemm_4bit_int8 are row-invariant always.
 class RowInvariantScope {
  public:
   explicit RowInvariantScope(bool on = true);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <span>
 #include <string>
@@ -51,6 +52,25 @@ inline std::string golden_dir() {
 }
 inline std::string example_model() {
   return shared_dir() + "/models/tinystories-656k";
+}
+
+// A plain chat template for the example model (which ships none): "role: content" lines after BOS, then
+// "assistant:".
+inline const char* kSimpleChatTemplate =
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] | trim }}\n{% endfor %}{% if "
+    "add_generation_prompt %}assistant:{% endif %}";
+
+// Makes `dir` the example model with a chat template: its weights and tokenizer symlinked, its
+// tokenizer_config.json copied with "chat_template" set. Returns dir.
+inline std::string write_chat_model(const std::string& dir, const std::string& chat_template) {
+  namespace fs = std::filesystem;
+  const fs::path src = example_model();
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+    fs::create_symlink(src / f, fs::path(dir) / f);
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(src / "tokenizer_config.json"));
+  cfg["chat_template"] = chat_template;
+  std::ofstream(fs::path(dir) / "tokenizer_config.json") << cfg.dump();
+  return dir;
 }
 
 // Largest |a[i] - b[i]|; different sizes are a test failure (compared over the shorter).

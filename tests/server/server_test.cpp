@@ -25,25 +25,15 @@ using namespace nibble;
 using json = nlohmann::json;
 
 namespace {
-// The example model with a chat template beside it (a copy of its tokenizer_config.json plus chat_template).
+// The example model with a chat template that also rejects a conversation opened by the assistant.
 const std::string& chat_model_dir() {
   static test::TempDir dir;
-  static const std::string path = [] {
-    namespace fs = std::filesystem;
-    const fs::path src = test::example_model();
-    for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
-      fs::create_symlink(src / f, fs::path(dir.str()) / f);
-    json cfg = json::parse(std::ifstream(src / "tokenizer_config.json"));
-    // ChatML-like, with the tokenizer's own special tokens written in the template text
-    cfg["chat_template"] =
-        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversations must start with a user "
-        "or "
-        "system message') }}{% endif %}{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + "
-        "m['content'] | "
-        "trim }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
-    std::ofstream(fs::path(dir.str()) / "tokenizer_config.json") << cfg.dump();
-    return dir.str();
-  }();
+  static const std::string path = test::write_chat_model(
+      dir.str(),
+      std::string(
+          "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversations must start with "
+          "a user or system message') }}{% endif %}") +
+          test::kSimpleChatTemplate);
   return path;
 }
 

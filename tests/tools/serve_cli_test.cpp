@@ -26,18 +26,8 @@ using namespace nibble;
 using json = nlohmann::json;
 
 namespace {
-// The example model with a chat template (symlinked weights, tokenizer_config.json with chat_template).
 std::string chat_model(const test::TempDir& d) {
-  namespace fs = std::filesystem;
-  const fs::path src = test::example_model();
-  for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
-    fs::create_symlink(src / f, fs::path(d.str()) / f);
-  json cfg = json::parse(std::ifstream(src / "tokenizer_config.json"));
-  cfg["chat_template"] =
-      "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] | trim }}\n{% endfor %}{% if "
-      "add_generation_prompt %}assistant:{% endif %}";
-  std::ofstream(fs::path(d.str()) / "tokenizer_config.json") << cfg.dump();
-  return d.str();
+  return test::write_chat_model(d.str(), test::kSimpleChatTemplate);
 }
 
 struct Child {

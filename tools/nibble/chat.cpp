@@ -23,11 +23,10 @@ std::optional<ChatTemplate> load_chat_template(const std::string& dir, const std
 void add_chat(CLI::App& app) {
   struct Args {
     std::string model, system, template_name;
-    int max_new_tokens = 512, top_k = 50, threads = 0;
+    int threads = 0;
+    GenerationConfig g{.max_new_tokens = 512};
     int64_t ctx = 0;
-    float temperature = 1.0f, top_p = 1.0f;
-    uint64_t seed = 0;
-    bool do_sample = false, quiet = false;
+    bool quiet = false;
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
@@ -37,16 +36,12 @@ void add_chat(CLI::App& app) {
                   "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
       ->required();
   sub->add_option("--system", a->system, "system message");
-  sub->add_option("-n,--max-new-tokens", a->max_new_tokens, "most tokens per reply (default 512)");
+  sub->add_option("-n,--max-new-tokens", a->g.max_new_tokens, "most tokens per reply (default 512)");
   sub->add_option("--ctx", a->ctx, "context in tokens (default: the model's, at most 8192)");
   sub->add_option("--chat-template", a->template_name,
                   "which named chat template to use (default: \"default\")");
   add_quant_flags(sub, a->q, true);
-  sub->add_flag("--do-sample", a->do_sample, "sample instead of greedy decoding");
-  sub->add_option("--temperature", a->temperature, "sampling temperature (default 1.0)");
-  sub->add_option("--top-k", a->top_k, "top-k filtering (default 50, 0 = off)");
-  sub->add_option("--top-p", a->top_p, "nucleus filtering (default 1.0 = off)");
-  sub->add_option("--seed", a->seed, "random seed for sampling");
+  add_sampling_flags(sub, a->g);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar, banner or prompt marks");
   sub->callback([a] {
@@ -66,12 +61,7 @@ void add_chat(CLI::App& app) {
       if (!a->system.empty()) messages.push_back({{"role", "system"}, {"content", a->system}});
     };
     start();
-    GenerationConfig g{.max_new_tokens = a->max_new_tokens,
-                       .do_sample = a->do_sample,
-                       .temperature = a->temperature,
-                       .top_k = a->top_k,
-                       .top_p = a->top_p,
-                       .seed = a->seed};
+    const GenerationConfig& g = a->g;
     if (!a->quiet)
       std::fprintf(stderr, "nibble chat: %lld-token context; /reset starts over, /exit quits\n",
                    static_cast<long long>(s.context_length()));

@@ -71,4 +71,12 @@ BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit) {
   return cfg;
 }
 
+void add_sampling_flags(CLI::App* app, GenerationConfig& g) {
+  app->add_flag("--do-sample", g.do_sample, "sample instead of greedy decoding");
+  app->add_option("--temperature", g.temperature, "sampling temperature (default 1.0)");
+  app->add_option("--top-k", g.top_k, "top-k filtering (default 50, 0 = off)");
+  app->add_option("--top-p", g.top_p, "nucleus filtering (default 1.0 = off)");
+  app->add_option("--seed", g.seed, "random seed for sampling");
+}
+
 }  // namespace nibble::cli

@@ -42,4 +42,7 @@ bool any_quant_flag(const QuantFlags& f);
 // FromPretrainedOptions::activations from --fast-activations.
 Activations activations(const QuantFlags& f);
 
+// --do-sample, --temperature, --top-k, --top-p, --seed into g (generate and chat).
+void add_sampling_flags(CLI::App* app, GenerationConfig& g);
+
 }  // namespace nibble::cli

@@ -14,10 +14,9 @@ namespace nibble::cli {
 void add_generate(CLI::App& app) {
   struct Args {
     std::string model, prompt;
-    int max_new_tokens = 50, top_k = 50, threads = 0;
-    float temperature = 1.0f, top_p = 1.0f;
-    uint64_t seed = 0;
-    bool do_sample = false, quiet = false, verbose = false;
+    int threads = 0;
+    GenerationConfig g{.max_new_tokens = 50};
+    bool quiet = false, verbose = false;
     QuantFlags q;
   };
   auto a = std::make_shared<Args>();
@@ -27,13 +26,9 @@ void add_generate(CLI::App& app) {
                   "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
       ->required();
   sub->add_option("-p,--prompt", a->prompt, "prompt text")->required();
-  sub->add_option("-n,--max-new-tokens", a->max_new_tokens, "tokens to generate (default 50)");
+  sub->add_option("-n,--max-new-tokens", a->g.max_new_tokens, "tokens to generate (default 50)");
   add_quant_flags(sub, a->q, true);
-  sub->add_flag("--do-sample", a->do_sample, "sample instead of greedy decoding");
-  sub->add_option("--temperature", a->temperature, "sampling temperature (default 1.0)");
-  sub->add_option("--top-k", a->top_k, "top-k filtering (default 50, 0 = off)");
-  sub->add_option("--top-p", a->top_p, "nucleus filtering (default 1.0 = off)");
-  sub->add_option("--seed", a->seed, "random seed for sampling");
+  add_sampling_flags(sub, a->g);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar or stats");
   sub->add_flag("-v,--verbose", a->verbose, "also print the kernel path each linear layer takes");
@@ -55,12 +50,7 @@ void add_generate(CLI::App& app) {
     std::fputs(tok.decode(ids).c_str(), stdout);
     std::fflush(stdout);
     StreamDecoder stream(tok, ids);
-    GenerationConfig g{.max_new_tokens = a->max_new_tokens,
-                       .do_sample = a->do_sample,
-                       .temperature = a->temperature,
-                       .top_k = a->top_k,
-                       .top_p = a->top_p,
-                       .seed = a->seed};
+    const GenerationConfig& g = a->g;
     int64_t n = 0;
     auto first = std::chrono::steady_clock::now();
     const auto out = model.generate(ids, g, [&](int32_t id) {

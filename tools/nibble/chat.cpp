@@ -45,11 +45,7 @@ void add_chat(CLI::App& app) {
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar, banner or prompt marks");
   sub->callback([a] {
-    FromPretrainedOptions opt;
-    if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
-    opt.threads = a->threads;
-    opt.quiet = a->quiet;
-    opt.activations = activations(a->q);
+    const FromPretrainedOptions opt = load_options(a->q, a->threads, a->quiet);
     const std::string dir = resolve_model_path(a->model);
     const auto model = AutoModelForCausalLM::from_pretrained(dir, opt);
     const Tokenizer tok = Tokenizer::from_pretrained(dir);

@@ -71,6 +71,15 @@ BitsAndBytesConfig build_config(const QuantFlags& f, bool default_4bit) {
   return cfg;
 }
 
+FromPretrainedOptions load_options(const QuantFlags& q, int threads, bool quiet) {
+  FromPretrainedOptions opt;
+  if (any_quant_flag(q)) opt.quantization_config = build_config(q, false);
+  opt.threads = threads;
+  opt.quiet = quiet;
+  opt.activations = activations(q);
+  return opt;
+}
+
 void add_sampling_flags(CLI::App* app, GenerationConfig& g) {
   app->add_flag("--do-sample", g.do_sample, "sample instead of greedy decoding");
   app->add_option("--temperature", g.temperature, "sampling temperature (default 1.0)");

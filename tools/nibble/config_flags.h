@@ -42,6 +42,9 @@ bool any_quant_flag(const QuantFlags& f);
 // FromPretrainedOptions::activations from --fast-activations.
 Activations activations(const QuantFlags& f);
 
+// The load options the quantization flags, --threads and --quiet make (generate, chat, serve).
+FromPretrainedOptions load_options(const QuantFlags& q, int threads, bool quiet);
+
 // --do-sample, --temperature, --top-k, --top-p, --seed into g (generate and chat).
 void add_sampling_flags(CLI::App* app, GenerationConfig& g);
 

@@ -33,11 +33,7 @@ void add_generate(CLI::App& app) {
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar or stats");
   sub->add_flag("-v,--verbose", a->verbose, "also print the kernel path each linear layer takes");
   sub->callback([a] {
-    FromPretrainedOptions opt;
-    if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
-    opt.threads = a->threads;
-    opt.quiet = a->quiet;
-    opt.activations = activations(a->q);
+    const FromPretrainedOptions opt = load_options(a->q, a->threads, a->quiet);
     const auto t0 = std::chrono::steady_clock::now();
     const auto model = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const Tokenizer tok = Tokenizer::from_pretrained(a->model);

@@ -72,11 +72,7 @@ void add_serve(CLI::App& app) {
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    FromPretrainedOptions opt;
-    if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
-    opt.threads = a->threads;
-    opt.quiet = a->quiet;
-    opt.activations = activations(a->q);
+    FromPretrainedOptions opt = load_options(a->q, a->threads, a->quiet);
     std::optional<AutoModelForCausalLM> loaded;
     std::string tok_dir;
     if (!a->synthetic.empty()) {

@@ -90,6 +90,19 @@ class LlamaModel final : public CausalLM {
   std::map<std::string, int64_t> kernel_paths(int64_t T) const override;
   const std::optional<BitsAndBytesConfig>& quantization_config() const override { return qcfg_; }
   const LlamaConfig& config() const { return c_; }
+  // The modules themselves, for what works on them rather than through forward: adapters wrap linear layers
+  // in place, training (src/train) runs its own forward and backward over them.
+  std::vector<LlamaLayer>& layers() { return layers_; }
+  const std::vector<LlamaLayer>& layers() const { return layers_; }
+  const Tensor& embedding() const { return embed_; }
+  const nn::RMSNorm& final_norm() const { return norm_; }
+  const nn::LinearBase& output_layer() const {
+    return lm_head_ ? *lm_head_ : static_cast<const nn::LinearBase&>(*tied_head_);
+  }
+  // The rotary embedding layer `l` turns its queries and keys by (gemma3's sliding layers have their own).
+  const nn::RotaryEmbedding& rotary(int64_t l) const {
+    return c_.local_rope_theta > 0 && layers_[static_cast<size_t>(l)].attn.window > 0 ? rope_local_ : rope_;
+  }
 
  private:
   void run(std::span<const SequenceStep> seqs, nn::Workspace& ws, int64_t first_logit, float* logits) const;

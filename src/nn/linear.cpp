@@ -1,5 +1,8 @@
 #include "nn/linear.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "kernels/cpu/gemm4.h"
 #include "kernels/cpu/int8_mm.h"
 #include "nibble/error.h"
@@ -13,6 +16,25 @@ std::vector<float> bias_floats(const std::optional<Tensor>& b, int64_t out, cons
     throw FormatError(std::string(what) + ": bias has " + std::to_string(b->numel()) +
                       " elements, expected " + std::to_string(out));
   return b->to_float_vector();
+}
+
+// Scratch for a transposed weight (backward_input): one per thread, grown to the largest layer, reused.
+thread_local std::vector<uint8_t> tl_transposed;
+
+// w [N, K] (elements of `size` bytes) transposed into scratch [K, N].
+const void* transposed(const void* w, size_t size, int64_t N, int64_t K) {
+  tl_transposed.resize(static_cast<size_t>(N * K) * size);
+  auto* dst = tl_transposed.data();
+  const auto* src = static_cast<const uint8_t*>(w);
+  constexpr int64_t kTile = 64;
+#pragma omp parallel for collapse(2) if (N * K > (1 << 16))
+  for (int64_t n0 = 0; n0 < N; n0 += kTile)
+    for (int64_t k0 = 0; k0 < K; k0 += kTile)
+      for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
+        for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k)
+          std::memcpy(dst + static_cast<size_t>(k * N + n) * size,
+                      src + static_cast<size_t>(n * K + k) * size, size);
+  return dst;
 }
 
 }  // namespace
@@ -31,6 +53,12 @@ void Linear::forward(const float* x, int64_t T, float* y) const {
   if (!bias_f_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n) y[t * out_features + n] += bias_f_[static_cast<size_t>(n)];
+}
+
+void Linear::backward_input(const float* dy, int64_t T, float* dx) const {
+  const DType dt = weight_.dtype();
+  kernels::gemm_dense(transposed(weight_.raw(), dtype_size(dt), out_features, in_features), dt, in_features,
+                      out_features, dy, T, dx);
 }
 
 NamedTensors Linear::state_dict() const {
@@ -77,6 +105,14 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
     for (int64_t t = 0; t < T; ++t)
       for (int64_t n = 0; n < out_features; ++n)
         y[t * out_features + n] += kernels::round_to(compute_, bias_f_[static_cast<size_t>(n)]);
+}
+
+void Linear4bit::backward_input(const float* dy, int64_t T, float* dx) const {
+  // bitsandbytes' MatMul4Bit.backward: grad_A = grad_output @ dequantize_4bit(W).to(grad_output.dtype)
+  const DType dt = compute_;
+  tl_transposed.resize(static_cast<size_t>(out_features * in_features) * dtype_size(dt));
+  kernels::dequantize_4bit_transposed(view_, dt, tl_transposed.data());
+  kernels::gemm_dense(tl_transposed.data(), dt, in_features, out_features, dy, T, dx);
 }
 
 std::string Linear4bit::kernel_path(int64_t T) const {
@@ -160,6 +196,13 @@ NamedTensors Linear8bitLt::state_dict() const {
   d.emplace_back("SCB", scb_);
   d.emplace_back("weight_format", Tensor::from_vector<uint8_t>(DType::UInt8, {}, {0}));
   return d;
+}
+
+void Linear8bitLt::backward_input(const float* dy, int64_t T, float* dx) const {
+  // bitsandbytes' MatMul8bitLt.backward (frozen int8 weight): grad_A = grad_output @ (CB * SCB / 127)
+  const Tensor w = int8_vectorwise_dequant(cb_, scb_, dtype_);
+  kernels::gemm_dense(transposed(w.raw(), dtype_size(dtype_), out_features, in_features), dtype_, in_features,
+                      out_features, dy, T, dx);
 }
 
 std::string Linear8bitLt::kernel_path(int64_t) const {

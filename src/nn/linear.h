@@ -28,6 +28,10 @@ class LinearBase {
   virtual std::string kernel_path(int64_t T) const = 0;
   // A quantized layer as a dense Linear of its dequantized weight (nullptr for a dense one).
   virtual std::unique_ptr<LinearBase> dequantized() const { return nullptr; }
+  // Training with the weight frozen: dx[T, in] = dy[T, out] @ W (overwritten), W as forward uses it (a
+  // quantized weight dequantized as bitsandbytes' backward does: whole, to the compute dtype, one layer at a
+  // time into scratch that is reused).
+  virtual void backward_input(const float* dy, int64_t T, float* dx) const = 0;
   int64_t in_features = 0, out_features = 0;
 };
 
@@ -36,6 +40,7 @@ class Linear final : public LinearBase {
   // weight [out, in] in any float dtype (kept as given); bias [out] optional.
   Linear(Tensor weight, std::optional<Tensor> bias);
   void forward(const float* x, int64_t T, float* y) const override;
+  void backward_input(const float* dy, int64_t T, float* dx) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override;
   std::string kernel_path(int64_t T) const override;
@@ -56,6 +61,7 @@ class Linear4bit final : public LinearBase {
   static std::unique_ptr<Linear4bit> quantize(const Tensor& weight, std::optional<Tensor> bias,
                                               const Linear4bitSpec& spec, const std::string& where);
   void forward(const float* x, int64_t T, float* y) const override;
+  void backward_input(const float* dy, int64_t T, float* dx) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
   bool quantized() const override { return true; }
@@ -92,6 +98,7 @@ class Linear8bitLt final : public LinearBase {
   static std::unique_ptr<Linear8bitLt> quantize(const Tensor& weight, std::optional<Tensor> bias,
                                                 float threshold, DType model_dtype, const std::string& where);
   void forward(const float* x, int64_t T, float* y) const override;
+  void backward_input(const float* dy, int64_t T, float* dx) const override;
   // weight (I8), SCB (F32) and weight_format (U8 scalar 0, "row"), as save_pretrained writes them.
   NamedTensors state_dict() const override;
   // int8 weights and bias; SCB is neither a parameter nor a buffer in torch.

@@ -81,6 +81,11 @@ GemmPath gemm_dense_auto_path(DType wdtype, int64_t K);
 void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* x, int64_t M, float* y,
                 GemmPath path = GemmPath::Auto);
 
+// W[N, K] dequantized as bitsandbytes' dequantize_4bit computes each element (code * absmax in float32, then
+// `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of a
+// 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
+void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst);
+
 // Opt-in int8 activations (FromPretrainedOptions::activations = Int8, `--fast-activations int8`), the
 // llama.cpp way rather than bitsandbytes': each token's x is quantized per block of 32 consecutive elements
 // to int8 (d = max |x| / 127, q = x / d rounded to nearest even), the 16-entry code table to int8

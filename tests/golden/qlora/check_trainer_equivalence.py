@@ -71,15 +71,13 @@ def main():
         assert len(logs) == c["steps"], logs
         print(name)
         for k, (t, r) in enumerate(zip(logs, ref_log)):
-            # Trainer logs the lr after scheduler.step(), i.e. the lr of the next step
-            next_lr = ref_log[k + 1]["learning_rate"] if k + 1 < len(ref_log) else None
+            # transformers 5.24's Trainer logs the lr that the step used (what the golden log records too)
             d_loss = abs(t["loss"] - r["loss"])
             d_norm = abs(float(t["grad_norm"]) - r["grad_norm"])
             worst = max(worst, d_loss / abs(r["loss"]), d_norm / r["grad_norm"])
             print(f"  step {r['step']}: loss {t['loss']:.7f} vs {r['loss']:.7f}  grad_norm {float(t['grad_norm']):.7f} "
-                  f"vs {r['grad_norm']:.7f}  trainer lr(after step) {t['learning_rate']} vs next {next_lr}")
-            if next_lr is not None:
-                assert abs(t["learning_rate"] - next_lr) <= 1e-12, (t["learning_rate"], next_lr)
+                  f"vs {r['grad_norm']:.7f}  lr {t['learning_rate']} vs {r['learning_rate']}")
+            assert abs(t["learning_rate"] - r["learning_rate"]) <= 1e-12 * max(1.0, r["learning_rate"]), (t, r)
         ref = load_file(str(HERE / f"{name}_adapter" / "adapter_model.safetensors"))
         init = load_file(str(HERE / "init_adapter" / "adapter_model.safetensors"))
         max_d, max_delta = 0.0, 0.0

@@ -31,6 +31,9 @@ struct FromPretrainedOptions {
   int threads = 0;     // this model's CPU threads (loading, forward, generate, its sessions); 0 = all cores
   bool quiet = false;  // no progress bar / warnings on stderr
   Activations activations = Activations::Exact;
+  // A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as peft or `nibble
+  // finetune` saves it) applied unmerged on top of the loaded weights, as PeftModel.from_pretrained does.
+  std::string adapter = {};
 };
 
 struct SavePretrainedOptions {
@@ -56,6 +59,7 @@ struct ModelInfo {
   int64_t num_layers = 0, hidden_size = 0, vocab_size = 0;
   std::optional<BitsAndBytesConfig> quantization_config;
   DType dtype = DType::Float32;
+  std::string adapter;  // FromPretrainedOptions::adapter ("" = none)
 };
 
 class AutoModelForCausalLM {
@@ -99,6 +103,7 @@ class AutoModelForCausalLM {
 
  private:
   friend class Session;
+  friend struct ModelAccess;  // the library's own layers (training) reach the modules through it
   AutoModelForCausalLM();
   std::unique_ptr<Impl> impl_;
 };

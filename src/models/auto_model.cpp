@@ -10,6 +10,8 @@
 #include "io/hf_config.h"
 #include "io/json_field.h"
 #include "models/auto_model_impl.h"
+#include "models/llama.h"
+#include "models/lora_adapter.h"
 #include "models/registry.h"
 #include "nibble/error.h"
 #include "nibble/hub.h"
@@ -25,7 +27,16 @@ AutoModelForCausalLM& AutoModelForCausalLM::operator=(AutoModelForCausalLM&&) no
 AutoModelForCausalLM::~AutoModelForCausalLM() = default;
 
 namespace {
+void apply_adapter(AutoModelForCausalLM::Impl& im, const FromPretrainedOptions& opt) {
+  if (opt.adapter.empty()) return;
+  auto* llama = dynamic_cast<models::LlamaModel*>(im.model.get());
+  if (!llama) throw NotSupportedError("LoRA adapters are supported for the llama-family models only");
+  models::attach_lora_adapter(*llama, models::read_lora_adapter(opt.adapter));
+  im.info.adapter = opt.adapter;
+}
+
 void fill_info(AutoModelForCausalLM::Impl& im, DType dtype, const std::string& config_path);
+void apply_adapter(AutoModelForCausalLM::Impl& im, const FromPretrainedOptions& opt);
 
 void check_model_dir(const std::string& dir) {
   std::error_code ec;
@@ -64,6 +75,7 @@ AutoModelForCausalLM AutoModelForCausalLM::from_pretrained(const std::string& na
   lo.int8_activations = opt.activations == Activations::Int8;
   im.model = models::create_model(im.config, models::CheckpointSource(dir), lo);
   fill_info(im, lo.dtype, cpath);
+  apply_adapter(im, opt);
   im.eos = eos_token_ids(generation_config, gpath, im.info.vocab_size);
   if (im.eos.empty()) im.eos = eos_token_ids(im.config, cpath, im.info.vocab_size);
   return m;
@@ -84,6 +96,7 @@ AutoModelForCausalLM AutoModelForCausalLM::from_config(const nlohmann::json& con
   lo.int8_activations = opt.activations == Activations::Int8;
   im.model = models::create_model(config, models::RandomSource(config, lo.dtype, seed), lo);
   fill_info(im, lo.dtype, "config");
+  apply_adapter(im, opt);
   im.eos = eos_token_ids(config, "config", im.info.vocab_size);
   return m;
 }
@@ -109,6 +122,9 @@ std::vector<int32_t> AutoModelForCausalLM::default_eos_token_ids() const {
 
 void AutoModelForCausalLM::save_pretrained(const std::string& dir, const SavePretrainedOptions& opt) const {
   const Impl& im = *impl_;
+  if (!im.info.adapter.empty())
+    throw NotSupportedError("save_pretrained: the model has a LoRA adapter attached (" + im.info.adapter +
+                            "); write the merged model with `nibble merge` instead");
   AtomicDir out(dir, {.overwrite = opt.overwrite, .marker = "config.json", .source = im.dir});
   {
     CheckpointWriter w(out.path(), 5'000'000'000ull);

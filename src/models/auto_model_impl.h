@@ -24,4 +24,8 @@ struct AutoModelForCausalLM::Impl {
   }
 };
 
+struct ModelAccess {
+  static AutoModelForCausalLM::Impl& impl(AutoModelForCausalLM& m) { return *m.impl_; }
+};
+
 }  // namespace nibble

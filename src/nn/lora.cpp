@@ -24,10 +24,12 @@ void LoraLinear::lora_forward(const float* x, int64_t T, float* u, float* y) con
   kernels::gemm_dense(A.data(), DType::Float32, r, in_features, x, T, u);
   thread_local std::vector<float> v;
   v.resize(static_cast<size_t>(T * out_features));
-  kernels::gemm_dense(B.data(), DType::Float32, out_features, r, u, T, v.data());
+  float* vp = v.data();  // a thread_local seen from inside the parallel region would be each thread's own
+  kernels::gemm_dense(B.data(), DType::Float32, out_features, r, u, T, vp);
   const int64_t n = T * out_features;
+  const float s = scaling;
 #pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) y[i] += v[static_cast<size_t>(i)] * scaling;
+  for (int64_t i = 0; i < n; ++i) y[i] += vp[i] * s;
 }
 
 void LoraLinear::forward(const float* x, int64_t T, float* y) const {
@@ -54,9 +56,10 @@ void LoraLinear::backward_input(const float* dy, int64_t T, float* dx) const {
   kernels::gemm_dense(bt.data(), DType::Float32, r, out_features, dy, T, g.data());
   for (auto& e : g) e *= scaling;
   kernels::gemm_dense(at.data(), DType::Float32, in_features, r, g.data(), T, d.data());
+  const float* dp = d.data();
   const int64_t n = T * in_features;
 #pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) dx[i] += d[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < n; ++i) dx[i] += dp[i];
 }
 
 std::unique_ptr<LinearBase> LoraLinear::dequantized() const {

@@ -156,6 +156,17 @@ def main():
 
     tensors = {"dequant.model.layers.0.self_attn.q_proj": dequant}
 
+    # --- the quantized linears as save_pretrained writes them -------------------------------------------------
+    # bitsandbytes 0.50's CPU quantize_blockwise (the double quant of absmax) picks the nearest 8-bit code through
+    # a 65536-bin lookup table, not exactly: a few absmax codes differ from the CUDA rule nibble implements. The
+    # C++ tests build the base from these tensors (a bnb-4bit checkpoint as stored), so they compare training,
+    # not quantizers.
+    base = {k: v.contiguous() for k, v in model.state_dict().items()
+            if any(k.startswith(q + ".") for q in quantized)}
+    save_file(base, str(out / "base_linears.safetensors"), metadata={"format": "pt"})
+    with open(out / "base_quantization_config.json", "w") as f:
+        json.dump(model.config.quantization_config.to_dict(), f, indent=2, sort_keys=True)
+
     # --- data -------------------------------------------------------------------------------------------------
     train_text = (HERE / "train.txt").read_text(encoding="utf-8")
     train_ids = torch.tensor(tok(train_text)["input_ids"], dtype=torch.int64)

@@ -1,9 +1,9 @@
-// CUDA decode GEMV benchmark (issue 11): the device's read bandwidth (a streaming-read kernel over 2 GiB), then
-// gemv_4bit (NF4, blocksize 64, double quant: bitsandbytes' usual checkpoint) on Llama-7B/8B linear shapes for
-// each compute dtype, as GB/s of weight bytes read and the fraction of that bandwidth. Weights are quantized on
-// the device and replicated past 1 GiB, and successive calls cycle through the replicas, so each call reads
-// from DRAM rather than the 50+ MB L2. Also the device quantize_4bit's input rate.
-// Usage: nibble_cuda_bench [--json FILE] [--quick]
+// CUDA decode GEMV benchmark (issue 11): the device's read bandwidth (a streaming-read kernel over 2 GiB),
+// then gemv_4bit (NF4, blocksize 64, double quant: bitsandbytes' usual checkpoint) on Llama-7B/8B linear
+// shapes for each compute dtype, as GB/s of weight bytes read and the fraction of that bandwidth. Weights are
+// quantized on the device and replicated past 1 GiB, and successive calls cycle through the replicas, so each
+// call reads from DRAM rather than the 50+ MB L2. Also the device quantize_4bit's input rate. Usage:
+// nibble_cuda_bench [--json FILE] [--quick]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -51,9 +51,10 @@ int main(int argc, char** argv) {
     }
     kernels::cuda::set_device(0);
     const double bw = kernels::cuda::read_bandwidth(size_t{2} << 30, quick ? 3 : 10);
-    std::printf("device read bandwidth: %.1f GB/s (2 GiB streaming read, best of %d)\n", bw / 1e9, quick ? 3 : 10);
-    std::string json = "{\"device\": \"" + cuda_devices().at(0).name + "\", \"read_bandwidth_gbs\": " +
-                       std::to_string(bw / 1e9) + ", \"gemv\": [";
+    std::printf("device read bandwidth: %.1f GB/s (2 GiB streaming read, best of %d)\n", bw / 1e9,
+                quick ? 3 : 10);
+    std::string json = "{\"device\": \"" + cuda_devices().at(0).name +
+                       "\", \"read_bandwidth_gbs\": " + std::to_string(bw / 1e9) + ", \"gemv\": [";
 
     const std::vector<float> dyn = create_dynamic_map();
     const std::vector<float> nf4(nf4_code().begin(), nf4_code().end());
@@ -75,14 +76,16 @@ int main(int argc, char** argv) {
       base.absmax2 = DeviceBuffer(static_cast<size_t>(nb2) * 4);
       const double qms = kernels::cuda::time_ms(
           [&] {
-            kernels::cuda::quantize_4bit(src.data(), DType::BFloat16, n, bs, QuantType::NF4, absmax.as<float>(),
-                                         base.packed.as<uint8_t>());
+            kernels::cuda::quantize_4bit(src.data(), DType::BFloat16, n, bs, QuantType::NF4,
+                                         absmax.as<float>(), base.packed.as<uint8_t>());
           },
           1, quick ? 2 : 5);
-      const float offset = kernels::cuda::quantize_nested_absmax(absmax.as<float>(), nb, code2.as<float>(), 256,
-                                                                 base.absmax_q.as<uint8_t>(), base.absmax2.as<float>());
-      std::printf("quantize_4bit %lldx%lld bf16 -> nf4: %.3f ms (%.1f GB/s of input)\n", static_cast<long long>(N),
-                  static_cast<long long>(K), qms, static_cast<double>(n) * 2 / (qms * 1e-3) / 1e9);
+      const float offset =
+          kernels::cuda::quantize_nested_absmax(absmax.as<float>(), nb, code2.as<float>(), 256,
+                                                base.absmax_q.as<uint8_t>(), base.absmax2.as<float>());
+      std::printf("quantize_4bit %lldx%lld bf16 -> nf4: %.3f ms (%.1f GB/s of input)\n",
+                  static_cast<long long>(N), static_cast<long long>(K), qms,
+                  static_cast<double>(n) * 2 / (qms * 1e-3) / 1e9);
       const auto packed_h = base.packed.to_host<uint8_t>();
       const auto q_h = base.absmax_q.to_host<uint8_t>();
       const auto a2_h = base.absmax2.to_host<float>();
@@ -121,12 +124,15 @@ int main(int argc, char** argv) {
             replicas, iters);
         const double total = static_cast<double>(bytes + xt.nbytes() + y.size());
         const double gbs = total / (ms * 1e-3) / 1e9;
-        std::printf("gemv_4bit %5lldx%-5lld nf4+dq bs64 %-8s: %8.2f us  %7.1f GB/s  %5.1f%% of read bandwidth%s\n",
-                    static_cast<long long>(N), static_cast<long long>(K), std::string(dtype_name(cd)).c_str(),
-                    ms * 1e3, gbs, 100 * gbs * 1e9 / bw, kernels::cuda::gemv_vectorized(reps[0].w) ? "" : " (scalar)");
+        std::printf(
+            "gemv_4bit %5lldx%-5lld nf4+dq bs64 %-8s: %8.2f us  %7.1f GB/s  %5.1f%% of read bandwidth%s\n",
+            static_cast<long long>(N), static_cast<long long>(K), std::string(dtype_name(cd)).c_str(),
+            ms * 1e3, gbs, 100 * gbs * 1e9 / bw,
+            kernels::cuda::gemv_vectorized(reps[0].w) ? "" : " (scalar)");
         char row[256];
         std::snprintf(row, sizeof row,
-                      "%s{\"N\": %lld, \"K\": %lld, \"compute\": \"%s\", \"us\": %.3f, \"gbs\": %.2f, \"fraction\": %.4f}",
+                      "%s{\"N\": %lld, \"K\": %lld, \"compute\": \"%s\", \"us\": %.3f, \"gbs\": %.2f, "
+                      "\"fraction\": %.4f}",
                       first ? "" : ", ", static_cast<long long>(N), static_cast<long long>(K),
                       std::string(dtype_name(cd)).c_str(), ms * 1e3, gbs, gbs * 1e9 / bw);
         json += row;

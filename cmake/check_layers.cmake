@@ -32,6 +32,7 @@ set(public_bitsandbytes_config quant)
 set(public_quant_type core)  # the 4-bit data types, like DType: kernels and quant both use them
 set(public_quantize quant)
 set(public_cpu kernels)
+set(public_device kernels)  # src/kernels/cuda/device.cpp
 set(public_model models)
 set(public_quantize_checkpoint models)
 set(public_tokenizer tokenizer)
@@ -42,7 +43,8 @@ set(public_server server)
 set(public_nibble tools)
 
 set(violations "")
-file(GLOB_RECURSE sources RELATIVE "${ROOT}" "${ROOT}/src/*.h" "${ROOT}/src/*.cpp" "${ROOT}/include/*.h"
+file(GLOB_RECURSE sources RELATIVE "${ROOT}" "${ROOT}/src/*.h" "${ROOT}/src/*.cpp" "${ROOT}/src/*.cu"
+     "${ROOT}/src/*.cuh" "${ROOT}/include/*.h"
      "${ROOT}/tools/*.h" "${ROOT}/tools/*.cpp")
 foreach(f ${sources})
   file(STRINGS "${ROOT}/${f}" lines REGEX "^[ \t]*#[ \t]*include[ \t]*\"")

@@ -41,4 +41,11 @@ class NotSupportedError : public Error {
   using Error::Error;
 };
 
+// A device (GPU) is missing or failed: no driver, no device, out of device memory, a failed kernel launch. The
+// message carries the CUDA error string.
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace nibble

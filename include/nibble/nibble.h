@@ -2,6 +2,7 @@
 #pragma once
 #include "nibble/bitsandbytes_config.h"  // IWYU pragma: export
 #include "nibble/cpu.h"                  // IWYU pragma: export
+#include "nibble/device.h"               // IWYU pragma: export
 #include "nibble/dtype.h"                // IWYU pragma: export
 #include "nibble/error.h"                // IWYU pragma: export
 #include "nibble/files.h"                // IWYU pragma: export

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "config_flags.h"
+#include "nibble/device.h"
 #include "nibble/model.h"
 
 namespace nibble::cli {
@@ -40,6 +41,9 @@ void add_info(CLI::App& app) {
     // the path each linear layer's kernel takes here ("reference" = the scalar fallback)
     std::printf("kernels (1 token): %s\n", describe_kernels(m.kernel_paths(1)).c_str());
     std::printf("kernels (512 tokens): %s\n", describe_kernels(m.kernel_paths(512)).c_str());
+    // the experimental CUDA backend: whether this build has it and the devices it finds (the model runs on
+    // the CPU)
+    std::printf("cuda: %s\n", cuda_summary().c_str());
     if (i.quantization_config) {
       std::cout << "quantization_config: " << i.quantization_config->to_json_string(false);
     } else {

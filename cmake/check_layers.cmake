@@ -40,6 +40,7 @@ set(public_sampling generate)
 set(public_session generate)
 set(public_chat_template chat)
 set(public_server server)
+set(public_finetune train)
 set(public_nibble tools)
 
 set(violations "")

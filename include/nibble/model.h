@@ -86,6 +86,11 @@ class AutoModelForCausalLM {
   void save_pretrained(const std::string& dir, const SavePretrainedOptions& opt = {}) const;
   // Turns every Linear4bit back into a dense Linear of its original dtype.
   void dequantize();
+  // peft's merge_and_unload() for the adapter loaded with FromPretrainedOptions::adapter: each adapted layer
+  // becomes W + scaling * B @ A (a 4-bit layer dequantized, summed in float32 and quantized again with its
+  // own settings); with `dtype`, the merged and all other quantized layers become dense weights of that
+  // dtype. Afterwards save_pretrained writes the merged model.
+  void merge_and_unload(std::optional<DType> dtype = std::nullopt);
   // transformers' get_memory_footprint(): parameter + buffer bytes.
   size_t memory_footprint() const;
   // Weight bytes one decode step reads: the footprint less the embedding table where only one row of it is

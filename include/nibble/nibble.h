@@ -6,6 +6,7 @@
 #include "nibble/dtype.h"                // IWYU pragma: export
 #include "nibble/error.h"                // IWYU pragma: export
 #include "nibble/files.h"                // IWYU pragma: export
+#include "nibble/finetune.h"             // IWYU pragma: export
 #include "nibble/hub.h"                  // IWYU pragma: export
 #include "nibble/model.h"                // IWYU pragma: export
 #include "nibble/quant_type.h"           // IWYU pragma: export

@@ -147,6 +147,21 @@ void AutoModelForCausalLM::dequantize() {
   impl_->refresh_info();
 }
 
+void AutoModelForCausalLM::merge_and_unload(std::optional<DType> dtype) {
+  Impl& im = *impl_;
+  if (im.info.adapter.empty()) throw ValueError("merge_and_unload: the model has no adapter loaded");
+  auto* llama = dynamic_cast<models::LlamaModel*>(im.model.get());
+  if (!llama)
+    throw NotSupportedError("merge_and_unload: LoRA adapters are supported for llama-family models only");
+  models::merge_lora_adapters(*llama, dtype);
+  if (dtype) {
+    im.config.erase("quantization_config");
+    im.info.dtype = *dtype;
+  }
+  im.info.adapter.clear();
+  im.refresh_info();
+}
+
 size_t AutoModelForCausalLM::memory_footprint() const {
   return impl_->model->memory_footprint();
 }

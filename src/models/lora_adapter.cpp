@@ -7,6 +7,7 @@
 #include "io/hf_config.h"
 #include "io/json_field.h"
 #include "nibble/error.h"
+#include "nibble/quantize.h"
 #include "nibble/safetensors.h"
 #include "nn/lora.h"
 
@@ -108,6 +109,63 @@ void attach_lora_adapter(LlamaModel& model, const LoraAdapter& a) {
     slot = std::make_unique<nn::LoraLinear>(std::move(slot), m.r, m.A.to_float_vector(),
                                             m.B.to_float_vector(), m.scaling, m.name);
   }
+}
+
+void merge_lora_adapters(LlamaModel& model, std::optional<DType> dtype) {
+  for (size_t l = 0; l < model.layers().size(); ++l)
+    for (auto& [name, slot] : model.layers()[l].linears()) {
+      const std::string where = "model.layers." + std::to_string(l) + "." + name;
+      auto* lora = dynamic_cast<nn::LoraLinear*>(slot->get());
+      if (!lora) {
+        if (dtype && (*slot)->quantized()) {
+          auto* q4 = dynamic_cast<nn::Linear4bit*>(slot->get());
+          if (!q4) throw NotSupportedError(where + ": only 4-bit layers can be written dequantized here");
+          *slot = std::make_unique<nn::Linear>(q4->dequantized_weight().to(*dtype), q4->bias());
+        }
+        continue;
+      }
+      const nn::LinearBase& base = *lora->base;
+      const int64_t out = base.out_features, in = base.in_features, r = lora->r;
+      Tensor w;
+      std::optional<Tensor> bias;
+      const auto* q4 = dynamic_cast<const nn::Linear4bit*>(&base);
+      const auto* dense = dynamic_cast<const nn::Linear*>(&base);
+      if (q4) {
+        w = dequantize_4bit(q4->packed(), q4->state(), DType::Float32);
+        bias = q4->bias();
+      } else if (dense) {
+        w = dense->weight().to(DType::Float32);
+        bias = dense->bias();
+      } else {
+        throw NotSupportedError(where + ": merging an adapter into an 8-bit layer is not supported");
+      }
+      const DType wdt = q4 ? q4->state().dtype : dense->weight().dtype();
+      // delta = (B @ A) * scaling, float32 (peft's get_delta_weight), added to the float32 weight
+      std::vector<float> W = w.to_float_vector();
+#pragma omp parallel for if (out * in > 65536)
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0; i < in; ++i) {
+          float d = 0;
+          for (int64_t j = 0; j < r; ++j)
+            d += lora->B[static_cast<size_t>(o * r + j)] * lora->A[static_cast<size_t>(j * in + i)];
+          W[static_cast<size_t>(o * in + i)] += d * lora->scaling;
+        }
+      Tensor merged = Tensor::from_vector(DType::Float32, {out, in}, W);
+      if (dtype) {
+        *slot = std::make_unique<nn::Linear>(merged.to(*dtype), bias);
+      } else if (q4) {
+        Linear4bitSpec spec;
+        spec.quant_type = q4->state().quant_type;
+        spec.blocksize = q4->state().blocksize;
+        spec.double_quant = q4->state().nested;
+        spec.quant_storage = q4->packed().dtype();
+        spec.compute_dtype = q4->compute_dtype();
+        *slot = nn::Linear4bit::quantize(merged.to(wdt), bias, spec, where);
+      } else {
+        *slot = std::make_unique<nn::Linear>(merged.to(wdt), bias);
+      }
+    }
+  if (dtype) model.dequantize();  // the output layer and the quantization config
 }
 
 }  // namespace nibble::models

@@ -2,6 +2,7 @@
 // writes them) and attached to a llama-family model as unmerged LoraLinear layers (`--adapter DIR`).
 #pragma once
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,5 +35,12 @@ LoraAdapter read_lora_adapter(const std::string& dir);
 // Wraps each adapted linear of `model` in a LoraLinear with the adapter's weights. Throws FormatError if a
 // module is not a linear layer of the model or its shapes do not fit the layer.
 void attach_lora_adapter(LlamaModel& model, const LoraAdapter& adapter);
+
+// peft's merge_and_unload: each LoraLinear becomes its base with W + scaling * (B @ A), summed in float32
+// over the dequantized weight; a 4-bit base is quantized again with its own settings (quant type, blocksize,
+// double quant, storage, compute dtype), a dense one keeps its dtype. With `dtype`, merged layers and every
+// other quantized linear become dense weights of that dtype instead. Throws NotSupportedError for an
+// adapter over an 8-bit layer.
+void merge_lora_adapters(LlamaModel& model, std::optional<DType> dtype);
 
 }  // namespace nibble::models

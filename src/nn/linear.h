@@ -46,6 +46,7 @@ class Linear final : public LinearBase {
   std::string kernel_path(int64_t T) const override;
   bool has_bias() const override { return bias_.has_value(); }
   const Tensor& weight() const { return weight_; }
+  const std::optional<Tensor>& bias() const { return bias_; }
 
  private:
   Tensor weight_;
@@ -71,6 +72,7 @@ class Linear4bit final : public LinearBase {
   std::unique_ptr<LinearBase> dequantized() const override;
   const std::optional<Tensor>& bias() const { return bias_; }
   const QuantState& state() const { return state_; }
+  const Tensor& packed() const { return packed_; }
   DType compute_dtype() const { return compute_; }
   // Opt-in int8 activations (kernels/cpu/gemm4.h); ignored (the layer stays exact) for shapes the int8
   // kernels do not take.

@@ -53,6 +53,7 @@ void add_bench(CLI::App& app) {
   sub->add_flag("--json", a->json, "machine-readable output");
   sub->add_flag("--no-bandwidth", a->no_bandwidth, "skip the memory read-bandwidth probe");
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   sub->callback([a] {
     if (a->model.empty() == a->synthetic.empty())
       throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
@@ -65,6 +66,7 @@ void add_bench(CLI::App& app) {
                                                       .bnb_4bit_use_double_quant = true};
     FromPretrainedOptions opt{
         .quantization_config = cfg, .threads = a->threads, .quiet = true, .activations = activations(a->q)};
+    opt.adapter = a->q.adapter;
     auto t0 = std::chrono::steady_clock::now();
     std::optional<AutoModelForCausalLM> model;
     if (!a->synthetic.empty()) {

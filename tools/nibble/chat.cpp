@@ -41,6 +41,7 @@ void add_chat(CLI::App& app) {
   sub->add_option("--chat-template", a->template_name,
                   "which named chat template to use (default: \"default\")");
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   add_sampling_flags(sub, a->g);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar, banner or prompt marks");

@@ -15,6 +15,8 @@ void add_perplexity(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_chat(CLI::App& app);
+void add_finetune(CLI::App& app);
+void add_merge(CLI::App& app);
 // "avx2 x14, reference x1": the kernel paths of AutoModelForCausalLM::kernel_paths and their layer counts.
 inline std::string describe_kernels(const std::vector<std::pair<std::string, int64_t>>& paths) {
   std::string s;
@@ -31,5 +33,7 @@ inline void register_all(CLI::App& app) {
   add_config(app);
   add_serve(app);
   add_chat(app);
+  add_finetune(app);
+  add_merge(app);
 }
 }  // namespace nibble::cli

@@ -77,7 +77,14 @@ FromPretrainedOptions load_options(const QuantFlags& q, int threads, bool quiet)
   opt.threads = threads;
   opt.quiet = quiet;
   opt.activations = activations(q);
+  opt.adapter = q.adapter;
   return opt;
+}
+
+void add_adapter_flag(CLI::App* app, QuantFlags& f) {
+  app->add_option(
+      "--adapter", f.adapter,
+      "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), applied unmerged");
 }
 
 void add_sampling_flags(CLI::App* app, GenerationConfig& g) {

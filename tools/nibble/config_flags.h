@@ -21,6 +21,7 @@ struct QuantFlags {
   std::string skip_modules;
   double int8_threshold = 6.0;
   std::string fast_activations = "none";  // --fast-activations (commands that load a model)
+  std::string adapter;                    // --adapter (commands that run a model)
   CLI::Option* quant_type_opt = nullptr;
   CLI::Option* compute_opt = nullptr;
   CLI::Option* storage_opt = nullptr;
@@ -42,7 +43,10 @@ bool any_quant_flag(const QuantFlags& f);
 // FromPretrainedOptions::activations from --fast-activations.
 Activations activations(const QuantFlags& f);
 
-// The load options the quantization flags, --threads and --quiet make (generate, chat, serve).
+// --adapter DIR: a PEFT LoRA adapter applied unmerged (generate, chat, serve, perplexity, bench, info).
+void add_adapter_flag(CLI::App* app, QuantFlags& f);
+
+// The load options the quantization flags, --adapter, --threads and --quiet make (generate, chat, serve).
 FromPretrainedOptions load_options(const QuantFlags& q, int threads, bool quiet);
 
 // --do-sample, --temperature, --top-k, --top-p, --seed into g (generate and chat).

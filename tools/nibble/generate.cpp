@@ -28,6 +28,7 @@ void add_generate(CLI::App& app) {
   sub->add_option("-p,--prompt", a->prompt, "prompt text")->required();
   sub->add_option("-n,--max-new-tokens", a->g.max_new_tokens, "tokens to generate (default 50)");
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   add_sampling_flags(sub, a->g);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar or stats");

@@ -23,9 +23,11 @@ void add_info(CLI::App& app) {
                   "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
       ->required();
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   sub->callback([a] {
     FromPretrainedOptions opt{.quiet = true, .activations = activations(a->q)};
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
+    opt.adapter = a->q.adapter;
     const auto m = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const ModelInfo& i = m.info();
     struct rusage ru {};

@@ -31,6 +31,7 @@ void add_perplexity(CLI::App& app) {
   sub->add_option("-f,--file", a->file, "text file")->required();
   sub->add_option("--reference", a->reference, "reference model (e.g. the float checkpoint) for KL / top-1");
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   sub->add_option("--ctx", a->ctx, "positions per window, BOS included (default: max_position_embeddings)");
   sub->add_option(
@@ -40,6 +41,7 @@ void add_perplexity(CLI::App& app) {
   sub->callback([a] {
     FromPretrainedOptions opt{.threads = a->threads, .quiet = true, .activations = activations(a->q)};
     if (any_quant_flag(a->q)) opt.quantization_config = build_config(a->q, false);
+    opt.adapter = a->q.adapter;
     const auto model = AutoModelForCausalLM::from_pretrained(a->model, opt);
     const Tokenizer tok = Tokenizer::from_pretrained(a->model);
     std::vector<int32_t> text_ids = tok.encode(read_text_file(a->file), false);

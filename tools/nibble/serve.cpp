@@ -60,6 +60,7 @@ void add_serve(CLI::App& app) {
                   "which named chat template to use (default: \"default\")");
   sub->add_option("-t,--threads", a->threads, "CPU threads (default: all)");
   add_quant_flags(sub, a->q, true);
+  add_adapter_flag(sub, a->q);
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar");
   sub->callback([a] {
     if (a->model.empty() == a->synthetic.empty())

@@ -53,8 +53,10 @@ struct TrainLogEntry {
 struct FinetuneReport {
   std::vector<TrainLogEntry> log;
   int64_t trainable_parameters = 0, train_tokens = 0, blocks = 0;
-  double seconds = 0;                       // training only (not loading)
-  std::vector<std::string> target_modules;  // the modules adapted
+  double seconds = 0;                             // training only (not loading)
+  std::vector<std::string> target_modules;        // the modules adapted
+  size_t adapter_bytes = 0, optimizer_bytes = 0;  // float32 A and B; the optimizer's state
+  size_t model_bytes = 0;                         // the base model's memory_footprint()
 };
 
 // Token ids of a training file as `nibble finetune --data` reads it: a .txt file is one document encoded
@@ -68,6 +70,12 @@ std::vector<int32_t> read_training_tokens(const std::string& data_file, const st
 FinetuneReport finetune(const std::string& model, const std::string& data_file,
                         const FromPretrainedOptions& load, const LoraConfig& lora,
                         const TrainingArguments& args,
+                        const std::function<void(const TrainLogEntry&)>& on_step = {});
+// The same over a model already loaded (without an adapter; from_pretrained or from_config) and token ids;
+// `base_model_name` goes into adapter_config.json's base_model_name_or_path. The model's linear layers are
+// wrapped in place: afterwards it runs with the trained adapter attached.
+FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>& ids, const LoraConfig& lora,
+                        const TrainingArguments& args, const std::string& base_model_name,
                         const std::function<void(const TrainLogEntry&)>& on_step = {});
 
 }  // namespace nibble

@@ -98,13 +98,26 @@ FinetuneReport finetune(const std::string& model_name, const std::string& data_f
   const std::string dir = resolve_model_path(model_name);
   // data first: a file too short fails before the model loads
   const std::vector<int32_t> ids = read_training_tokens(data_file, dir);
+  if (static_cast<int64_t>(ids.size()) < args.seq_len)
+    throw ValueError(data_file + ": " + std::to_string(ids.size()) +
+                     " tokens, fewer than one block of seq_len " + std::to_string(args.seq_len));
+  AutoModelForCausalLM model = AutoModelForCausalLM::from_pretrained(dir, load);
+  return finetune(model, ids, lora, args, model_name, on_step);
+}
+
+FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>& ids, const LoraConfig& lora,
+                        const TrainingArguments& args, const std::string& base_name,
+                        const std::function<void(const TrainLogEntry&)>& on_step) {
+  check_args(lora, args);
+  check_output(args);
   const int64_t L = args.seq_len, nblocks = static_cast<int64_t>(ids.size()) / L;
   if (nblocks == 0)
-    throw ValueError(data_file + ": " + std::to_string(ids.size()) +
+    throw ValueError("the training data has " + std::to_string(ids.size()) +
                      " tokens, fewer than one block of seq_len " + std::to_string(L));
-
-  AutoModelForCausalLM model = AutoModelForCausalLM::from_pretrained(dir, load);
   auto& im = ModelAccess::impl(model);
+  if (!im.info.adapter.empty())
+    throw ValueError(
+        "finetune trains a new adapter: start from an existing one with init_adapter (--init-adapter)");
   auto* llama = dynamic_cast<models::LlamaModel*>(im.model.get());
   if (!llama) throw NotSupportedError("fine-tuning supports the llama-family models only");
   train::LoraSpec spec;
@@ -121,6 +134,7 @@ FinetuneReport finetune(const std::string& model_name, const std::string& data_f
     for (const auto& m : init->modules) spec.target_modules.push_back(m.name);
   }
   train::LoraModel lm(*llama, spec, args.seed);
+  im.info.adapter = args.output_dir;  // the layers are wrapped now: save_pretrained must not drop the adapter
   lm.gradient_checkpointing = args.gradient_checkpointing;
 
   // batches of blocks; an epoch's order is shuffled with (seed, epoch) unless shuffle is off
@@ -156,7 +170,9 @@ FinetuneReport finetune(const std::string& model_name, const std::string& data_f
   rep.trainable_parameters = lm.num_trainable();
   rep.blocks = nblocks;
   for (const auto& m : lm.modules()) rep.target_modules.push_back(m.name);
-  const std::string base_name = model_name;
+  rep.adapter_bytes = static_cast<size_t>(rep.trainable_parameters) * sizeof(float);
+  rep.model_bytes = model.memory_footprint() - lm.num_trainable() * sizeof(float);
+  for (const auto& [name, t] : opt->state()) rep.optimizer_bytes += t.nbytes();
   std::vector<int64_t> order(static_cast<size_t>(nblocks));
   int64_t epoch = -1, cursor = nblocks;  // next block of `order`
   std::vector<int32_t> batch;

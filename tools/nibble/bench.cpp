@@ -58,12 +58,8 @@ void add_bench(CLI::App& app) {
     if (a->model.empty() == a->synthetic.empty())
       throw ValueError("bench: give a MODEL directory or --synthetic SHAPE");
     // default for bench: the seed's NF4 + double quant + bfloat16 compute
-    BitsAndBytesConfig cfg = any_quant_flag(a->q)
-                                 ? build_config(a->q, false)
-                                 : BitsAndBytesConfig{.load_in_4bit = true,
-                                                      .bnb_4bit_compute_dtype = DType::BFloat16,
-                                                      .bnb_4bit_quant_type = "nf4",
-                                                      .bnb_4bit_use_double_quant = true};
+    BitsAndBytesConfig cfg =
+        any_quant_flag(a->q) ? build_config(a->q, false) : default_synthetic_quantization();
     FromPretrainedOptions opt{
         .quantization_config = cfg, .threads = a->threads, .quiet = true, .activations = activations(a->q)};
     opt.adapter = a->q.adapter;

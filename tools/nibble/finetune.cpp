@@ -2,6 +2,8 @@
 // written as a PEFT adapter directory.
 #include "nibble/finetune.h"
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -9,13 +11,15 @@
 #include "commands.h"
 #include "config_flags.h"
 #include "nibble/error.h"
+#include "synthetic.h"
 
 namespace nibble::cli {
 
 void add_finetune(CLI::App& app) {
   struct Args {
-    std::string model, data, targets = "q_proj,v_proj";
+    std::string model, data, targets = "q_proj,v_proj", synthetic, tokenizer;
     int threads = 0;
+    int64_t layers = 0;
     bool no_shuffle = false;
     LoraConfig lora;
     TrainingArguments t;
@@ -25,8 +29,11 @@ void add_finetune(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "finetune", "train LoRA adapters over a (4-bit) base model (QLoRA) and write a PEFT adapter directory");
   sub->add_option("MODEL", a->model,
-                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])")
-      ->required();
+                  "HuggingFace model directory, or a model id in the HF cache (ORG/NAME[@REVISION])");
+  sub->add_option("--synthetic", a->synthetic,
+                  std::string(kSyntheticHelp) + " (random weights, for benchmarks; needs --tokenizer)");
+  sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
+  sub->add_option("--tokenizer", a->tokenizer, "tokenizer directory for --data (synthetic)");
   sub->add_option("--data", a->data,
                   "training text: .txt (one document) or .jsonl (one {\"text\": ...} per line)")
       ->required();
@@ -75,7 +82,19 @@ void add_finetune(CLI::App& app) {
     std::stringstream ss(a->targets);
     for (std::string m; std::getline(ss, m, ',');)
       if (!m.empty()) a->lora.target_modules.push_back(m);
-    const FinetuneReport r = finetune(a->model, a->data, opt, a->lora, a->t);
+    if (a->model.empty() == a->synthetic.empty())
+      throw ValueError("finetune: give a MODEL directory or --synthetic SHAPE");
+    FinetuneReport r;
+    if (!a->synthetic.empty()) {
+      if (a->tokenizer.empty()) throw ValueError("finetune: --synthetic needs --tokenizer DIR");
+      const auto ids = read_training_tokens(a->data, a->tokenizer);
+      if (!opt.quantization_config) opt.quantization_config = default_synthetic_quantization();
+      opt.dtype = DType::BFloat16;
+      auto model = AutoModelForCausalLM::from_config(synthetic_config(a->synthetic, a->layers), opt, 1);
+      r = finetune(model, ids, a->lora, a->t, "synthetic:" + a->synthetic);
+    } else {
+      r = finetune(a->model, a->data, opt, a->lora, a->t);
+    }
     if (!a->t.quiet) {
       const double tps = r.seconds > 0 ? static_cast<double>(r.train_tokens) / r.seconds : 0;
       std::fprintf(
@@ -85,6 +104,12 @@ void add_finetune(CLI::App& app) {
           r.log.size(), static_cast<long long>(r.blocks), static_cast<long long>(r.trainable_parameters),
           r.target_modules.size(), static_cast<long long>(r.train_tokens), r.seconds, tps,
           r.log.empty() ? 0.0 : r.log.back().loss, a->t.output_dir.c_str());
+      struct rusage ru {};
+      getrusage(RUSAGE_SELF, &ru);
+      std::fprintf(stderr,
+                   "memory: base model %.2f MB, adapter %.2f MB, optimizer state %.2f MB, peak RSS %.2f MB\n",
+                   static_cast<double>(r.model_bytes) / 1e6, static_cast<double>(r.adapter_bytes) / 1e6,
+                   static_cast<double>(r.optimizer_bytes) / 1e6, static_cast<double>(ru.ru_maxrss) / 1e3);
     }
   });
 }

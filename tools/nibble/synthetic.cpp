@@ -44,4 +44,11 @@ nlohmann::json synthetic_config(const std::string& shape, int64_t layers) {
           {"torch_dtype", "bfloat16"}};
 }
 
+BitsAndBytesConfig default_synthetic_quantization() {
+  return BitsAndBytesConfig{.load_in_4bit = true,
+                            .bnb_4bit_compute_dtype = DType::BFloat16,
+                            .bnb_4bit_quant_type = "nf4",
+                            .bnb_4bit_use_double_quant = true};
+}
+
 }  // namespace nibble::cli

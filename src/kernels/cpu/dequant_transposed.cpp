@@ -21,19 +21,26 @@ void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
       const int64_t n0 = rt * kTile, n1 = std::min(N, n0 + kTile);
       const int64_t k0 = ct * kTile, k1 = std::min(K, k0 + kTile);
       for (int64_t n = n0; n < n1; ++n)
-        for (int64_t k = k0; k < k1; ++k) {
-          // bitsandbytes' dequantize_4bit: code[q] * absmax of the block, in float32, then the output dtype
-          const int64_t i = n * K + k;
-          const uint8_t byte = w.packed[i >> 1];
-          const uint8_t q = (i & 1) ? (byte & 0xF) : (byte >> 4);
-          const float v = w.code[q] * w.block_absmax(i / w.blocksize);
-          const int64_t o = k * N + n;
-          if (out == DType::Float32)
-            static_cast<float*>(dst)[o] = v;
-          else if (out == DType::BFloat16)
-            static_cast<uint16_t*>(dst)[o] = float_to_bf16(v);
-          else
-            static_cast<uint16_t*>(dst)[o] = float_to_fp16(v);
+        for (int64_t k = k0; k < k1;) {
+          // the run of this row's elements in one quantization block: its absmax decoded once
+          const int64_t i0 = n * K + k, b = i0 / w.blocksize;
+          const int64_t run = std::min(k1 - k, (b + 1) * w.blocksize - i0);
+          const float am = w.block_absmax(b);
+          for (int64_t e = 0; e < run; ++e) {
+            // bitsandbytes' dequantize_4bit: code[q] * absmax of the block, in float32, then the output dtype
+            const int64_t i = i0 + e;
+            const uint8_t byte = w.packed[i >> 1];
+            const uint8_t q = (i & 1) ? (byte & 0xF) : (byte >> 4);
+            const float v = w.code[q] * am;
+            const int64_t o = (k + e) * N + n;
+            if (out == DType::Float32)
+              static_cast<float*>(dst)[o] = v;
+            else if (out == DType::BFloat16)
+              static_cast<uint16_t*>(dst)[o] = float_to_bf16(v);
+            else
+              static_cast<uint16_t*>(dst)[o] = float_to_fp16(v);
+          }
+          k += run;
         }
     }
 }

@@ -1,10 +1,12 @@
 // Helpers shared by the tests: temporary directories, raw file writing, paths to data, comparing logits.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -43,6 +45,20 @@ inline std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), {}};
 }
+
+#ifdef NIBBLE_CLI
+// The nibble CLI run with `args` (a shell command line's tail): exit code, stdout, stderr.
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+inline CliResult run_cli(const std::string& args) {
+  TempDir d;
+  const int rc =
+      std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
+  return {WEXITSTATUS(rc), read_bytes(d / "o"), read_bytes(d / "e")};
+}
+#endif
 
 inline std::string shared_dir() {
   return NIBBLE_SHARED_DIR;

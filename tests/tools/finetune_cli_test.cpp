@@ -18,15 +18,9 @@ using namespace nibble;
 namespace fs = std::filesystem;
 
 namespace {
-struct Out {
-  int code;
-  std::string out, err;
-};
+using Out = test::CliResult;
 Out nibble_cli(const std::string& args) {
-  test::TempDir d;
-  const int rc =
-      std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
-  return {WEXITSTATUS(rc), test::read_bytes(d / "o"), test::read_bytes(d / "e")};
+  return test::run_cli(args);
 }
 std::string model() {
   return test::example_model();

@@ -18,15 +18,9 @@ using namespace nibble;
 using json = nlohmann::json;
 
 namespace {
-struct Out {
-  int code;
-  std::string out, err;
-};
+using Out = test::CliResult;
 Out nibble_cli(const std::string& args) {
-  test::TempDir d;
-  const int rc =
-      std::system((std::string(NIBBLE_CLI) + " " + args + " >" + (d / "o") + " 2>" + (d / "e")).c_str());
-  return {WEXITSTATUS(rc), test::read_bytes(d / "o"), test::read_bytes(d / "e")};
+  return test::run_cli(args);
 }
 // A child process killed (SIGKILL) and reaped at scope exit unless reaped before.
 struct Child {

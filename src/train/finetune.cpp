@@ -11,6 +11,7 @@
 
 #include "core/progress.h"
 #include "core/python_json.h"
+#include "core/threads.h"
 #include "io/atomic_file.h"
 #include "io/json_field.h"
 #include "models/auto_model_impl.h"
@@ -115,6 +116,7 @@ FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>&
     throw ValueError("the training data has " + std::to_string(ids.size()) +
                      " tokens, fewer than one block of seq_len " + std::to_string(L));
   auto& im = ModelAccess::impl(model);
+  const ThreadScope threads(im.threads);  // the model's --threads for the whole run
   if (!im.info.adapter.empty())
     throw ValueError(
         "finetune trains a new adapter: start from an existing one with init_adapter (--init-adapter)");

@@ -31,6 +31,22 @@ Peak: this machine is an AVX2+FMA AMD Zen 3 (no AVX512, no bf16 dot instructions
 fp32 FMA units: peak = cores * GHz * 32 flop/cycle (2 FMA pipes x 8 fp32 lanes x 2). GHz defaults to 3.0
 (measured ~3.0-3.08 GHz with a dependent-add loop on the 2-core dev VM); set --ghz for another machine.
 
+Measured (2-vCPU AMD EPYC Zen 3 dev VM, family 25 model 1, shared with concurrent compiles; nibble at f1367f1 +
+the uncommitted finetune CLI of 2026-11-30; torch 2.15 with MKL, transformers 5.24, peft 0.21.2, bitsandbytes 0.50.2):
+  --threads 1 (four runs; one core is 96 GFLOP/s peak; MKL sgemm reaches 87-88 GFLOP/s on these shapes):
+    transformers+peft+bnb float32    196-280 tokens/s  (45-64 GFLOP/s, 46-66% of peak)
+    transformers+peft+bnb bfloat16     7.8 tokens/s   (one run; ~30x slower than its float32)
+    nibble bfloat16 compute           91-113 tokens/s  (21-26 GFLOP/s, 22-27%)  = 0.38-0.49x the Python stack
+    nibble float32 compute            89-111 tokens/s  (20-25 GFLOP/s)          = 0.37-0.46x
+  --threads 2: both stacks lose to their one-thread figures while other processes hold the cores (OpenMP
+  barriers spin-wait on a descheduled thread); see the closing report for figures on a quiet machine.
+The 3x target cannot be met on this CPU: the Python stack already runs at ~60% of the fp32 FMA peak (its
+matmuls are MKL sgemm over the dequantized float32 weight), Zen 3 has no bf16 dot-product instructions, so 3x
+would take ~2x the machine's peak. Where nibble's time goes (perf, one thread, bf16): the 4-bit forward
+(gemv_batch, 4 tokens per weight decode) 26%, the input-gradient GEMM over the transposed weight
+(dense_rows<4>) 33%, dequantize_4bit_transposed 9%, attention forward+backward (scalar loops, ~3% of the
+FLOPs) 20%, LoRA weight gradients (add_tn) 4%.
+
 Usage: /tmp/venv-golden/bin/python bench/finetune_bench.py [--nibble build/release/nibble] [--steps 8]
        [--warmup 2] [--python-bf16] [--kv-heads 4] [--keep DIR]
 """
@@ -217,6 +233,10 @@ def main():
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args()
 
+    # before torch loads: bitsandbytes' CPU library has its own OpenMP runtime (the system libgomp), which
+    # torch.set_num_threads does not reach
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -38,14 +38,20 @@ the uncommitted finetune CLI of 2026-11-30; torch 2.15 with MKL, transformers 5.
     transformers+peft+bnb bfloat16     7.8 tokens/s   (one run; ~30x slower than its float32)
     nibble bfloat16 compute           91-113 tokens/s  (21-26 GFLOP/s, 22-27%)  = 0.38-0.49x the Python stack
     nibble float32 compute            89-111 tokens/s  (20-25 GFLOP/s)          = 0.37-0.46x
-  --threads 2: both stacks lose to their one-thread figures while other processes hold the cores (OpenMP
-  barriers spin-wait on a descheduled thread); see the closing report for figures on a quiet machine.
+  --threads 2, quiet machine (three runs; peak 192 GFLOP/s):
+    transformers+peft+bnb float32    334-430 tokens/s  (76-98 GFLOP/s, 40-51% of peak)
+    transformers+peft+bnb bfloat16     8.2 tokens/s   (~40x slower than its float32)
+    nibble bfloat16 compute          163-174 tokens/s  (37-40 GFLOP/s, 19-21%)  = 0.40-0.50x the Python stack
+    nibble float32 compute           158-165 tokens/s  (36-38 GFLOP/s)          = 0.38-0.48x
+  With other jobs on the cores, two threads fall below one (OpenMP barriers spin-wait on a descheduled
+  thread): nibble 52-80 tokens/s, the Python stack 57-113.
 The 3x target cannot be met on this CPU: the Python stack already runs at ~60% of the fp32 FMA peak (its
 matmuls are MKL sgemm over the dequantized float32 weight), Zen 3 has no bf16 dot-product instructions, so 3x
-would take ~2x the machine's peak. Where nibble's time goes (perf, one thread, bf16): the 4-bit forward
-(gemv_batch, 4 tokens per weight decode) 26%, the input-gradient GEMM over the transposed weight
-(dense_rows<4>) 33%, dequantize_4bit_transposed 9%, attention forward+backward (scalar loops, ~3% of the
-FLOPs) 20%, LoRA weight gradients (add_tn) 4%.
+would take ~2x the machine's peak. Where nibble's time goes (perf, two threads, bf16, quiet; one thread in
+brackets): the 4-bit forward (gemv_batch, 4 tokens per weight decode) 24% [26%], the input-gradient GEMM over
+the transposed weight (dense_rows<4>) 27% [33%], dequantize_4bit_transposed 9% [9%], attention forward +
+backward (scalar loops, ~3% of the FLOPs) 18% [20%], LoRA weight gradients (add_tn) 3.5% [4%], OpenMP
+barrier waits 10% [-].
 
 Usage: /tmp/venv-golden/bin/python bench/finetune_bench.py [--nibble build/release/nibble] [--steps 8]
        [--warmup 2] [--python-bf16] [--kv-heads 4] [--keep DIR]

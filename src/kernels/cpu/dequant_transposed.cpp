@@ -7,12 +7,12 @@
 
 namespace nibble::kernels {
 
-void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
-  if (out != DType::Float32 && out != DType::BFloat16 && out != DType::Float16)
-    throw ValueError(std::string("dequantize_4bit_transposed: unsupported output dtype ") + std::string(dtype_name(out)));
+namespace {
+// Tiles of 64 rows x 64 columns: the rows' packed bytes are read once, the transposed writes stay within a
+// few cache lines per column. Each run of a row inside one quantization block decodes its absmax once.
+template <typename E, typename Convert>
+void transposed_tiles(const Q4Weights& w, E* dst, Convert convert) {
   const int64_t N = w.N, K = w.K;
-  // Tiles of 64 rows x 64 columns: the rows' packed bytes are read once, the transposed writes stay within a
-  // few cache lines per column.
   constexpr int64_t kTile = 64;
   const int64_t row_tiles = (N + kTile - 1) / kTile, col_tiles = (K + kTile - 1) / kTile;
 #pragma omp parallel for collapse(2) schedule(static) if (N * K > (1 << 16))
@@ -22,7 +22,6 @@ void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
       const int64_t k0 = ct * kTile, k1 = std::min(K, k0 + kTile);
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t k = k0; k < k1;) {
-          // the run of this row's elements in one quantization block: its absmax decoded once
           const int64_t i0 = n * K + k, b = i0 / w.blocksize;
           const int64_t run = std::min(k1 - k, (b + 1) * w.blocksize - i0);
           const float am = w.block_absmax(b);
@@ -31,18 +30,23 @@ void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
             const int64_t i = i0 + e;
             const uint8_t byte = w.packed[i >> 1];
             const uint8_t q = (i & 1) ? (byte & 0xF) : (byte >> 4);
-            const float v = w.code[q] * am;
-            const int64_t o = (k + e) * N + n;
-            if (out == DType::Float32)
-              static_cast<float*>(dst)[o] = v;
-            else if (out == DType::BFloat16)
-              static_cast<uint16_t*>(dst)[o] = float_to_bf16(v);
-            else
-              static_cast<uint16_t*>(dst)[o] = float_to_fp16(v);
+            dst[(k + e) * N + n] = convert(w.code[q] * am);
           }
           k += run;
         }
     }
+}
+}  // namespace
+
+void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
+  if (out == DType::Float32)
+    transposed_tiles(w, static_cast<float*>(dst), [](float v) { return v; });
+  else if (out == DType::BFloat16)
+    transposed_tiles(w, static_cast<uint16_t*>(dst), [](float v) { return float_to_bf16(v); });
+  else if (out == DType::Float16)
+    transposed_tiles(w, static_cast<uint16_t*>(dst), [](float v) { return float_to_fp16(v); });
+  else
+    throw ValueError("dequantize_4bit_transposed: unsupported output dtype " + std::string(dtype_name(out)));
 }
 
 }  // namespace nibble::kernels

@@ -109,83 +109,110 @@ struct Shape {
   int64_t window;
 };
 
-// Causal (optionally sliding-window) grouped-query attention per sequence and head, keeping the
-// probabilities P [B, nh, L, L] for the backward pass. q [T, nh, D], k/v [T, kvh, D], out [T, nh, D].
-void attention_forward(const Shape& s, const float* q, const float* k, const float* v, float* P, float* out) {
-  const int64_t group = s.nh / s.kvh, Q = s.nh * s.D, W = s.kvh * s.D;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t h = 0; h < s.nh; ++h) {
-      const int64_t kh = h / group;
-      for (int64_t i = 0; i < s.L; ++i) {
-        float* p = P + ((b * s.nh + h) * s.L + i) * s.L;
-        const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
-        const float* qi = q + (b * s.L + i) * Q + h * s.D;
-        float mx = -INFINITY;
-        for (int64_t j = j0; j <= i; ++j) {
-          const float* kj = k + (b * s.L + j) * W + kh * s.D;
-          float d = 0;
-          for (int64_t e = 0; e < s.D; ++e) d += qi[e] * kj[e];
-          p[j] = d * s.scale;
-          mx = std::max(mx, p[j]);
-        }
-        float sum = 0;
-        for (int64_t j = j0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
-        const float inv = 1.0f / sum;
-        std::fill(p, p + j0, 0.0f);
-        std::fill(p + i + 1, p + s.L, 0.0f);
-        float* o = out + (b * s.L + i) * Q + h * s.D;
-        std::fill(o, o + s.D, 0.0f);
-        for (int64_t j = j0; j <= i; ++j) {
-          p[j] *= inv;
-          const float* vj = v + (b * s.L + j) * W + kh * s.D;
-          for (int64_t e = 0; e < s.D; ++e) o[e] += p[j] * vj[e];
-        }
-      }
-    }
+// One head's rows of a [T, heads, D] tensor (sequence b) copied out contiguous [L, D], or written back.
+void gather_head(const float* x, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* out) {
+  for (int64_t i = 0; i < L; ++i) std::copy_n(x + ((b * L + i) * heads + h) * D, D, out + i * D);
+}
+void scatter_head(const float* in, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* x,
+                  bool accumulate) {
+  for (int64_t i = 0; i < L; ++i) {
+    float* dst = x + ((b * L + i) * heads + h) * D;
+    for (int64_t e = 0; e < D; ++e) dst[e] = accumulate ? dst[e] + in[i * D + e] : in[i * D + e];
+  }
+}
+// a [R, C] -> out [C, R]
+void transpose(const float* a, int64_t R, int64_t C, float* out) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) out[c * R + r] = a[r * C + c];
+}
+// y [M, N] = x [M, K] @ w [N, K]^T, one thread (the callers run inside a parallel loop over heads)
+void mm(const float* w, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  kernels::gemm_dense(w, DType::Float32, N, K, x, M, y);
 }
 
-// dO -> dq, dk, dv (dk, dv overwritten; each (sequence, kv head) is one thread's, so no races).
+// Causal (optionally sliding-window) grouped-query attention per sequence and head as matrix products
+// (S = Q K^T, P = softmax(scale * S) over the visible keys, O = P V), keeping P [B, nh, L, L] for the
+// backward pass. q [T, nh, D], k/v [T, kvh, D], out [T, nh, D].
+void attention_forward(const Shape& s, const float* q, const float* k, const float* v, float* P, float* out) {
+  const int64_t group = s.nh / s.kvh, L = s.L, D = s.D;
+#pragma omp parallel
+  {
+    std::vector<float> qh(static_cast<size_t>(L * D)), kh(static_cast<size_t>(L * D)),
+        vt(static_cast<size_t>(D * L)), tmp(static_cast<size_t>(L * D)), oh(static_cast<size_t>(L * D));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.nh; ++h) {
+        const int64_t g = h / group;
+        gather_head(q, s.nh, D, b, L, h, qh.data());
+        gather_head(k, s.kvh, D, b, L, g, kh.data());
+        gather_head(v, s.kvh, D, b, L, g, tmp.data());
+        transpose(tmp.data(), L, D, vt.data());
+        float* p = P + (b * s.nh + h) * L * L;
+        mm(kh.data(), L, D, qh.data(), L, p);  // p[i, j] = q_i . k_j
+        for (int64_t i = 0; i < L; ++i) {
+          float* row = p + i * L;
+          const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
+          float mx = -INFINITY;
+          for (int64_t j = j0; j <= i; ++j) mx = std::max(mx, row[j] *= s.scale);
+          float sum = 0;
+          for (int64_t j = j0; j <= i; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          const float inv = 1.0f / sum;
+          for (int64_t j = j0; j <= i; ++j) row[j] *= inv;
+          std::fill(row, row + j0, 0.0f);
+          std::fill(row + i + 1, row + L, 0.0f);
+        }
+        mm(vt.data(), D, L, p, L, oh.data());  // o_i = sum_j p[i, j] v_j
+        scatter_head(oh.data(), s.nh, D, b, L, h, out, false);
+      }
+  }
+}
+
+// dO -> dq, dk, dv (dk, dv overwritten; each (sequence, kv head) is one thread's, so no races):
+// dP = dO V^T, dS = P * (dP - rowsum(P * dP)) * scale, dQ = dS K, dK = sum over the group of dS^T Q,
+// dV = sum over the group of P^T dO.
 void attention_backward(const Shape& s, const float* q, const float* k, const float* v, const float* P,
                         const float* dout, float* dq, float* dk, float* dv) {
-  const int64_t group = s.nh / s.kvh, Q = s.nh * s.D, W = s.kvh * s.D;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t kh = 0; kh < s.kvh; ++kh) {
-      std::vector<float> ds(static_cast<size_t>(s.L));
-      for (int64_t j = 0; j < s.L; ++j) {
-        std::fill_n(dk + (b * s.L + j) * W + kh * s.D, s.D, 0.0f);
-        std::fill_n(dv + (b * s.L + j) * W + kh * s.D, s.D, 0.0f);
-      }
-      for (int64_t h = kh * group; h < (kh + 1) * group; ++h)
-        for (int64_t i = 0; i < s.L; ++i) {
-          const float* p = P + ((b * s.nh + h) * s.L + i) * s.L;
-          const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
-          const float* doi = dout + (b * s.L + i) * Q + h * s.D;
-          const float* qi = q + (b * s.L + i) * Q + h * s.D;
-          float rowsum = 0;
-          for (int64_t j = j0; j <= i; ++j) {
-            const float* vj = v + (b * s.L + j) * W + kh * s.D;
-            float d = 0;
-            for (int64_t e = 0; e < s.D; ++e) d += doi[e] * vj[e];
-            ds[static_cast<size_t>(j)] = d;
-            rowsum += p[j] * d;
+  const int64_t group = s.nh / s.kvh, L = s.L, D = s.D;
+#pragma omp parallel
+  {
+    const auto LD = static_cast<size_t>(L * D), LL = static_cast<size_t>(L * L);
+    std::vector<float> kh(LD), kt(LD), vh(LD), qh(LD), qt(LD), doh(LD), dot(LD), tmp(LD), dks(LD), dvs(LD);
+    std::vector<float> ds(LL), dst(LL), pt(LL);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t g = 0; g < s.kvh; ++g) {
+        gather_head(k, s.kvh, D, b, L, g, kh.data());
+        transpose(kh.data(), L, D, kt.data());
+        gather_head(v, s.kvh, D, b, L, g, vh.data());
+        std::fill(dks.begin(), dks.end(), 0.0f);
+        std::fill(dvs.begin(), dvs.end(), 0.0f);
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const float* p = P + (b * s.nh + h) * L * L;
+          gather_head(dout, s.nh, D, b, L, h, doh.data());
+          gather_head(q, s.nh, D, b, L, h, qh.data());
+          mm(vh.data(), L, D, doh.data(), L, ds.data());  // dP[i, j] = dO_i . v_j
+          for (int64_t i = 0; i < L; ++i) {
+            const float* pr = p + i * L;
+            float* dr = ds.data() + i * L;
+            float rowsum = 0;
+            for (int64_t j = 0; j <= i; ++j) rowsum += pr[j] * dr[j];
+            for (int64_t j = 0; j < L; ++j) dr[j] = j <= i ? pr[j] * (dr[j] - rowsum) * s.scale : 0.0f;
           }
-          float* dqi = dq + (b * s.L + i) * Q + h * s.D;
-          std::fill_n(dqi, s.D, 0.0f);
-          for (int64_t j = j0; j <= i; ++j) {
-            const float g = p[j] * (ds[static_cast<size_t>(j)] - rowsum) * s.scale;
-            const float* kj = k + (b * s.L + j) * W + kh * s.D;
-            float* dkj = dk + (b * s.L + j) * W + kh * s.D;
-            float* dvj = dv + (b * s.L + j) * W + kh * s.D;
-            for (int64_t e = 0; e < s.D; ++e) {
-              dqi[e] += g * kj[e];
-              dkj[e] += g * qi[e];
-              dvj[e] += p[j] * doi[e];
-            }
-          }
+          mm(kt.data(), D, L, ds.data(), L, tmp.data());  // dQ = dS K
+          scatter_head(tmp.data(), s.nh, D, b, L, h, dq, false);
+          transpose(qh.data(), L, D, qt.data());
+          transpose(ds.data(), L, L, dst.data());
+          mm(qt.data(), D, L, dst.data(), L, tmp.data());  // dK += dS^T Q
+          for (size_t e = 0; e < LD; ++e) dks[e] += tmp[e];
+          transpose(doh.data(), L, D, dot.data());
+          transpose(p, L, L, pt.data());
+          mm(dot.data(), D, L, pt.data(), L, tmp.data());  // dV += P^T dO
+          for (size_t e = 0; e < LD; ++e) dvs[e] += tmp[e];
         }
-    }
+        scatter_head(dks.data(), s.kvh, D, b, L, g, dk, false);
+        scatter_head(dvs.data(), s.kvh, D, b, L, g, dv, false);
+      }
+  }
 }
 
 float* grow(std::vector<float>& v, int64_t n) {

@@ -40,7 +40,9 @@ struct TrainingArguments {
   bool shuffle = true;       // false: blocks in file order
   std::string init_adapter;  // start from this adapter (and its optimizer state, if saved with it)
   bool gradient_checkpointing = false;
-  std::string log_jsonl;   // one {"step", "loss", "learning_rate", "grad_norm"} line per step
+  // one {"step", "loss", "learning_rate", "grad_norm"} line per optimizer step; an existing file is refused
+  // unless overwrite_output_dir, a resumed run appends
+  std::string log_jsonl;
   int64_t save_steps = 0;  // > 0: a resumable checkpoint in output_dir/checkpoint-N every N steps
   bool quiet = false;
 };

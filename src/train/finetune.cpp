@@ -157,6 +157,11 @@ FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>&
                      ", max_steps is " + std::to_string(args.max_steps));
 
   FILE* log = nullptr;
+  if (!args.log_jsonl.empty() && start_step == 0 && !args.overwrite_output_dir) {
+    std::error_code ec;
+    if (fs::exists(args.log_jsonl, ec) && fs::file_size(args.log_jsonl, ec) > 0)
+      throw IoError(args.log_jsonl + ": the log file exists (pass --overwrite to replace it)");
+  }
   if (!args.log_jsonl.empty()) {
     log = std::fopen(args.log_jsonl.c_str(), start_step > 0 ? "a" : "w");
     if (!log) throw IoError(args.log_jsonl + ": cannot open for writing");

@@ -110,6 +110,12 @@ TEST(FinetuneCli, BadInputIsRefusedAndWritesNothing) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
   EXPECT_EQ(test::read_bytes(d / "c/mine.txt"), "keep me");
+  // so is an existing log file
+  test::write_bytes(d / "log.jsonl", "mine\n");
+  r = nibble_cli(train_args(d / "d") + " --log-jsonl " + (d / "log.jsonl"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(test::read_bytes(d / "log.jsonl"), "mine\n");
+  EXPECT_FALSE(fs::exists(d / "d"));
   // an adapter whose shapes do not fit the model
   ASSERT_EQ(nibble_cli(train_args(d / "ok")).code, 0);
   fs::create_directories(d / "bad");

@@ -71,13 +71,18 @@ class AdamW final : public Optimizer {
                w2 = static_cast<float>(1 - o_.beta2), eps = static_cast<float>(o_.eps);
     size_t k = 0;
     for (auto& m : modules)
-      for (auto [p, g] : {std::pair{&m.lin->A, &m.dA}, {&m.lin->B, &m.dB}}) {
-        auto& [ma, va] = state_[k++];
-        const size_t n = p->size();
+      for (auto [pv, gv] : {std::pair{&m.lin->A, &m.dA}, {&m.lin->B, &m.dB}}) {
+        // plain pointers: OpenMP regions cannot capture structured bindings (clang)
+        float* p = pv->data();
+        const float* g = gv->data();
+        float* ma = state_[k].first.data();
+        float* va = state_[k].second.data();
+        ++k;
+        const size_t n = pv->size();
 #pragma omp parallel for if (n > 65536)
         for (size_t i = 0; i < n; ++i) {
-          float& x = (*p)[i];
-          const float gi = (*g)[i];
+          float& x = p[i];
+          const float gi = g[i];
           if (o_.weight_decay != 0) x *= decay;
           ma[i] += w1 * (gi - ma[i]);
           va[i] = va[i] * b2 + w2 * gi * gi;

@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "kernels/cpu/gemm4.h"
-#include "kernels/cpu/gemm_kn.h"
 #include "kernels/cpu/int8_mm.h"
 #include "nibble/error.h"
 
@@ -115,40 +114,11 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
 }
 
 void Linear4bit::backward_input(const float* dy, int64_t T, float* dx) const {
-  // bitsandbytes' MatMul4Bit.backward: grad_A = grad_output @ dequantize_4bit(W).to(compute dtype), here over
-  // chunks of W's rows (dequantized to float32 scratch of a bounded size) with a blocked GEMM
-  const int64_t N = out_features, K = in_features;
-  const int64_t chunk =
-      std::max<int64_t>(64, std::min<int64_t>(N, (int64_t{1} << 22) / std::max<int64_t>(K, 1)));
-  thread_local std::vector<float> rows;
-  rows.resize(static_cast<size_t>(std::min(chunk, N) * K));
-  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-    const int64_t n1 = std::min(N, n0 + chunk);
-    kernels::dequantize_4bit_rows_f32(view_, n0, n1, compute_, rows.data());
-    kernels::gemm_kn(dy + n0, T, n1 - n0, rows.data(), K, dx, n0 > 0, N);
-  }
-}
-
-void Linear4bit::forward_train(const float* x, int64_t T, float* y) const {
-  if (T < 16 || int8_) {
-    forward(x, T, y);
-    return;
-  }
-  const int64_t N = out_features, K = in_features;
-  thread_local std::vector<float> wt, xr;
-  wt.resize(static_cast<size_t>(N * K));
-  xr.resize(static_cast<size_t>(T * K));
-  kernels::dequantize_4bit_transposed_f32(view_, compute_, wt.data());
-  float* xp = xr.data();
-  const DType c = compute_;
-  const int64_t n = T * K;
-#pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) xp[i] = kernels::round_to(c, x[i]);
-  kernels::gemm_kn(xp, T, K, wt.data(), N, y);
-  if (!bias_f_.empty())
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t o = 0; o < N; ++o)
-        y[t * N + o] += kernels::round_to(compute_, bias_f_[static_cast<size_t>(o)]);
+  // bitsandbytes' MatMul4Bit.backward: grad_A = grad_output @ dequantize_4bit(W).to(grad_output.dtype)
+  const DType dt = compute_;
+  tl_transposed.resize(static_cast<size_t>(out_features * in_features) * dtype_size(dt));
+  kernels::dequantize_4bit_transposed(view_, dt, tl_transposed.data());
+  kernels::gemm_dense(tl_transposed.data(), dt, in_features, out_features, dy, T, dx);
 }
 
 std::string Linear4bit::kernel_path(int64_t T) const {

@@ -32,9 +32,6 @@ class LinearBase {
   // quantized weight dequantized as bitsandbytes' backward does: whole, to the compute dtype, one layer at a
   // time into scratch that is reused).
   virtual void backward_input(const float* dy, int64_t T, float* dx) const = 0;
-  // Training's forward: forward's result and numerics (bitsandbytes' MatMul4Bit in training dequantizes the
-  // weight and multiplies), free to take a path that pays off only for many rows.
-  virtual void forward_train(const float* x, int64_t T, float* y) const { forward(x, T, y); }
   int64_t in_features = 0, out_features = 0;
 };
 
@@ -66,8 +63,6 @@ class Linear4bit final : public LinearBase {
                                               const Linear4bitSpec& spec, const std::string& where);
   void forward(const float* x, int64_t T, float* y) const override;
   void backward_input(const float* dy, int64_t T, float* dx) const override;
-  // 16+ rows: the weight dequantized to the compute dtype (transposed, float32 scratch) and a blocked GEMM
-  void forward_train(const float* x, int64_t T, float* y) const override;
   NamedTensors state_dict() const override;
   size_t parameter_bytes() const override { return packed_.nbytes() + (bias_ ? bias_->nbytes() : 0); }
   bool quantized() const override { return true; }

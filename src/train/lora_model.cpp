@@ -329,11 +329,11 @@ struct LinCtx {
 void lin_forward(const LinCtx& c, const float* x, int64_t T, float* y, std::vector<float>& u, float p,
                  uint64_t seed, bool train) {
   if (!c.mod) {
-    c.lin->forward_train(x, T, y);
+    c.lin->forward(x, T, y);
     return;
   }
   const nn::LoraLinear& L = *c.mod->lin;
-  L.base->forward_train(x, T, y);
+  L.base->forward(x, T, y);
   const float* xd = x;
   thread_local std::vector<float> drop;
   if (train && p > 0) {

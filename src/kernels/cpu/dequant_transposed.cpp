@@ -38,28 +38,6 @@ void transposed_tiles(const Q4Weights& w, E* dst, Convert convert) {
 }
 }  // namespace
 
-void dequantize_4bit_transposed_f32(const Q4Weights& w, DType round, float* dst) {
-  transposed_tiles(w, dst, [round](float v) { return round_to(round, v); });
-}
-
-void dequantize_4bit_rows_f32(const Q4Weights& w, int64_t n0, int64_t n1, DType round, float* dst) {
-  const int64_t K = w.K;
-#pragma omp parallel for schedule(static) if ((n1 - n0) * K > (1 << 16))
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t k = 0; k < K;) {
-      const int64_t i0 = n * K + k, b = i0 / w.blocksize;
-      const int64_t run = std::min(K - k, (b + 1) * w.blocksize - i0);
-      const float am = w.block_absmax(b);
-      for (int64_t e = 0; e < run; ++e) {
-        const int64_t i = i0 + e;
-        const uint8_t byte = w.packed[i >> 1];
-        const uint8_t q = (i & 1) ? (byte & 0xF) : (byte >> 4);
-        dst[(n - n0) * K + k + e] = round_to(round, w.code[q] * am);
-      }
-      k += run;
-    }
-}
-
 void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst) {
   if (out == DType::Float32)
     transposed_tiles(w, static_cast<float*>(dst), [](float v) { return v; });

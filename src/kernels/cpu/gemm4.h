@@ -82,13 +82,9 @@ void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* 
                 GemmPath path = GemmPath::Auto);
 
 // W[N, K] dequantized as bitsandbytes' dequantize_4bit computes each element (code * absmax in float32, then
-// `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of
-// a 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
+// `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of a
+// 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
 void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst);
-// The same values rounded to `round` (bitsandbytes dequantizes to the compute dtype) kept as float32:
-// transposed (K x N), or rows n0 .. n1 - 1 as stored ((n1 - n0) x K).
-void dequantize_4bit_transposed_f32(const Q4Weights& w, DType round, float* dst);
-void dequantize_4bit_rows_f32(const Q4Weights& w, int64_t n0, int64_t n1, DType round, float* dst);
 
 // Opt-in int8 activations (FromPretrainedOptions::activations = Int8, `--fast-activations int8`), the
 // llama.cpp way rather than bitsandbytes': each token's x is quantized per block of 32 consecutive elements

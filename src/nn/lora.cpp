@@ -39,10 +39,8 @@ void LoraLinear::forward(const float* x, int64_t T, float* y) const {
   lora_forward(x, T, u.data(), y);
 }
 
-void LoraLinear::backward_input(const float* dy, int64_t T, float* dx) const {
-  base->backward_input(dy, T, dx);
-  // dx += ((dy @ B) * scaling) @ A
-  thread_local std::vector<float> bt, at, g, d;
+void LoraLinear::lora_input_grad(const float* dy, int64_t T, float* g, float* d) const {
+  thread_local std::vector<float> bt, at;  // B^T [r, out] and A^T [in, r] as gemm_dense's weights
   bt.resize(B.size());
   at.resize(A.size());
   for (int64_t o = 0; o < out_features; ++o)
@@ -51,15 +49,22 @@ void LoraLinear::backward_input(const float* dy, int64_t T, float* dx) const {
   for (int64_t j = 0; j < r; ++j)
     for (int64_t i = 0; i < in_features; ++i)
       at[static_cast<size_t>(i * r + j)] = A[static_cast<size_t>(j * in_features + i)];
+  kernels::gemm_dense(bt.data(), DType::Float32, r, out_features, dy, T, g);
+  kernels::gemm_dense(at.data(), DType::Float32, in_features, r, g, T, d);
+}
+
+void LoraLinear::backward_input(const float* dy, int64_t T, float* dx) const {
+  base->backward_input(dy, T, dx);
+  // dx += ((dy @ B) @ A) * scaling
+  thread_local std::vector<float> g, d;
   g.resize(static_cast<size_t>(T * r));
   d.resize(static_cast<size_t>(T * in_features));
-  kernels::gemm_dense(bt.data(), DType::Float32, r, out_features, dy, T, g.data());
-  for (auto& e : g) e *= scaling;
-  kernels::gemm_dense(at.data(), DType::Float32, in_features, r, g.data(), T, d.data());
+  lora_input_grad(dy, T, g.data(), d.data());
   const float* dp = d.data();
+  const float s = scaling;
   const int64_t n = T * in_features;
 #pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) dx[i] += dp[i];
+  for (int64_t i = 0; i < n; ++i) dx[i] += s * dp[i];
 }
 
 std::unique_ptr<LinearBase> LoraLinear::dequantized() const {

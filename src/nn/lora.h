@@ -32,6 +32,9 @@ class LoraLinear final : public LinearBase {
 
   // u[T, r] = x @ A^T; y[T, out] += (u @ B^T) * scaling (peft's order: B(A(x)), then times scaling).
   void lora_forward(const float* x, int64_t T, float* u, float* y) const;
+  // The LoRA branch's input gradient before scaling: g[T, r] = dy @ B, d[T, in] = g @ A (the caller applies
+  // scaling and any dropout mask; training also needs g for A's gradient).
+  void lora_input_grad(const float* dy, int64_t T, float* g, float* d) const;
 
   std::unique_ptr<LinearBase> base;
   int64_t r = 0;

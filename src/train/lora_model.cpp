@@ -58,6 +58,13 @@ inline bool keep(uint64_t seed, uint64_t m, uint64_t i, float p) {
   return static_cast<float>(h >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
+// dst = x with module m's dropout mask applied and the kept values scaled by 1 / (1 - p), as torch's dropout.
+void drop_into(const float* x, int64_t n, uint64_t seed, uint64_t m, float p, float* dst) {
+  const float s = 1.0f / (1.0f - p);
+#pragma omp parallel for if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) dst[i] = keep(seed, m, static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
+}
+
 // c[m, n] += alpha * sum_t a[t, m] * b[t, n]  (a: T x M, b: T x N, c: M x N), tiles of c per thread.
 void add_tn(const float* a, const float* b, int64_t T, int64_t M, int64_t N, float alpha, float* c) {
   constexpr int64_t kMb = 16, kNb = 256;
@@ -113,12 +120,8 @@ struct Shape {
 void gather_head(const float* x, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* out) {
   for (int64_t i = 0; i < L; ++i) std::copy_n(x + ((b * L + i) * heads + h) * D, D, out + i * D);
 }
-void scatter_head(const float* in, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* x,
-                  bool accumulate) {
-  for (int64_t i = 0; i < L; ++i) {
-    float* dst = x + ((b * L + i) * heads + h) * D;
-    for (int64_t e = 0; e < D; ++e) dst[e] = accumulate ? dst[e] + in[i * D + e] : in[i * D + e];
-  }
+void scatter_head(const float* in, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* x) {
+  for (int64_t i = 0; i < L; ++i) std::copy_n(in + i * D, D, x + ((b * L + i) * heads + h) * D);
 }
 // a [R, C] -> out [C, R]
 void transpose(const float* a, int64_t R, int64_t C, float* out) {
@@ -162,7 +165,7 @@ void attention_forward(const Shape& s, const float* q, const float* k, const flo
           std::fill(row + i + 1, row + L, 0.0f);
         }
         mm(vt.data(), D, L, p, L, oh.data());  // o_i = sum_j p[i, j] v_j
-        scatter_head(oh.data(), s.nh, D, b, L, h, out, false);
+        scatter_head(oh.data(), s.nh, D, b, L, h, out);
       }
   }
 }
@@ -199,7 +202,7 @@ void attention_backward(const Shape& s, const float* q, const float* k, const fl
             for (int64_t j = 0; j < L; ++j) dr[j] = j <= i ? pr[j] * (dr[j] - rowsum) * s.scale : 0.0f;
           }
           mm(kt.data(), D, L, ds.data(), L, tmp.data());  // dQ = dS K
-          scatter_head(tmp.data(), s.nh, D, b, L, h, dq, false);
+          scatter_head(tmp.data(), s.nh, D, b, L, h, dq);
           transpose(qh.data(), L, D, qt.data());
           transpose(ds.data(), L, L, dst.data());
           mm(qt.data(), D, L, dst.data(), L, tmp.data());  // dK += dS^T Q
@@ -209,8 +212,8 @@ void attention_backward(const Shape& s, const float* q, const float* k, const fl
           mm(dot.data(), D, L, pt.data(), L, tmp.data());  // dV += P^T dO
           for (size_t e = 0; e < LD; ++e) dvs[e] += tmp[e];
         }
-        scatter_head(dks.data(), s.kvh, D, b, L, g, dk, false);
-        scatter_head(dvs.data(), s.kvh, D, b, L, g, dv, false);
+        scatter_head(dks.data(), s.kvh, D, b, L, g, dk);
+        scatter_head(dvs.data(), s.kvh, D, b, L, g, dv);
       }
   }
 }
@@ -253,14 +256,13 @@ std::vector<std::string> resolve_target_modules(const models::LlamaModel& model,
 LoraModel::LoraModel(models::LlamaModel& model, const LoraSpec& spec, uint64_t seed)
     : model_(model), spec_(spec) {
   const auto& c = model.config();
-  if (c.gemma || c.gemma2 || c.gemma3 || c.attn_softcap > 0 || c.final_softcap > 0)
+  bool supported = !c.gemma && !c.gemma2 && !c.gemma3 && c.attn_softcap == 0 && c.final_softcap == 0;
+  for (const auto& L : model.layers())
+    supported = supported && !L.attn.qkv_proj && !L.mlp.gate_up_proj && !L.attn.q_norm &&
+                L.mlp.act == nn::GatedMLP::Act::Silu && !L.pre_ff_norm;
+  if (!supported)
     throw NotSupportedError("fine-tuning supports the llama, mistral and qwen2 families; not model_type '" +
                             c.model_type + "'");
-  for (const auto& L : model.layers())
-    if (L.attn.qkv_proj || L.mlp.gate_up_proj || L.attn.q_norm || L.mlp.act != nn::GatedMLP::Act::Silu ||
-        L.pre_ff_norm)
-      throw NotSupportedError("fine-tuning supports the llama, mistral and qwen2 families; not model_type '" +
-                              c.model_type + "'");
   if (spec.r <= 0) throw ValueError("lora r must be positive, got " + std::to_string(spec.r));
   if (!(spec.dropout >= 0 && spec.dropout < 1))
     throw ValueError("lora dropout must be in [0, 1), got " + std::to_string(spec.dropout));
@@ -306,16 +308,21 @@ void LoraModel::zero_grad() {
   }
 }
 
-double LoraModel::grad_norm() const {
-  // torch: the norm of the per-tensor norms
-  double total = 0;
-  for (const auto& m : modules_)
+double grad_total_norm(const std::vector<LoraModule>& modules) {
+  // torch.nn.utils.clip_grad_norm_: vector_norm of each gradient (float32), then the norm of those norms
+  float total2 = 0;
+  for (const auto& m : modules)
     for (const auto* g : {&m.dA, &m.dB}) {
       double s = 0;
       for (float x : *g) s += static_cast<double>(x) * x;
-      total += s;
+      const auto n = static_cast<float>(std::sqrt(s));
+      total2 += n * n;
     }
-  return std::sqrt(total);
+  return std::sqrt(total2);
+}
+
+double LoraModel::grad_norm() const {
+  return grad_total_norm(modules_);
 }
 
 namespace {
@@ -339,10 +346,7 @@ void lin_forward(const LinCtx& c, const float* x, int64_t T, float* y, std::vect
   if (train && p > 0) {
     const int64_t n = T * L.in_features;
     float* d = grow(drop, n);
-    const float s = 1.0f / (1.0f - p);
-#pragma omp parallel for if (n > 65536)
-    for (int64_t i = 0; i < n; ++i)
-      d[i] = keep(seed, static_cast<uint64_t>(c.id), static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
+    drop_into(x, n, seed, static_cast<uint64_t>(c.id), p, d);
     xd = d;
   }
   u.resize(static_cast<size_t>(T * L.r));
@@ -363,32 +367,21 @@ void lin_backward(const LinCtx& c, const float* x, const std::vector<float>& u, 
     const float sc = L.scaling;
     // dB += s * dy^T u
     add_tn(dy, u.data(), T, o, r, sc, c.mod->dB.data());
-    // g = dy @ B  [T, r]
-    thread_local std::vector<float> bt, g, xd, at, d;
-    float* btp = grow(bt, r * o);
-    for (int64_t n = 0; n < o; ++n)
-      for (int64_t j = 0; j < r; ++j) btp[j * o + n] = L.B[static_cast<size_t>(n * r + j)];
+    // g = dy @ B [T, r], d = g @ A [T, in]
+    thread_local std::vector<float> g, xd, d;
     float* gp = grow(g, T * r);
-    kernels::gemm_dense(btp, DType::Float32, r, o, dy, T, gp);
+    float* dp = grow(d, T * in);
+    L.lora_input_grad(dy, T, gp, dp);
     // dA += s * g^T x_d
     const float* xdp = x;
     const bool dropping = p > 0;
     if (dropping) {
       float* dd = grow(xd, T * in);
-      const float s = 1.0f / (1.0f - p);
-      const int64_t n = T * in;
-#pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i)
-        dd[i] = keep(seed, static_cast<uint64_t>(c.id), static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
+      drop_into(x, T * in, seed, static_cast<uint64_t>(c.id), p, dd);
       xdp = dd;
     }
     add_tn(gp, xdp, T, r, in, sc, c.mod->dA.data());
-    // dx += (s * g @ A) * mask / (1 - p)
-    float* atp = grow(at, in * r);
-    for (int64_t j = 0; j < r; ++j)
-      for (int64_t i = 0; i < in; ++i) atp[i * r + j] = L.A[static_cast<size_t>(j * in + i)];
-    float* dp = grow(d, T * in);
-    kernels::gemm_dense(atp, DType::Float32, in, r, gp, T, dp);
+    // dx += (s * d) * mask / (1 - p)
     const int64_t n = T * in;
     const float s = dropping ? sc / (1.0f - p) : sc;
 #pragma omp parallel for if (n > 65536)

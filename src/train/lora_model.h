@@ -37,6 +37,10 @@ struct LoraModule {
 std::vector<std::string> resolve_target_modules(const models::LlamaModel& model,
                                                 const std::vector<std::string>& targets);
 
+// The L2 norm of all the modules' gradients as torch.nn.utils.clip_grad_norm_ computes it (the norm of the
+// per-tensor float32 norms).
+double grad_total_norm(const std::vector<LoraModule>& modules);
+
 class LoraModel {
  public:
   // Wraps the target linear layers of `model` (which must outlive this) in LoraLinear. A is initialised as
@@ -59,8 +63,7 @@ class LoraModel {
   // The same loss without dropout or gradients (evaluation).
   double loss(std::span<const int32_t> tokens, int64_t batch, int64_t len);
   void zero_grad();
-  // The L2 norm of all gradients (torch.nn.utils.clip_grad_norm_'s total norm).
-  double grad_norm() const;
+  double grad_norm() const;  // grad_total_norm(modules())
 
   // Recompute each layer's activations in the backward pass: activation memory is one layer's, not all
   // layers' (only each layer's input is kept).

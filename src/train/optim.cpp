@@ -26,16 +26,7 @@ double schedule_factor(const std::string& name, int64_t step, int64_t warmup, in
 }
 
 double clip_grad_norm(std::vector<LoraModule>& modules, double max_norm) {
-  // torch: vector_norm of each gradient (float32), then the norm of those norms
-  float total2 = 0;
-  for (const auto& m : modules)
-    for (const auto* g : {&m.dA, &m.dB}) {
-      double s = 0;
-      for (float x : *g) s += static_cast<double>(x) * x;
-      const auto n = static_cast<float>(std::sqrt(s));
-      total2 += n * n;
-    }
-  const float total = std::sqrt(total2);
+  const auto total = static_cast<float>(grad_total_norm(modules));
   if (max_norm > 0) {
     const float coef = std::min(1.0f, static_cast<float>(max_norm) / (total + 1e-6f));
     for (auto& m : modules)

@@ -116,6 +116,31 @@ TEST(Gemm4, Avx2Fp16MatchesReference) {
   check_fast_path(DType::Float16, GemmPath::Avx2);
 }
 
+// The AVX2 prompt GEMM (M >= kAvx2PanelMinTokens): each y[m, n] is one float32 chain over k, so a token's
+// row is the same bits whatever the other tokens of the call (the 6-token tiles and the narrow tail tiles
+// sum alike), for every compute dtype, and a partial 16-row strip (N = 37) matches a full one.
+TEST(Gemm4, Avx2PromptGemmRowsDoNotDependOnTheOtherTokens) {
+  if (!gemm_path_available(GemmPath::Avx2, DType::Float16)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  const Case c = make(37, 512, 64, QuantType::NF4, true, 7);
+  const Q4Weights w = view(c.q);
+  const int64_t M = kAvx2PanelMinTokens + 11, K = 512, N = 37;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<size_t>(M * K));
+  for (auto& e : x) e = nd(rng);
+  for (DType cd : {DType::Float32, DType::BFloat16, DType::Float16}) {
+    SCOPED_TRACE(std::string(dtype_name(cd)));
+    std::vector<float> all(static_cast<size_t>(M * N)), some(static_cast<size_t>((M - 5) * N));
+    gemm_4bit(w, x.data(), M, all.data(), cd, GemmPath::Avx2);
+    // the last M - 5 tokens alone: tiles of 6 now start at another token
+    gemm_4bit(w, x.data() + 5 * K, M - 5, some.data(), cd, GemmPath::Avx2);
+    for (int64_t m = 0; m < M - 5; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        ASSERT_EQ(some[static_cast<size_t>(m * N + n)], all[static_cast<size_t>((m + 5) * N + n)])
+            << "m=" << m << " n=" << n;
+  }
+}
+
 // AMX tiles (TDPBF16PS) accumulate bfloat16 products in float32 like vdpbf16ps: same tolerance.
 TEST(Gemm4, AmxBf16MatchesReference) {
   if (!gemm_path_available(GemmPath::Amx, DType::BFloat16)) GTEST_SKIP() << "no AMX-BF16 on this CPU/kernel";

@@ -70,6 +70,10 @@ std::string gemm_path_name(GemmPath p, DType compute);
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 
+// The AVX2 path's prompt GEMM (weights decoded once per call into panels, then a register-blocked float32
+// GEMM) serves calls of at least this many tokens outside row-invariant mode; fewer take the fused kernels.
+constexpr int64_t kAvx2PanelMinTokens = 32;
+
 // compute: Float32, BFloat16 or Float16 (the fast paths round x and the code table to float16 and sum in
 // float32; docs/DESIGN-NOTES.md states the rounding).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute,
@@ -82,8 +86,8 @@ void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* 
                 GemmPath path = GemmPath::Auto);
 
 // W[N, K] dequantized as bitsandbytes' dequantize_4bit computes each element (code * absmax in float32, then
-// `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of a
-// 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
+// `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of
+// a 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
 void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst);
 
 // Opt-in int8 activations (FromPretrainedOptions::activations = Int8, `--fast-activations int8`), the

@@ -291,6 +291,143 @@ void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, f
   }
 }
 
+// Prompts (M >= kPanelMinTokens, not row-invariant): the weights are decoded once per call, a panel at a
+// time, to what bitsandbytes' dequantize_4bit gives in the compute dtype (code * absmax in float32, rounded
+// to bfloat16 / float16, widened back exactly), and a register-blocked GEMM meets them: 6 tokens x 16 rows
+// of y in 12 accumulators, per k one load of 16 weights and 6 broadcasts of x (rounded to the compute
+// dtype). The products are exact in float32 and each y[m, n] is one float32 chain over k in order (kept in y
+// between panels), so the result does not depend on M or on which tokens share a tile. Panels: 16 strips of
+// 16 rows x 256 k, [strip][k][16] (256 KiB, L2-resident while every token meets it). Decoding per call is
+// amortised over the tokens; at few tokens the fused kernels above win (kAvx2PanelMinTokens, measured).
+constexpr int64_t kStrip = 16, kPanelK = 256, kPanelStrips = 16;
+
+// P[(s * kc + k) * 16 + r] = weight (n0 + 16 s + r, k0 + k) for the rows [n0, n1) and k in [k0, k0 + kc);
+// rows past n1 in the last strip are zero. kc % 32 == 0, k0 % 32 == 0.
+NB_F16C void decode_panel(const Q4Weights& w, DType cd, int64_t n0, int64_t n1, int64_t k0, int64_t kc,
+                          float* P) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, strips = (n1 - n0 + kStrip - 1) / kStrip;
+  alignas(32) float tmp[32];
+  for (int64_t r = n1 - n0; r < strips * kStrip; ++r)
+    for (int64_t k = 0; k < kc; ++k) P[((r / kStrip) * kc + k) * kStrip + r % kStrip] = 0.0f;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.packed + n * K / 2;
+    float* dst = P + ((n - n0) / kStrip) * kc * kStrip + (n - n0) % kStrip;
+    for (int64_t c = k0; c < k0 + kc; c += 32) {
+      const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + c / bs));
+      for (int j = 0; j < 16; ++j) {
+        const uint8_t b = row[c / 2 + j];
+        tmp[2 * j] = w.code[b >> 4];
+        tmp[2 * j + 1] = w.code[b & 15];
+      }
+      for (int i = 0; i < 32; i += 8)  // bitsandbytes' dequantized weight in the compute dtype
+        _mm256_store_ps(tmp + i, round_vec(_mm256_mul_ps(_mm256_load_ps(tmp + i), s), cd));
+      float* d = dst + (c - k0) * kStrip;
+#pragma GCC unroll 32
+      for (int e = 0; e < 32; ++e) d[e * kStrip] = tmp[e];
+    }
+  }
+}
+
+// y[0..MR, 0..16] (+)= x[0..MR, 0..kc] @ strip, x rows ldx apart, y rows ldy apart
+template <int MR>
+NB_F16C void panel_tile(const float* x, int64_t ldx, const float* strip, int64_t kc, float* y, int64_t ldy,
+                        bool accumulate) {
+  __m256 c[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    c[r][0] = accumulate ? _mm256_loadu_ps(y + r * ldy) : _mm256_setzero_ps();
+    c[r][1] = accumulate ? _mm256_loadu_ps(y + r * ldy + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(strip + k * kStrip), b1 = _mm256_load_ps(strip + k * kStrip + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(x + r * ldx + k);
+      c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(y + r * ldy, c[r][0]);
+    _mm256_storeu_ps(y + r * ldy + 8, c[r][1]);
+  }
+}
+
+// MR tokens against one strip of `cols` (<= 16) rows; a narrow strip goes through a 16-wide scratch tile
+template <int MR>
+NB_F16C void panel_strip(const float* x, int64_t ldx, const float* strip, int64_t kc, float* y, int64_t ldy,
+                         int64_t cols, bool accumulate) {
+  if (cols == kStrip) {
+    panel_tile<MR>(x, ldx, strip, kc, y, ldy, accumulate);
+    return;
+  }
+  alignas(32) float t[MR * kStrip] = {};
+  for (int r = 0; r < MR; ++r)
+    for (int64_t j = 0; j < cols && accumulate; ++j) t[r * kStrip + j] = y[r * ldy + j];
+  panel_tile<MR>(x, ldx, strip, kc, t, kStrip, accumulate);
+  for (int r = 0; r < MR; ++r)
+    for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] = t[r * kStrip + j];
+}
+
+// This thread's rows [n0, n1): panel by panel, every token
+NB_F16C void panel_rows(const Q4Weights& w, DType cd, const float* xr, int64_t M, float* y, int64_t n0,
+                        int64_t n1, float* P) {
+  const int64_t K = w.K, N = w.N;
+  for (int64_t b0 = n0; b0 < n1; b0 += kPanelStrips * kStrip) {
+    const int64_t b1 = std::min(n1, b0 + kPanelStrips * kStrip);
+    for (int64_t k0 = 0; k0 < K; k0 += kPanelK) {
+      const int64_t kc = std::min(kPanelK, K - k0);
+      decode_panel(w, cd, b0, b1, k0, kc, P);
+      for (int64_t m = 0; m < M; m += 6) {
+        const float* xm = xr + m * K + k0;
+        for (int64_t s = b0; s < b1; s += kStrip) {
+          const float* strip = P + ((s - b0) / kStrip) * kc * kStrip;
+          float* ym = y + m * N + s;
+          const int64_t cols = std::min(kStrip, b1 - s);
+          switch (std::min<int64_t>(6, M - m)) {
+            case 1:
+              panel_strip<1>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+            case 2:
+              panel_strip<2>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+            case 3:
+              panel_strip<3>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+            case 4:
+              panel_strip<4>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+            case 5:
+              panel_strip<5>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+            default:
+              panel_strip<6>(xm, K, strip, kc, ym, N, cols, k0 > 0);
+              break;
+          }
+        }
+      }
+    }
+    if (cd != DType::Float32)  // the output in the compute dtype
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = b0; n < b1; ++n) y[m * N + n] = round_to(cd, y[m * N + n]);
+  }
+}
+
+thread_local std::vector<float> tl_panel;
+
+void panel_gemm(const Q4Weights& w, DType cd, const float* xr, int64_t M, float* y) {
+  const int64_t strips = (w.N + kStrip - 1) / kStrip, per = kPanelStrips * kStrip * kPanelK;
+  float* panels = scratch(tl_panel, static_cast<size_t>(per * omp_get_max_threads()));
+#pragma omp parallel
+  {
+    // threads share whole strips
+    const auto share = thread_rows(strips);
+    const int64_t n0 = share.first * kStrip, n1 = std::min(w.N, share.second * kStrip);
+    if (n0 < n1) panel_rows(w, cd, xr, M, y, n0, n1, panels + per * omp_get_thread_num());
+  }
+}
+
 // 8 weights of a dense row as float32
 NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
   if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
@@ -373,6 +510,13 @@ bool supported(DType compute) {
 // token takes gemv_batch too (its sums are in gemv_batch's order, as when it shares a call).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant) {
   // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
+  if (!invariant && M >= kAvx2PanelMinTokens) {
+    float* xr = scratch(tl_x, static_cast<size_t>(M * w.K));
+    std::copy(x, x + M * w.K, xr);
+    round_in_place(xr, M * w.K, compute);
+    panel_gemm(w, compute, xr, M, y);
+    return;
+  }
   const bool single = M == 1 && !invariant;
   const int64_t chunk = single && w.blocksize % 64 == 0 ? 64 : 32;
   const float* xd = prepare_x(x, M, w.K, compute, lookup(compute), chunk, tl_x);

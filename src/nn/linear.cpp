@@ -116,6 +116,7 @@ void Linear4bit::forward(const float* x, int64_t T, float* y) const {
 void Linear4bit::backward_input(const float* dy, int64_t T, float* dx) const {
   // bitsandbytes' MatMul4Bit.backward: grad_A = grad_output @ dequantize_4bit(W).to(grad_output.dtype)
   const DType dt = compute_;
+  if (kernels::gemm_4bit_input_grad(view_, dy, T, dx, dt)) return;  // no transposed copy
   tl_transposed.resize(static_cast<size_t>(out_features * in_features) * dtype_size(dt));
   kernels::dequantize_4bit_transposed(view_, dt, tl_transposed.data());
   kernels::gemm_dense(tl_transposed.data(), dt, in_features, out_features, dy, T, dx);

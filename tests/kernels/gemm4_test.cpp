@@ -147,8 +147,10 @@ TEST(Gemm4, AmxBf16MatchesReference) {
   check_fast_path(DType::BFloat16, GemmPath::Amx);
 }
 
+// K = 288: two of the AVX2 prompt GEMM's k panels (256 + 32); N = 45: a partial 16-row strip; M = 35: that
+// GEMM (kAvx2PanelMinTokens and up) with a tail tile of 5 tokens.
 TEST(Gemm4, DenseMatchesNaive) {
-  const int64_t N = 45, K = 256;
+  const int64_t N = 45, K = 288;
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   std::vector<float> w(static_cast<size_t>(N * K));
@@ -156,7 +158,8 @@ TEST(Gemm4, DenseMatchesNaive) {
   const Tensor wf = Tensor::from_vector(DType::Float32, {N, K}, w), wb = wf.to(DType::BFloat16),
                wh = wf.to(DType::Float16);
   const std::vector<float> wbf = wb.to_float_vector(), whf = wh.to_float_vector();
-  for (int64_t M : {1, 3, 9}) {
+  static_assert(kAvx2PanelMinTokens <= 35);
+  for (int64_t M : {1, 3, 9, 35}) {
     std::vector<float> x(static_cast<size_t>(M * K));
     for (auto& e : x) e = nd(rng);
     std::vector<float> y(static_cast<size_t>(M * N));

@@ -1,10 +1,12 @@
-// A 4-bit linear layer's input gradient (backward_input: dy @ W through the transposed dequantized weight and the
-// dense kernels) against double-precision arithmetic over its dequantized weight, for every compute dtype.
+// A 4-bit linear layer's input gradient (backward_input: dy @ W through the transposed dequantized weight and
+// the dense kernels) against double-precision arithmetic over its dequantized weight, for every compute
+// dtype.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
+#include "kernels/cpu/gemm4.h"
 #include "nibble/quantize.h"
 #include "nn/linear.h"
 
@@ -47,6 +49,38 @@ TEST(Linear4bitTrain, BackwardInputMatchesTheDequantizedWeight) {
         }
       EXPECT_LT(worst_dx, tol);
     }
+}
+
+// The AVX2 input-gradient kernel (panels straight from the packed rows) against the path it replaces
+// (dequantize_4bit_transposed + gemm_dense's reference), per compute dtype; where the CPU has AVX2 it must
+// run, not fall back.
+TEST(Linear4bitTrain, InputGradKernelMatchesTheTransposedPath) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> Nd(0.0f, 1.0f);
+  const int64_t N = 70, K = 96, M = 37;  // 70 rows: a partial 256-row panel of the sum; 96: 6 strips
+  std::vector<float> w(static_cast<size_t>(N * K)), dy(static_cast<size_t>(M * N));
+  for (auto* v : {&w, &dy})
+    for (auto& e : *v) e = Nd(rng);
+  const Quantized4bit q =
+      quantize_4bit(Tensor::from_vector(DType::Float32, {N, K}, w), 32, QuantType::NF4, true);
+  const kernels::Q4Weights view = nn::q4_weights(q.packed, q.state);
+  for (DType dt : {DType::Float32, DType::BFloat16, DType::Float16}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)));
+    std::vector<uint8_t> t(static_cast<size_t>(N * K) * dtype_size(dt));
+    kernels::dequantize_4bit_transposed(view, dt, t.data());
+    std::vector<float> want(static_cast<size_t>(M * K)), got(want.size());
+    // the dense reference sums float32 x (dy) against the weights; bfloat16 compute rounds dy first
+    std::vector<float> dyr = dy;
+    if (dt == DType::BFloat16)
+      for (auto& e : dyr) e = bf16_to_float(float_to_bf16(e));
+    kernels::gemm_dense(t.data(), dt, K, N, dyr.data(), M, want.data(), kernels::GemmPath::Reference);
+    if (!kernels::gemm_path_available(kernels::GemmPath::Avx2, dt)) {
+      EXPECT_FALSE(kernels::gemm_4bit_input_grad(view, dy.data(), M, got.data(), dt));
+      continue;
+    }
+    ASSERT_TRUE(kernels::gemm_4bit_input_grad(view, dy.data(), M, got.data(), dt));
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5 * (1 + std::fabs(want[i])));
+  }
 }
 
 }  // namespace

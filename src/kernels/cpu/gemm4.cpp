@@ -22,7 +22,9 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
 namespace avx2 {
 bool supported(DType compute);
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant);
-void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                bool invariant);
+void gemm_4bit_input_grad(const Q4Weights& w, const float* dy, int64_t M, float* dx, DType compute);
 }  // namespace avx2
 
 namespace {
@@ -111,6 +113,19 @@ std::pair<int64_t, int64_t> thread_rows(int64_t n) {
   return {a, std::min(n, a + per)};
 }
 
+bool gemm_4bit_input_grad(const Q4Weights& w, const float* dy, int64_t M, float* dx, DType compute,
+                          GemmPath path) {
+  if (path == GemmPath::Auto)
+    path = avx2::supported(compute) && fast_shape(w) ? GemmPath::Avx2 : GemmPath::Reference;
+  if (path == GemmPath::Reference) return false;
+  if (path != GemmPath::Avx2 || !avx2::supported(compute) || !fast_shape(w))
+    throw NotSupportedError(
+        "gemm_4bit_input_grad: only the avx2 path (AVX2, FMA, F16C; K % blocksize == 0, K % 32 "
+        "== 0) is a kernel; the reference is dequantize_4bit_transposed + gemm_dense");
+  avx2::gemm_4bit_input_grad(w, dy, M, dx, compute);
+  return true;
+}
+
 namespace {
 bool dense_avx512(DType wdt, int64_t K) {
   return (wdt == DType::Float32 || wdt == DType::BFloat16) && K % 32 == 0 && avx512::supported(wdt);
@@ -137,7 +152,7 @@ void gemm_dense(const void* w, DType wdt, int64_t N, int64_t K, const float* x, 
     return;
   }
   if (path == GemmPath::Avx2) {
-    avx2::gemm_dense(w, wdt, N, K, x, M, y);
+    avx2::gemm_dense(w, wdt, N, K, x, M, y, tl_row_invariant);
     return;
   }
 #pragma omp parallel

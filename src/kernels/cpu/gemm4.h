@@ -53,7 +53,8 @@ enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
 // multi-token kernels instead of the GEMV ones (which sum in another order) and no path switches with M (no
 // AMX, no outer-product GEMM). So a sequence decoded beside others gets exactly what it gets alone
 // (tests/kernels/row_invariance_test.cpp). gemm_dense (its AVX2 multi-token loop sums each row as the GEMV
-// does; AVX-512 has one path for every M) and gemm_4bit_int8 are row-invariant always.
+// does, and its prompt GEMM is off in this mode; AVX-512 has one path for every M) and gemm_4bit_int8 are
+// row-invariant always.
 class RowInvariantScope {
  public:
   explicit RowInvariantScope(bool on = true);
@@ -70,8 +71,9 @@ std::string gemm_path_name(GemmPath p, DType compute);
 GemmPath gemm_auto_path(const Q4Weights& w, int64_t M, DType compute);
 bool gemm_path_available(GemmPath p, DType compute);
 
-// The AVX2 path's prompt GEMM (weights decoded once per call into panels, then a register-blocked float32
-// GEMM) serves calls of at least this many tokens outside row-invariant mode; fewer take the fused kernels.
+// The AVX2 prompt GEMM (weights decoded or widened once per call into panels, then a register-blocked
+// float32 GEMM) serves gemm_4bit and gemm_dense calls of at least this many tokens outside row-invariant
+// mode; fewer take the fused / row-blocked kernels.
 constexpr int64_t kAvx2PanelMinTokens = 32;
 
 // compute: Float32, BFloat16 or Float16 (the fast paths round x and the code table to float16 and sum in
@@ -89,6 +91,13 @@ void gemm_dense(const void* w, DType wdtype, int64_t N, int64_t K, const float* 
 // `out`: Float32, BFloat16 or Float16) and written transposed, dst[k * N + n] (K x N): the input gradient of
 // a 4-bit linear layer, dx = dy @ W, is then gemm_dense over it. Threaded.
 void dequantize_4bit_transposed(const Q4Weights& w, DType out, void* dst);
+
+// dx[M, K] = dy[M, N] @ W', W' = dequantize_4bit(W) in `compute` (bitsandbytes' MatMul4Bit.backward),
+// straight from the packed rows: the AVX2 panel GEMM, bfloat16 compute rounding dy to bfloat16, float32 sums
+// and output. Returns false, writing nothing, where it has no kernel for these weights on this CPU (or path
+// is Reference): the caller then takes dequantize_4bit_transposed + gemm_dense, which defines the result.
+bool gemm_4bit_input_grad(const Q4Weights& w, const float* dy, int64_t M, float* dx, DType compute,
+                          GemmPath path = GemmPath::Auto);
 
 // Opt-in int8 activations (FromPretrainedOptions::activations = Int8, `--fast-activations int8`), the
 // llama.cpp way rather than bitsandbytes': each token's x is quantized per block of 32 consecutive elements

@@ -291,6 +291,14 @@ void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, f
   }
 }
 
+// 8 weights of a dense row as float32
+NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
+  if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
+  if (wdt == DType::Float16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 // Prompts (M >= kPanelMinTokens, not row-invariant): the weights are decoded once per call, a panel at a
 // time, to what bitsandbytes' dequantize_4bit gives in the compute dtype (code * absmax in float32, rounded
 // to bfloat16 / float16, widened back exactly), and a register-blocked GEMM meets them: 6 tokens x 16 rows
@@ -324,6 +332,51 @@ NB_F16C void decode_panel(const Q4Weights& w, DType cd, int64_t n0, int64_t n1, 
       float* d = dst + (c - k0) * kStrip;
 #pragma GCC unroll 32
       for (int e = 0; e < 32; ++e) d[e * kStrip] = tmp[e];
+    }
+  }
+}
+
+// The input gradient's panel, dx = dy @ W': output columns are W's columns, the sum runs over W's rows, so
+// P[(s * jc + j) * 16 + c] = W'[j0 + j, b0 + 16 s + c] - each 16 weights of a row decoded in order and stored
+// whole. W' is bitsandbytes' dequantized weight in the compute dtype. b0, b1 multiples of 16 (K % 32 == 0),
+// so 16 columns never straddle a quantization block (blocksize % 32 == 0).
+NB_F16C void decode_rows_panel(const Q4Weights& w, DType cd, int64_t b0, int64_t b1, int64_t j0, int64_t jc,
+                               float* P) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, strips = (b1 - b0) / kStrip;
+  alignas(32) float tmp[16];
+  for (int64_t j = 0; j < jc; ++j) {
+    const int64_t n = j0 + j;
+    const uint8_t* row = w.packed + n * K / 2;
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t c0 = b0 + kStrip * s;
+      const __m256 sc = _mm256_set1_ps(w.block_absmax(n * nbr + c0 / bs));
+      for (int i = 0; i < 8; ++i) {
+        const uint8_t b = row[c0 / 2 + i];
+        tmp[2 * i] = w.code[b >> 4];
+        tmp[2 * i + 1] = w.code[b & 15];
+      }
+      float* d = P + (s * jc + j) * kStrip;
+      _mm256_store_ps(d, round_vec(_mm256_mul_ps(_mm256_load_ps(tmp), sc), cd));
+      _mm256_store_ps(d + 8, round_vec(_mm256_mul_ps(_mm256_load_ps(tmp + 8), sc), cd));
+    }
+  }
+}
+
+// The same panel of dense rows (float32, or bfloat16 / float16 widened exactly). kc % 8 == 0.
+NB_F16C void widen_panel(const void* wp, DType wdt, int64_t K, int64_t n0, int64_t n1, int64_t k0, int64_t kc,
+                         float* P) {
+  const size_t es = dtype_size(wdt);
+  const int64_t strips = (n1 - n0 + kStrip - 1) / kStrip;
+  alignas(32) float tmp[8];
+  for (int64_t r = n1 - n0; r < strips * kStrip; ++r)
+    for (int64_t k = 0; k < kc; ++k) P[((r / kStrip) * kc + k) * kStrip + r % kStrip] = 0.0f;
+  for (int64_t n = n0; n < n1; ++n) {
+    const void* row = static_cast<const uint8_t*>(wp) + static_cast<size_t>(n * K) * es;
+    float* dst = P + ((n - n0) / kStrip) * kc * kStrip + (n - n0) % kStrip;
+    for (int64_t k = 0; k < kc; k += 8) {
+      _mm256_store_ps(tmp, load8(row, wdt, k0 + k));
+#pragma GCC unroll 8
+      for (int e = 0; e < 8; ++e) dst[(k + e) * kStrip] = tmp[e];
     }
   }
 }
@@ -370,15 +423,16 @@ NB_F16C void panel_strip(const float* x, int64_t ldx, const float* strip, int64_
     for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] = t[r * kStrip + j];
 }
 
-// This thread's rows [n0, n1): panel by panel, every token
-NB_F16C void panel_rows(const Q4Weights& w, DType cd, const float* xr, int64_t M, float* y, int64_t n0,
-                        int64_t n1, float* P) {
-  const int64_t K = w.K, N = w.N;
+// This thread's rows [n0, n1) of y[M, N] = xr[M, K] @ W^T: panel by panel (fill(b0, b1, k0, kc, P) writes
+// one), every token; the output rounded to `out` at the end.
+template <class Fill>
+NB_F16C void panel_rows(const Fill& fill, int64_t N, int64_t K, const float* xr, int64_t M, float* y,
+                        int64_t n0, int64_t n1, float* P, DType out) {
   for (int64_t b0 = n0; b0 < n1; b0 += kPanelStrips * kStrip) {
     const int64_t b1 = std::min(n1, b0 + kPanelStrips * kStrip);
     for (int64_t k0 = 0; k0 < K; k0 += kPanelK) {
       const int64_t kc = std::min(kPanelK, K - k0);
-      decode_panel(w, cd, b0, b1, k0, kc, P);
+      fill(b0, b1, k0, kc, P);
       for (int64_t m = 0; m < M; m += 6) {
         const float* xm = xr + m * K + k0;
         for (int64_t s = b0; s < b1; s += kStrip) {
@@ -408,32 +462,25 @@ NB_F16C void panel_rows(const Q4Weights& w, DType cd, const float* xr, int64_t M
         }
       }
     }
-    if (cd != DType::Float32)  // the output in the compute dtype
+    if (out != DType::Float32)
       for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = b0; n < b1; ++n) y[m * N + n] = round_to(cd, y[m * N + n]);
+        for (int64_t n = b0; n < b1; ++n) y[m * N + n] = round_to(out, y[m * N + n]);
   }
 }
 
 thread_local std::vector<float> tl_panel;
 
-void panel_gemm(const Q4Weights& w, DType cd, const float* xr, int64_t M, float* y) {
-  const int64_t strips = (w.N + kStrip - 1) / kStrip, per = kPanelStrips * kStrip * kPanelK;
+template <class Fill>
+void panel_gemm(const Fill& fill, int64_t N, int64_t K, const float* xr, int64_t M, float* y, DType out) {
+  const int64_t strips = (N + kStrip - 1) / kStrip, per = kPanelStrips * kStrip * kPanelK;
   float* panels = scratch(tl_panel, static_cast<size_t>(per * omp_get_max_threads()));
 #pragma omp parallel
   {
     // threads share whole strips
     const auto share = thread_rows(strips);
-    const int64_t n0 = share.first * kStrip, n1 = std::min(w.N, share.second * kStrip);
-    if (n0 < n1) panel_rows(w, cd, xr, M, y, n0, n1, panels + per * omp_get_thread_num());
+    const int64_t n0 = share.first * kStrip, n1 = std::min(N, share.second * kStrip);
+    if (n0 < n1) panel_rows(fill, N, K, xr, M, y, n0, n1, panels + per * omp_get_thread_num(), out);
   }
-}
-
-// 8 weights of a dense row as float32
-NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
-  if (wdt == DType::Float32) return _mm256_loadu_ps(static_cast<const float*>(w) + k);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + k));
-  if (wdt == DType::Float16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 // MT tokens (x rows ldx apart, y rows N apart), rows [n0, n1): y[m, n] = x_m . w_n, weights widened in
@@ -514,7 +561,10 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
     float* xr = scratch(tl_x, static_cast<size_t>(M * w.K));
     std::copy(x, x + M * w.K, xr);
     round_in_place(xr, M * w.K, compute);
-    panel_gemm(w, compute, xr, M, y);
+    const auto fill = [&](int64_t n0, int64_t n1, int64_t k0, int64_t kc, float* P) {
+      decode_panel(w, compute, n0, n1, k0, kc, P);
+    };
+    panel_gemm(fill, w.N, w.K, xr, M, y, compute);
     return;
   }
   const bool single = M == 1 && !invariant;
@@ -539,10 +589,11 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
 // Dense float32 / bfloat16 / float16 weights. bfloat16 weights meet x rounded to bfloat16, as on the
 // AVX512-BF16 path; float32 and float16 weights meet float32 x (float16 widens exactly, as in the reference).
 // Several tokens: blocks of rows small enough to stay in L1 meet every token in turn, each (row, token)
-// summed exactly as the single-token GEMV sums it (dense_rows), so a row's result does not depend on M - the
-// dense path is row-invariant by construction, and weights are widened in registers, never through a buffer.
-// Requires K % 8 == 0.
-void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+// summed exactly as the single-token GEMV sums it (dense_rows), so a row's result does not depend on M, and
+// weights are widened in registers, never through a buffer. Prompt-sized calls outside row-invariant mode
+// (kAvx2PanelMinTokens) take the panel GEMM instead (rows widened once per call). Requires K % 8 == 0.
+void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x, int64_t M, float* y,
+                bool invariant) {
   const float* xs = x;
   if (wdt == DType::BFloat16) {
     float* xr = scratch(tl_x, static_cast<size_t>(M * K));
@@ -553,7 +604,28 @@ void gemm_dense(const void* wp, DType wdt, int64_t N, int64_t K, const float* x,
     dense_gemv(wp, wdt, N, K, xs, y);
     return;
   }
+  if (!invariant && M >= kAvx2PanelMinTokens) {
+    const auto fill = [&](int64_t n0, int64_t n1, int64_t k0, int64_t kc, float* P) {
+      widen_panel(wp, wdt, K, n0, n1, k0, kc, P);
+    };
+    panel_gemm(fill, N, K, xs, M, y, DType::Float32);
+    return;
+  }
   dense_tokens(wp, wdt, N, K, xs, M, y);
+}
+
+// dx[M, K] = dy[M, N] @ W' (W' bitsandbytes' dequantize_4bit in the compute dtype): the panel GEMM over W's
+// rows as they are stored, no transposed copy. bfloat16 compute rounds dy to bfloat16 (as gemm_dense does for
+// bfloat16 weights); float32 sums, float32 output. Requires K % 32 == 0, K % blocksize == 0.
+void gemm_4bit_input_grad(const Q4Weights& w, const float* dy, int64_t M, float* dx, DType compute) {
+  float* dr = scratch(tl_x, static_cast<size_t>(M * w.N + 8));
+  std::copy(dy, dy + M * w.N, dr);
+  if (compute == DType::BFloat16)
+    for (int64_t i = 0; i < M * w.N; ++i) dr[i] = round_to(DType::BFloat16, dr[i]);
+  const auto fill = [&](int64_t b0, int64_t b1, int64_t j0, int64_t jc, float* P) {
+    decode_rows_panel(w, compute, b0, b1, j0, jc, P);
+  };
+  panel_gemm(fill, w.K, w.N, dr, M, dx, DType::Float32);
 }
 
 }  // namespace nibble::kernels::avx2

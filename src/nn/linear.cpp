@@ -73,9 +73,11 @@ NamedTensors Linear::state_dict() const {
   return d;
 }
 
-std::string Linear::kernel_path(int64_t) const {
+std::string Linear::kernel_path(int64_t T) const {
   const DType dt = weight_.dtype();
-  return kernels::gemm_path_name(kernels::gemm_dense_auto_path(dt, in_features), dt);
+  const kernels::GemmPath p = kernels::gemm_dense_auto_path(dt, in_features);
+  if (p == kernels::GemmPath::Avx2 && T >= kernels::kAvx2PanelMinTokens) return "avx2-panel";
+  return kernels::gemm_path_name(p, dt);
 }
 
 size_t Linear::parameter_bytes() const {
@@ -124,7 +126,10 @@ void Linear4bit::backward_input(const float* dy, int64_t T, float* dx) const {
 
 std::string Linear4bit::kernel_path(int64_t T) const {
   if (int8_) return kernels::gemm_int8_path_name(kernels::gemm_int8_auto_path(view_));
-  return kernels::gemm_path_name(kernels::gemm_auto_path(view_, T, compute_), compute_);
+  const kernels::GemmPath p = kernels::gemm_auto_path(view_, T, compute_);
+  // a prompt on the AVX2 path takes its panel GEMM (gemm4.h)
+  if (p == kernels::GemmPath::Avx2 && T >= kernels::kAvx2PanelMinTokens) return "avx2-panel";
+  return kernels::gemm_path_name(p, compute_);
 }
 
 std::unique_ptr<LinearBase> Linear4bit::dequantized() const {

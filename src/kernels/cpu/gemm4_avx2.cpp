@@ -423,6 +423,11 @@ NB_F16C void panel_strip(const float* x, int64_t ldx, const float* strip, int64_
     for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] = t[r * kStrip + j];
 }
 
+// panel_strip for 1 .. 6 tokens
+using StripFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool);
+constexpr StripFn kStripFns[6] = {panel_strip<1>, panel_strip<2>, panel_strip<3>,
+                                  panel_strip<4>, panel_strip<5>, panel_strip<6>};
+
 // This thread's rows [n0, n1) of y[M, N] = xr[M, K] @ W^T: panel by panel (fill(b0, b1, k0, kc, P) writes
 // one), every token; the output rounded to `out` at the end.
 template <class Fill>
@@ -439,26 +444,7 @@ NB_F16C void panel_rows(const Fill& fill, int64_t N, int64_t K, const float* xr,
           const float* strip = P + ((s - b0) / kStrip) * kc * kStrip;
           float* ym = y + m * N + s;
           const int64_t cols = std::min(kStrip, b1 - s);
-          switch (std::min<int64_t>(6, M - m)) {
-            case 1:
-              panel_strip<1>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-            case 2:
-              panel_strip<2>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-            case 3:
-              panel_strip<3>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-            case 4:
-              panel_strip<4>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-            case 5:
-              panel_strip<5>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-            default:
-              panel_strip<6>(xm, K, strip, kc, ym, N, cols, k0 > 0);
-              break;
-          }
+          kStripFns[std::min<int64_t>(6, M - m) - 1](xm, K, strip, kc, ym, N, cols, k0 > 0);
         }
       }
     }

@@ -216,12 +216,69 @@ NB_F16C void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
   }
 }
 
+// Blocksize a multiple of 64, bfloat16 / float32 lookups (float16 keeps gemv above: its table is per block):
+// per block, products started with a multiply (no zeroed accumulators), four chains, at most four decoded
+// registers live (the generic loop's eight spilled its totals to the stack), the nested absmax decoded
+// without block_absmax's branches. Single-core L3-resident 1.1x the generic loop, decode 1.08x end to end
+// (Zen 3).
+template <DType CD, bool Nested>
+NB_F16C void gemv64(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
+  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, shift = w.nested_shift;
+  const Lut t = make_lut(w.code, cd);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.packed + n * K / 2;
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0;
+    for (int64_t b = 0; b < nbr; ++b) {
+      const int64_t nb = n * nbr + b;
+      float absmax;
+      if constexpr (Nested)
+        absmax = w.code2[w.absmax_q[nb]] * w.absmax2[shift >= 0 ? nb >> shift : nb / w.nested_blocksize] +
+                 w.offset;
+      else
+        absmax = w.absmax[nb];
+      // 64 weights at a time, high nibbles then low ones (4 decoded registers live, not 8)
+      __m256 a0, a1, a2, a3, f[4];
+      int64_t c = b * bs;
+      __m256i hi, lo;
+      nibble_indices64(row + c / 2, hi, lo);
+      decode<CD>(hi, t, f);
+      a0 = _mm256_mul_ps(f[0], _mm256_loadu_ps(xd + c));
+      a1 = _mm256_mul_ps(f[1], _mm256_loadu_ps(xd + c + 8));
+      a2 = _mm256_mul_ps(f[2], _mm256_loadu_ps(xd + c + 16));
+      a3 = _mm256_mul_ps(f[3], _mm256_loadu_ps(xd + c + 24));
+      for (;;) {
+        decode<CD>(lo, t, f);
+        a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c + 32), a0);
+        a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 40), a1);
+        a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 48), a2);
+        a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 56), a3);
+        if ((c += 64) == (b + 1) * bs) break;
+        nibble_indices64(row + c / 2, hi, lo);
+        decode<CD>(hi, t, f);
+        a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
+        a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
+        a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
+        a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 24), a3);
+      }
+      const __m256 s = _mm256_set1_ps(absmax);
+      t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, t0);
+      t1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, t1);
+    }
+    y[n] = round_to(cd, hsum(_mm256_add_ps(t0, t1)));
+  }
+}
+
 template <DType CD>
 void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t chunk) {
 #pragma omp parallel
   {
     const auto [a, b] = thread_rows(w.N);
-    if (chunk == 64)
+    if (chunk == 64 && CD != DType::Float16) {
+      if (w.absmax)
+        gemv64<lookup(CD), false>(w, cd, xd, y, a, b);
+      else
+        gemv64<lookup(CD), true>(w, cd, xd, y, a, b);
+    } else if (chunk == 64)
       gemv<CD, 64>(w, cd, xd, y, a, b);
     else
       gemv<CD, 32>(w, cd, xd, y, a, b);

@@ -31,7 +31,9 @@ class Optimizer {
 };
 
 struct OptimizerOptions {
-  std::string name = "adamw_torch";  // adamw_torch (torch.optim.AdamW), sgd (torch.optim.SGD)
+  // adamw_torch (torch.optim.AdamW), sgd (torch.optim.SGD), adamw_8bit / paged_adamw_8bit (bitsandbytes'
+  // AdamW with 8-bit blockwise state)
+  std::string name = "adamw_torch";
   double weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
 };
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerOptions& o, const std::vector<LoraModule>& modules);

@@ -93,6 +93,36 @@ TEST(FinetuneCli, ResumedCheckpointEqualsUninterruptedRun) {
             test::read_bytes(d / "full/adapter_model.safetensors"));
 }
 
+// --optim adamw_8bit: r 64 makes A and B 4096 elements, so both take bitsandbytes' 8-bit blockwise state
+// (uint8 codes in the checkpoint); resuming gives the uninterrupted run's adapter bit for bit, the result is
+// not adamw_torch's, and an adamw_torch checkpoint is refused by adamw_8bit with a clear line.
+TEST(FinetuneCli, Adamw8bitResumesBitForBitAndIsNotAdamwTorch) {
+  test::TempDir d;
+  const auto r64 = [](const std::string& out) {
+    std::string a = train_args(out, "q_proj");
+    const std::string small = " --lora-r 4 --lora-alpha 8 ";
+    return a.replace(a.find(small), small.size(), " --lora-r 64 --lora-alpha 128 ");
+  };
+  const std::string opt8 = " --optim adamw_8bit";
+  ASSERT_EQ(nibble_cli(r64(d / "full") + opt8).code, 0);
+  const Out r = nibble_cli(r64(d / "ck") + opt8 + " --save-steps 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto st = SafetensorsFile::open(d / "ck/checkpoint-2/optimizer.safetensors");
+  ASSERT_TRUE(st.contains("model.layers.0.self_attn.q_proj.A.state1"));
+  EXPECT_EQ(st.info("model.layers.0.self_attn.q_proj.A.state1").dtype, DType::UInt8);
+  const Out r2 = nibble_cli(r64(d / "resumed") + opt8 + " --init-adapter " + (d / "ck/checkpoint-2"));
+  ASSERT_EQ(r2.code, 0) << r2.err;
+  EXPECT_EQ(test::read_bytes(d / "resumed/adapter_model.safetensors"),
+            test::read_bytes(d / "full/adapter_model.safetensors"));
+  ASSERT_EQ(nibble_cli(r64(d / "torch") + " --save-steps 2").code, 0);
+  EXPECT_NE(test::read_bytes(d / "torch/adapter_model.safetensors"),
+            test::read_bytes(d / "full/adapter_model.safetensors"));
+  const Out bad = nibble_cli(r64(d / "mixed") + opt8 + " --init-adapter " + (d / "torch/checkpoint-2"));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("adamw_8bit"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(d / "mixed"));
+}
+
 TEST(FinetuneCli, BadInputIsRefusedAndWritesNothing) {
   test::TempDir d;
   Out r = nibble_cli(train_args(d / "a", "q_proj,nonexistent_proj"));

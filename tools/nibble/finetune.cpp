@@ -56,7 +56,10 @@ void add_finetune(CLI::App& app) {
   sub->add_option("--warmup-steps", a->t.warmup_steps, "linear warmup steps (default 0)");
   sub->add_option("--weight-decay", a->t.weight_decay, "AdamW weight decay (default 0)");
   sub->add_option("--max-grad-norm", a->t.max_grad_norm, "gradient clipping norm (default 1.0; 0 = off)");
-  sub->add_option("--optim", a->t.optim, "adamw_torch (default) or sgd")
+  sub->add_option(
+         "--optim", a->t.optim,
+         "adamw_torch (default), sgd, or adamw_8bit / paged_adamw_8bit (bitsandbytes' AdamW with 8-bit "
+         "blockwise state; paging is a CUDA matter)")
       ->check(CLI::IsMember({"adamw_torch", "sgd", "adamw_8bit", "paged_adamw_8bit"}));
   auto* steps = sub->add_option("--max-steps", a->t.max_steps, "optimizer steps (overrides --epochs)");
   sub->add_option("--epochs", a->t.num_train_epochs, "passes over the data (default 3)")->excludes(steps);

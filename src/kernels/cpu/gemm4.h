@@ -74,7 +74,7 @@ bool gemm_path_available(GemmPath p, DType compute);
 // The AVX2 prompt GEMM (weights decoded or widened once per call into panels, then a register-blocked
 // float32 GEMM) serves gemm_4bit and gemm_dense calls of at least this many tokens outside row-invariant
 // mode; fewer take the fused / row-blocked kernels.
-constexpr int64_t kAvx2PanelMinTokens = 32;
+constexpr int64_t kAvx2PanelMinTokens = 16;
 
 // compute: Float32, BFloat16 or Float16 (the fast paths round x and the code table to float16 and sum in
 // float32; docs/DESIGN-NOTES.md states the rounding).

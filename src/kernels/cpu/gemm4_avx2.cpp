@@ -366,29 +366,55 @@ NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
 // amortised over the tokens; at few tokens the fused kernels above win (kAvx2PanelMinTokens, measured).
 constexpr int64_t kStrip = 16, kPanelK = 256, kPanelStrips = 16;
 
-// P[(s * kc + k) * 16 + r] = weight (n0 + 16 s + r, k0 + k) for the rows [n0, n1) and k in [k0, k0 + kc);
-// rows past n1 in the last strip are zero. kc % 32 == 0, k0 % 32 == 0.
+// 8 registers of 8 floats transposed in place: v[i] lane l <-> v[l] lane i
+NB_F16C inline void transpose8(__m256 v[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// P[(s * kc + k) * 16 + r] = weight (n0 + 16 s + r, k0 + k') for the rows [n0, n1) and k in [k0, k0 + kc),
+// where k' runs through each chunk of 32 in the float32 lookup order (x is prepared in the same order); rows
+// past n1 in the last strip are zero. The weight is bitsandbytes' dequantized value in the compute dtype.
+// Eight rows at a time: each row's 32 weights looked up (byte planes of the float32 code), scaled and
+// rounded, then 8x8 transposes turn rows into the panel's k-major vectors. kc % 32 == 0.
 NB_F16C void decode_panel(const Q4Weights& w, DType cd, int64_t n0, int64_t n1, int64_t k0, int64_t kc,
                           float* P) {
+  const Lut t = make_lut(w.code, DType::Float32);
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, strips = (n1 - n0 + kStrip - 1) / kStrip;
-  alignas(32) float tmp[32];
-  for (int64_t r = n1 - n0; r < strips * kStrip; ++r)
-    for (int64_t k = 0; k < kc; ++k) P[((r / kStrip) * kc + k) * kStrip + r % kStrip] = 0.0f;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.packed + n * K / 2;
-    float* dst = P + ((n - n0) / kStrip) * kc * kStrip + (n - n0) % kStrip;
+  for (int64_t g = 0; g < strips * 2; ++g) {  // groups of 8 rows: half g % 2 of strip g / 2
+    const int64_t r0 = n0 + 8 * g, rows = std::clamp<int64_t>(n1 - r0, 0, 8);
+    float* dst = P + (g / 2) * kc * kStrip + (g % 2) * 8;
     for (int64_t c = k0; c < k0 + kc; c += 32) {
-      const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + c / bs));
-      for (int j = 0; j < 16; ++j) {
-        const uint8_t b = row[c / 2 + j];
-        tmp[2 * j] = w.code[b >> 4];
-        tmp[2 * j + 1] = w.code[b & 15];
+      __m256 f[4][8];
+      for (int64_t i = 0; i < 8; ++i) {
+        if (i >= rows) {
+          for (int j = 0; j < 4; ++j) f[j][i] = _mm256_setzero_ps();
+          continue;
+        }
+        const int64_t n = r0 + i;
+        __m256 d[4];
+        decode<DType::Float32>(nibble_indices(w.packed + n * K / 2 + c / 2), t, d);
+        const __m256 s = _mm256_set1_ps(w.block_absmax(n * nbr + c / bs));
+        for (int j = 0; j < 4; ++j) f[j][i] = round_vec(_mm256_mul_ps(d[j], s), cd);
       }
-      for (int i = 0; i < 32; i += 8)  // bitsandbytes' dequantized weight in the compute dtype
-        _mm256_store_ps(tmp + i, round_vec(_mm256_mul_ps(_mm256_load_ps(tmp + i), s), cd));
-      float* d = dst + (c - k0) * kStrip;
-#pragma GCC unroll 32
-      for (int e = 0; e < 32; ++e) d[e * kStrip] = tmp[e];
+      float* out = dst + (c - k0) * kStrip;
+      for (int j = 0; j < 4; ++j) {
+        transpose8(f[j]);
+        for (int l = 0; l < 8; ++l) _mm256_store_ps(out + (8 * j + l) * kStrip, f[j][l]);
+      }
     }
   }
 }
@@ -601,9 +627,8 @@ bool supported(DType compute) {
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant) {
   // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
   if (!invariant && M >= kAvx2PanelMinTokens) {
-    float* xr = scratch(tl_x, static_cast<size_t>(M * w.K));
-    std::copy(x, x + M * w.K, xr);
-    round_in_place(xr, M * w.K, compute);
+    // x rounded to the compute dtype, each chunk of 32 in the float32 lookup's order (the panel's k order)
+    const float* xr = prepare_x(x, M, w.K, compute, DType::Float32, 32, tl_x);
     const auto fill = [&](int64_t n0, int64_t n1, int64_t k0, int64_t kc, float* P) {
       decode_panel(w, compute, n0, n1, k0, kc, P);
     };

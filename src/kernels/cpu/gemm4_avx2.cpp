@@ -356,7 +356,7 @@ NB_F16C inline __m256 load8(const void* w, DType wdt, int64_t k) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// Prompts (M >= kPanelMinTokens, not row-invariant): the weights are decoded once per call, a panel at a
+// Prompts (M >= kAvx2PanelMinTokens, not row-invariant): the weights are decoded once per call, a panel at a
 // time, to what bitsandbytes' dequantize_4bit gives in the compute dtype (code * absmax in float32, rounded
 // to bfloat16 / float16, widened back exactly), and a register-blocked GEMM meets them: 6 tokens x 16 rows
 // of y in 12 accumulators, per k one load of 16 weights and 6 broadcasts of x (rounded to the compute
@@ -625,7 +625,6 @@ bool supported(DType compute) {
 // Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32). invariant: a single
 // token takes gemv_batch too (its sums are in gemv_batch's order, as when it shares a call).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant) {
-  // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
   if (!invariant && M >= kAvx2PanelMinTokens) {
     // x rounded to the compute dtype, each chunk of 32 in the float32 lookup's order (the panel's k order)
     const float* xr = prepare_x(x, M, w.K, compute, DType::Float32, 32, tl_x);
@@ -635,6 +634,7 @@ void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType co
     panel_gemm(fill, w.N, w.K, xr, M, y, compute);
     return;
   }
+  // bfloat16: 2-plane lookups of the code; float32: 4 planes; float16: 4 planes of each block's weights
   const bool single = M == 1 && !invariant;
   const int64_t chunk = single && w.blocksize % 64 == 0 ? 64 : 32;
   const float* xd = prepare_x(x, M, w.K, compute, lookup(compute), chunk, tl_x);

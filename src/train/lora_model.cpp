@@ -65,25 +65,36 @@ void drop_into(const float* x, int64_t n, uint64_t seed, uint64_t m, float p, fl
   for (int64_t i = 0; i < n; ++i) dst[i] = keep(seed, m, static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
 }
 
-// c[m, n] += alpha * sum_t a[t, m] * b[t, n]  (a: T x M, b: T x N, c: M x N), tiles of c per thread.
+// src [T, C] transposed into dst [C, Tp], rows zero-padded from T to Tp
+void transpose_padded(const float* src, int64_t T, int64_t C, int64_t Tp, std::vector<float>& dst) {
+  dst.assign(static_cast<size_t>(C * Tp), 0.0f);
+  constexpr int64_t kTile = 64;
+#pragma omp parallel for collapse(2) if (T * C > (1 << 16))
+  for (int64_t t0 = 0; t0 < T; t0 += kTile)
+    for (int64_t c0 = 0; c0 < C; c0 += kTile)
+      for (int64_t t = t0; t < std::min(T, t0 + kTile); ++t)
+        for (int64_t c = c0; c < std::min(C, c0 + kTile); ++c)
+          dst[static_cast<size_t>(c * Tp + t)] = src[t * C + c];
+}
+
+// c[m, n] += alpha * sum_t a[t, m] * b[t, n]  (a: T x M, b: T x N, c: M x N): the LoRA weight gradients. A
+// dense GEMM over the transposed operands, the narrow side (r) as its tokens and the wide side as its rows,
+// so the kernel's threads split the wide side; T padded to a multiple of 8 with zeros (the dense kernels' K).
 void add_tn(const float* a, const float* b, int64_t T, int64_t M, int64_t N, float alpha, float* c) {
-  constexpr int64_t kMb = 16, kNb = 256;
-  const int64_t mt = (M + kMb - 1) / kMb, nt = (N + kNb - 1) / kNb;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t im = 0; im < mt; ++im)
-    for (int64_t in = 0; in < nt; ++in) {
-      const int64_t m0 = im * kMb, m1 = std::min(M, m0 + kMb), n0 = in * kNb, n1 = std::min(N, n0 + kNb);
-      float acc[kMb * kNb] = {};
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t m = m0; m < m1; ++m) {
-          const float s = a[t * M + m];
-          float* row = acc + (m - m0) * kNb - n0;
-          const float* bt = b + t * N;
-          for (int64_t n = n0; n < n1; ++n) row[n] += s * bt[n];
-        }
-      for (int64_t m = m0; m < m1; ++m)
-        for (int64_t n = n0; n < n1; ++n) c[m * N + n] += alpha * acc[(m - m0) * kNb + (n - n0)];
-    }
+  const int64_t Tp = (T + 7) / 8 * 8;
+  std::vector<float> at, bt, y(static_cast<size_t>(M * N));
+  transpose_padded(a, T, M, Tp, at);
+  transpose_padded(b, T, N, Tp, bt);
+  if (M <= N) {  // y[M, N] = a^T @ b: tokens a^T's rows, weights b^T's
+    kernels::gemm_dense(bt.data(), DType::Float32, N, Tp, at.data(), M, y.data());
+#pragma omp parallel for if (M * N > 65536)
+    for (int64_t i = 0; i < M * N; ++i) c[i] += alpha * y[static_cast<size_t>(i)];
+  } else {  // y[N, M] = b^T @ a, added transposed
+    kernels::gemm_dense(at.data(), DType::Float32, M, Tp, bt.data(), N, y.data());
+#pragma omp parallel for if (M * N > 65536)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) c[m * N + n] += alpha * y[static_cast<size_t>(n * M + m)];
+  }
 }
 
 void add_to(float* y, const float* x, int64_t n) {

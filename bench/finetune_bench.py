@@ -45,6 +45,10 @@ the uncommitted finetune CLI of 2026-11-30; torch 2.15 with MKL, transformers 5.
     nibble float32 compute           158-165 tokens/s  (36-38 GFLOP/s)          = 0.38-0.48x
   With other jobs on the cores, two threads fall below one (OpenMP barriers spin-wait on a descheduled
   thread): nibble 52-80 tokens/s, the Python stack 57-113.
+  2026-12-01, after the AVX2 panel GEMM (forward, input gradient without the transposed copy, LoRA weight
+  gradients through gemm_dense), --threads 2, --steps 4, two adjacent runs on the same VM:
+    transformers+peft+bnb float32    403-419 tokens/s
+    nibble bfloat16 compute          393-418 tokens/s  (90-95 GFLOP/s, ~47-50% of peak)  = 0.94-1.04x
 The 3x target cannot be met on this CPU: the Python stack already runs at ~60% of the fp32 FMA peak (its
 matmuls are MKL sgemm over the dequantized float32 weight), Zen 3 has no bf16 dot-product instructions, so 3x
 would take ~2x the machine's peak. Where nibble's time goes (perf, two threads, bf16, quiet; one thread in

@@ -203,9 +203,14 @@ void shapes(benchmark::internal::Benchmark* b) {
   for (int64_t q : {0, 1})
     for (int64_t dq : {0, 1}) b->Args({4096, 4096, 1, q, dq, 1, 0});
   // the AVX2 path (CPUs without AVX-512), where this CPU can run it
-  if (gemm_path_available(GemmPath::Avx2, DType::Float32))
+  if (gemm_path_available(GemmPath::Avx2, DType::Float32)) {
     for (int64_t M : {1, 16, 512})
       for (int64_t cd : {0, 1, 2}) b->Args({4096, 4096, M, 0, 1, cd, 1});
+    // its prompt GEMM (kAvx2PanelMinTokens and up) against the fused kernel the same M takes in row-invariant
+    // mode: where the panel pays for decoding every weight once per call
+    for (int64_t M : {8, 16, 32, 64})
+      for (int64_t mode : {0, 2}) b->Args({4096, 4096, M, 0, 1, 1, mode});
+  }
 }
 BENCHMARK(BM_Gemm4)->Apply(shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 

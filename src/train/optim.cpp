@@ -41,6 +41,13 @@ double clip_grad_norm(std::vector<LoraModule>& modules, double max_norm) {
 
 namespace {
 
+// The tensor `name` of a saved optimizer state; FormatError naming it (and `hint`) if it is absent.
+const Tensor& find_state(const NamedTensors& st, const std::string& name, const std::string& hint = "") {
+  for (const auto& [k, v] : st)
+    if (k == name) return v;
+  throw FormatError("optimizer state: tensor '" + name + "' missing" + hint);
+}
+
 class AdamW final : public Optimizer {
  public:
   AdamW(const OptimizerOptions& o, const std::vector<LoraModule>& modules) : o_(o) {
@@ -96,11 +103,7 @@ class AdamW final : public Optimizer {
     return d;
   }
   void load_state(const NamedTensors& st) override {
-    auto find = [&](const std::string& name) -> const Tensor& {
-      for (const auto& [k, v] : st)
-        if (k == name) return v;
-      throw FormatError("optimizer state: tensor '" + name + "' missing");
-    };
+    auto find = [&](const std::string& name) -> const Tensor& { return find_state(st, name); };
     for (size_t k = 0; k < state_.size(); ++k)
       for (auto [suffix, dst] :
            {std::pair{".exp_avg", &state_[k].first}, {".exp_avg_sq", &state_[k].second}}) {
@@ -144,8 +147,6 @@ class SGD final : public Optimizer {
   OptimizerOptions o_;
 };
 
-}  // namespace
-
 // bitsandbytes' AdamW with optim_bits=8 (bnb.optim.AdamW8bit; what transformers' Trainer builds for
 // optim="adamw_8bit" and, paging aside, "paged_adamw_8bit"), as its CPU backend computes it
 // (bitsandbytes/backends/cpu/ops.py, csrc/cpu_ops.cpp, 0.50):
@@ -153,8 +154,7 @@ class SGD final : public Optimizer {
 //      m = m * b1 + (1 - b1) g; v = v * b2 + ((1 - b2) g) g; p *= 1 - lr wd;
 //      p += (m / (sqrt(v) + eps sqrt(1 - b2^t))) * (-lr sqrt(1 - b2^t) / (1 - b1^t));
 //  - larger ones keep m and v 8-bit blockwise (blocks of 256; m with the signed dynamic map, v with the
-//  unsigned
-//    one, an absmax per block), dequantized (code * absmax), updated as torch does
+//    unsigned one, an absmax per block), dequantized (code * absmax), updated as torch does
 //      m = m * b1 + (1 - b1) g; v = v * b2 + ((1 - b2) g) g; p *= 1 - lr wd;
 //      p += ((-lr / (1 - b1^t)) m) / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //    and quantized back with bitsandbytes' CPU quantize_blockwise: absmax = max |x| of the block, and the
@@ -277,16 +277,12 @@ class AdamW8bit final : public Optimizer {
 
   void load_state(const NamedTensors& st) override {
     auto find = [&](const std::string& name, DType dt, size_t n) -> const Tensor& {
-      for (const auto& [k, v] : st)
-        if (k == name) {
-          if (v.dtype() != dt || static_cast<size_t>(v.numel()) != n)
-            throw FormatError("optimizer state: tensor '" + name + "' must be " +
-                              std::string(dtype_name(dt)) + " with " + std::to_string(n) +
-                              " elements (an adamw_8bit checkpoint of this adapter)");
-          return v;
-        }
-      throw FormatError("optimizer state: tensor '" + name +
-                        "' missing (is the checkpoint from adamw_8bit?)");
+      const Tensor& v = find_state(st, name, " (is the checkpoint from adamw_8bit?)");
+      if (v.dtype() != dt || static_cast<size_t>(v.numel()) != n)
+        throw FormatError("optimizer state: tensor '" + name + "' must be " + std::string(dtype_name(dt)) +
+                          " with " + std::to_string(n) +
+                          " elements (an adamw_8bit checkpoint of this adapter)");
+      return v;
     };
     for (State& s : states_) {
       if (s.eight_bit) {
@@ -348,6 +344,8 @@ class AdamW8bit final : public Optimizer {
   std::vector<State> states_;
   int64_t t_ = 0;
 };
+
+}  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerOptions& o, const std::vector<LoraModule>& modules) {
   if (o.name == "adamw_torch" || o.name == "adamw") return std::make_unique<AdamW>(o, modules);

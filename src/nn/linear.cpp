@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/gemm4.h"
 #include "kernels/cpu/int8_mm.h"
+#include "kernels/cpu/transpose.h"
 #include "nibble/error.h"
 
 namespace nibble::nn {
@@ -21,25 +22,14 @@ std::vector<float> bias_floats(const std::optional<Tensor>& b, int64_t out, cons
 // Scratch for a transposed weight (backward_input): one per thread, grown to the largest layer, reused.
 thread_local std::vector<uint8_t> tl_transposed;
 
-// w [N, K] of element type E transposed into dst [K, N], in tiles that keep both sides in cache.
-template <typename E>
-void transpose_into(const E* src, int64_t N, int64_t K, E* dst) {
-  constexpr int64_t kTile = 64;
-#pragma omp parallel for collapse(2) if (N * K > (1 << 16))
-  for (int64_t n0 = 0; n0 < N; n0 += kTile)
-    for (int64_t k0 = 0; k0 < K; k0 += kTile)
-      for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
-        for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k) dst[k * N + n] = src[n * K + k];
-}
-
 // w [N, K] (elements of `size` bytes: 2 or 4) transposed into scratch [K, N].
 const void* transposed(const void* w, size_t size, int64_t N, int64_t K) {
   tl_transposed.resize(static_cast<size_t>(N * K) * size);
   uint8_t* dst = tl_transposed.data();
   if (size == 2)
-    transpose_into(static_cast<const uint16_t*>(w), N, K, reinterpret_cast<uint16_t*>(dst));
+    kernels::transpose(static_cast<const uint16_t*>(w), N, K, reinterpret_cast<uint16_t*>(dst));
   else
-    transpose_into(static_cast<const uint32_t*>(w), N, K, reinterpret_cast<uint32_t*>(dst));
+    kernels::transpose(static_cast<const uint32_t*>(w), N, K, reinterpret_cast<uint32_t*>(dst));
   return dst;
 }
 

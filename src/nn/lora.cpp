@@ -1,6 +1,7 @@
 #include "nn/lora.h"
 
 #include "kernels/cpu/gemm4.h"
+#include "kernels/cpu/transpose.h"
 #include "nibble/error.h"
 
 namespace nibble::nn {
@@ -43,12 +44,8 @@ void LoraLinear::lora_input_grad(const float* dy, int64_t T, float* g, float* d)
   thread_local std::vector<float> bt, at;  // B^T [r, out] and A^T [in, r] as gemm_dense's weights
   bt.resize(B.size());
   at.resize(A.size());
-  for (int64_t o = 0; o < out_features; ++o)
-    for (int64_t j = 0; j < r; ++j)
-      bt[static_cast<size_t>(j * out_features + o)] = B[static_cast<size_t>(o * r + j)];
-  for (int64_t j = 0; j < r; ++j)
-    for (int64_t i = 0; i < in_features; ++i)
-      at[static_cast<size_t>(i * r + j)] = A[static_cast<size_t>(j * in_features + i)];
+  kernels::transpose(B.data(), out_features, r, bt.data());
+  kernels::transpose(A.data(), r, in_features, at.data());
   kernels::gemm_dense(bt.data(), DType::Float32, r, out_features, dy, T, g);
   kernels::gemm_dense(at.data(), DType::Float32, in_features, r, g, T, d);
 }

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "kernels/cpu/gemm4.h"
+#include "kernels/cpu/transpose.h"
 #include "nibble/error.h"
 
 namespace nibble::train {
@@ -65,26 +66,15 @@ void drop_into(const float* x, int64_t n, uint64_t seed, uint64_t m, float p, fl
   for (int64_t i = 0; i < n; ++i) dst[i] = keep(seed, m, static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
 }
 
-// src [T, C] transposed into dst [C, Tp], rows zero-padded from T to Tp
-void transpose_padded(const float* src, int64_t T, int64_t C, int64_t Tp, std::vector<float>& dst) {
-  dst.assign(static_cast<size_t>(C * Tp), 0.0f);
-  constexpr int64_t kTile = 64;
-#pragma omp parallel for collapse(2) if (T * C > (1 << 16))
-  for (int64_t t0 = 0; t0 < T; t0 += kTile)
-    for (int64_t c0 = 0; c0 < C; c0 += kTile)
-      for (int64_t t = t0; t < std::min(T, t0 + kTile); ++t)
-        for (int64_t c = c0; c < std::min(C, c0 + kTile); ++c)
-          dst[static_cast<size_t>(c * Tp + t)] = src[t * C + c];
-}
-
 // c[m, n] += alpha * sum_t a[t, m] * b[t, n]  (a: T x M, b: T x N, c: M x N): the LoRA weight gradients. A
 // dense GEMM over the transposed operands, the narrow side (r) as its tokens and the wide side as its rows,
 // so the kernel's threads split the wide side; T padded to a multiple of 8 with zeros (the dense kernels' K).
 void add_tn(const float* a, const float* b, int64_t T, int64_t M, int64_t N, float alpha, float* c) {
   const int64_t Tp = (T + 7) / 8 * 8;
-  std::vector<float> at, bt, y(static_cast<size_t>(M * N));
-  transpose_padded(a, T, M, Tp, at);
-  transpose_padded(b, T, N, Tp, bt);
+  std::vector<float> at(static_cast<size_t>(M * Tp)), bt(static_cast<size_t>(N * Tp)),
+      y(static_cast<size_t>(M * N));
+  kernels::transpose(a, T, M, at.data(), Tp);  // [M, Tp], the padding zero
+  kernels::transpose(b, T, N, bt.data(), Tp);
   if (M <= N) {  // y[M, N] = a^T @ b: tokens a^T's rows, weights b^T's
     kernels::gemm_dense(bt.data(), DType::Float32, N, Tp, at.data(), M, y.data());
 #pragma omp parallel for if (M * N > 65536)
@@ -134,11 +124,7 @@ void gather_head(const float* x, int64_t heads, int64_t D, int64_t b, int64_t L,
 void scatter_head(const float* in, int64_t heads, int64_t D, int64_t b, int64_t L, int64_t h, float* x) {
   for (int64_t i = 0; i < L; ++i) std::copy_n(in + i * D, D, x + ((b * L + i) * heads + h) * D);
 }
-// a [R, C] -> out [C, R]
-void transpose(const float* a, int64_t R, int64_t C, float* out) {
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t c = 0; c < C; ++c) out[c * R + r] = a[r * C + c];
-}
+using kernels::transpose;  // a [R, C] -> out [C, R]
 // y [M, N] = x [M, K] @ w [N, K]^T, one thread (the callers run inside a parallel loop over heads)
 void mm(const float* w, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
   kernels::gemm_dense(w, DType::Float32, N, K, x, M, y);

@@ -19,7 +19,9 @@ namespace nibble {
 
 struct SessionOptions {
   // Positions the KV cache holds; 0 = the model's max_position_embeddings capped at 8192. Its memory is
-  // reserved up front and touched only as positions fill.
+  // reserved up front and touched only as positions fill. A sliding-window layer (Mistral, Qwen2 with
+  // use_sliding_window, Gemma 2/3's local layers, Phi-3) holds only about 1.25 x its window, however long the
+  // context.
   int64_t context_length = 0;
   int threads = 0;  // 0 = the model's setting (FromPretrainedOptions::threads)
 };

@@ -1,21 +1,49 @@
 #include "generate/kv_cache.h"
 
+#include <algorithm>
 #include <string>
 
 #include "nibble/error.h"
 
 namespace nibble::generate {
 
-KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity) : capacity_(capacity) {
+KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity, std::span<const int64_t> windows,
+                 int64_t slack)
+    : capacity_(capacity) {
   if (layers <= 0 || width <= 0 || capacity <= 0)
     throw ValueError("KV cache: layers, width and capacity must be positive (got " + std::to_string(layers) +
                      ", " + std::to_string(width) + ", " + std::to_string(capacity) + ")");
-  const auto per_layer = static_cast<size_t>(width) * static_cast<size_t>(capacity);
-  const size_t n = 2 * static_cast<size_t>(layers) * per_layer;
-  data_.reset(new float[n]);  // default-initialized: not touched until written
-  views_.resize(static_cast<size_t>(layers));
-  for (size_t l = 0; l < views_.size(); ++l)
-    views_[l] = {data_.get() + 2 * l * per_layer, data_.get() + (2 * l + 1) * per_layer, capacity};
+  if (!windows.empty() && static_cast<int64_t>(windows.size()) != layers)
+    throw ValueError("KV cache: " + std::to_string(windows.size()) + " windows for " +
+                     std::to_string(layers) + " layers");
+  if (slack < 0) throw ValueError("KV cache: slack must be >= 0, got " + std::to_string(slack));
+  windows_.assign(static_cast<size_t>(layers), 0);
+  std::copy(windows.begin(), windows.end(), windows_.begin());
+  first_ = std::make_unique<int64_t[]>(static_cast<size_t>(layers));
+  std::vector<int64_t> rows(static_cast<size_t>(layers), capacity);
+  size_t total = 0;
+  for (size_t l = 0; l < rows.size(); ++l) {
+    const int64_t w = windows_[l];
+    if (w > 0) rows[l] = std::min(capacity, w - 1 + (slack > 0 ? slack : default_slack(w)));
+    if (rows[l] == capacity) windows_[l] = 0;  // the window bounds nothing within this context
+    total += 2 * static_cast<size_t>(width) * static_cast<size_t>(rows[l]);
+  }
+  data_.reset(new float[total]);  // default-initialized: not touched until written
+  bytes_ = total * sizeof(float);
+  views_.resize(rows.size());
+  float* p = data_.get();
+  for (size_t l = 0; l < rows.size(); ++l) {
+    const size_t n = static_cast<size_t>(width) * static_cast<size_t>(rows[l]);
+    views_[l] = {p, p + n, rows[l], windows_[l] > 0 ? &first_[l] : nullptr};
+    p += 2 * n;
+  }
+}
+
+bool KVCache::holds_prefix(int64_t n) const {
+  if (n == 0) return true;
+  for (size_t l = 0; l < windows_.size(); ++l)
+    if (windows_[l] > 0 && std::max<int64_t>(0, n - windows_[l] + 1) < first_[l]) return false;
+  return true;
 }
 
 }  // namespace nibble::generate

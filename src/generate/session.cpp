@@ -33,7 +33,7 @@ struct Session::Impl {
   FinishReason finish = FinishReason::None;
 
   Impl(const AutoModelForCausalLM::Impl& m, int64_t ctx, int th)
-      : model(m), threads(th), cache(m.model->num_layers(), m.model->kv_width(), ctx) {
+      : model(m), threads(th), cache(m.model->num_layers(), m.model->kv_width(), ctx, m.model->kv_windows()) {
     tokens.reserve(static_cast<size_t>(ctx));  // no reallocation in the decode loop
     logits.reserve(static_cast<size_t>(m.model->vocab_size()));
   }
@@ -203,7 +203,9 @@ void Session::truncate(int64_t n) {
   if (n < 0 || n > length())
     throw ValueError("truncate: " + std::to_string(n) + " is outside [0, " + std::to_string(length()) + "]");
   impl_->tokens.resize(static_cast<size_t>(n));
-  impl_->cached = std::min(impl_->cached, n);  // cache rows past n are overwritten by what comes next
+  // cache rows past n are overwritten by what comes next; a window-bounded layer that no longer holds what
+  // position n sees (it dropped them as the sequence grew) means running the n tokens again
+  impl_->cached = impl_->cache.holds_prefix(std::min(impl_->cached, n)) ? std::min(impl_->cached, n) : 0;
   impl_->finish = FinishReason::None;
 }
 

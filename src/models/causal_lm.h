@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "nibble/bitsandbytes_config.h"
 #include "nibble/tensor.h"
@@ -39,6 +40,9 @@ class CausalLM {
 
   virtual int64_t num_layers() const = 0;
   virtual int64_t kv_width() const = 0;  // kv_heads * head_dim: floats per cache row
+  // Per layer, the sliding window of its attention (0 = full causal; empty = every layer full): the cache of
+  // a windowed layer need only hold the last window - 1 positions between calls (nn::KVLayer::first).
+  virtual std::vector<int64_t> kv_windows() const { return {}; }
   virtual int64_t vocab_size() const = 0;
   virtual int64_t hidden_size() const = 0;
   virtual int64_t max_position_embeddings() const = 0;

@@ -68,6 +68,7 @@ class LlamaModel final : public CausalLM {
   void forward_batch(std::span<const SequenceStep> seqs, nn::Workspace& ws, float* logits) const override;
   int64_t num_layers() const override { return c_.layers; }
   int64_t kv_width() const override { return c_.kv_heads * c_.head_dim; }
+  std::vector<int64_t> kv_windows() const override { return c_.window; }
   int64_t vocab_size() const override { return c_.vocab; }
   int64_t hidden_size() const override { return c_.hidden; }
   // The positions a sequence may use: max_position_embeddings, or with dynamic NTK rope (which grows its base

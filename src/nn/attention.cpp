@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/attention.h"
 #include "nibble/error.h"
@@ -40,14 +41,26 @@ void Attention::forward(const float* x, std::span<const AttentionSegment> segmen
                         float* out) const {
   int64_t T = 0;
   for (const auto& s : segments) {
-    if (s.start + s.T > s.kv->capacity)
+    const KVLayer& c = *s.kv;
+    if (!c.first && s.start + s.T > c.capacity)
       throw ValueError("KV cache full: " + std::to_string(s.start + s.T) + " positions needed, room for " +
-                       std::to_string(s.kv->capacity));
+                       std::to_string(c.capacity));
+    if (c.first) {  // window-bounded: the rows must still hold what the first new query sees
+      if (window <= 0 || c.capacity < window)
+        throw ValueError("KV cache: a layer bounded to " + std::to_string(c.capacity) +
+                         " rows needs a sliding window of at most that many positions (window " +
+                         std::to_string(window) + ")");
+      const int64_t lo = std::max<int64_t>(0, s.start - window + 1);
+      if (s.start > 0 && (lo < *c.first || s.start - *c.first > c.capacity))
+        throw ValueError("KV cache: position " + std::to_string(lo) +
+                         " is no longer held (the bounded rows start at position " +
+                         std::to_string(*c.first) + "); run the sequence again from position 0");
+    }
     T += s.T;
   }
   const int64_t D = head_dim, W = kv_heads * D;
-  // one sequence: new keys and values go straight into its cache; several: through scratch rows
-  const bool direct = segments.size() == 1;
+  // one sequence over an unbounded cache: new keys and values go straight into it; else through scratch rows
+  const bool direct = segments.size() == 1 && !segments[0].kv->first;
   float* q = ws.get(kQ, static_cast<size_t>(T * heads * D));
   float* k = direct ? segments[0].kv->k + segments[0].start * W : ws.get(kK, static_cast<size_t>(T * W));
   float* v = direct ? segments[0].kv->v + segments[0].start * W : ws.get(kV, static_cast<size_t>(T * W));
@@ -73,12 +86,33 @@ void Attention::forward(const float* x, std::span<const AttentionSegment> segmen
   const float sc = scale != 0 ? scale : 1.0f / std::sqrt(static_cast<float>(D));
   int64_t row = 0;
   for (const auto& s : segments) {
-    if (!direct) {
-      std::copy_n(k + row * W, s.T * W, s.kv->k + s.start * W);
-      std::copy_n(v + row * W, s.T * W, s.kv->v + s.start * W);
+    const KVLayer& c = *s.kv;
+    if (!c.first) {
+      if (!direct) {
+        std::copy_n(k + row * W, s.T * W, c.k + s.start * W);
+        std::copy_n(v + row * W, s.T * W, c.v + s.start * W);
+      }
+      kernels::attention({s.T, heads, kv_heads, D, s.start, sc, window, softcap}, q + row * heads * D, c.k,
+                         c.v, att + row * heads * D);
+    } else {
+      // window-bounded rows: queries in chunks that fit beside the window - 1 positions before them; before a
+      // chunk that would run past the last row, the positions its first query sees move to the front
+      if (s.start == 0) *c.first = 0;
+      const int64_t chunk = c.capacity - (window - 1);
+      for (int64_t t0 = 0; t0 < s.T; t0 += chunk) {
+        const int64_t p0 = s.start + t0, nq = std::min(chunk, s.T - t0);
+        if (p0 + nq - *c.first > c.capacity) {
+          const int64_t lo = std::max<int64_t>(0, p0 - window + 1), from = (lo - *c.first) * W;
+          std::memmove(c.k, c.k + from, static_cast<size_t>((p0 - lo) * W) * sizeof(float));
+          std::memmove(c.v, c.v + from, static_cast<size_t>((p0 - lo) * W) * sizeof(float));
+          *c.first = lo;
+        }
+        std::copy_n(k + (row + t0) * W, nq * W, c.k + (p0 - *c.first) * W);
+        std::copy_n(v + (row + t0) * W, nq * W, c.v + (p0 - *c.first) * W);
+        kernels::attention({nq, heads, kv_heads, D, p0, sc, window, softcap, *c.first},
+                           q + (row + t0) * heads * D, c.k, c.v, att + (row + t0) * heads * D);
+      }
     }
-    kernels::attention({s.T, heads, kv_heads, D, s.start, sc, window, softcap}, q + row * heads * D, s.kv->k,
-                       s.kv->v, att + row * heads * D);
     row += s.T;
   }
   o_proj->forward(att, T, out);

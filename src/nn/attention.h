@@ -13,12 +13,17 @@
 
 namespace nibble::nn {
 
-// One layer's slice of a KV cache: key and value rows [position][kv_heads * head_dim] with room for
-// `capacity` positions. The cache's owner (generate::KVCache) allocates it; the module writes new rows.
+// One layer's slice of a KV cache: key and value rows [row][kv_heads * head_dim], `capacity` rows. The
+// cache's owner (generate::KVCache) allocates it; the module writes new rows. Without `first`, row = position
+// and capacity is the context. A sliding-window layer's cache may be bounded by its window: then *first is
+// the position held in row 0 (the module moves it forward as positions fall out of every query's window), and
+// a call's keys go in as chunks of at most capacity - (window - 1) queries, so memory stays window-sized
+// however long the sequence grows.
 struct KVLayer {
   float* k = nullptr;
   float* v = nullptr;
   int64_t capacity = 0;
+  int64_t* first = nullptr;  // bounded: position of row 0 (state kept between calls); null = unbounded
 };
 
 // One sequence of a batched call: T rows of the batch at positions start .. start + T - 1 over its own cache.

@@ -200,7 +200,7 @@ TEST(Gemm4, DenseMatchesNaive) {
 // Both AVX-512 paths (and the AVX2 one): per token (T < 8, decode) and blocked prefill (partial query/key
 // blocks, GQA groups, head_dim above one 128-float register set, a cache that already holds earlier tokens).
 TEST(Attention, FastPathMatchesReference) {
-  for (const AttentionShape s :
+  for (const AttentionShape& s :
        {AttentionShape{.T = 7, .heads = 8, .kv_heads = 2, .head_dim = 64, .start = 5, .scale = 0.125f},
         AttentionShape{.T = 1, .heads = 4, .kv_heads = 4, .head_dim = 32, .start = 9, .scale = 0.2f},
         AttentionShape{.T = 37, .heads = 8, .kv_heads = 2, .head_dim = 128, .start = 0, .scale = 0.088f},
@@ -268,6 +268,36 @@ TEST(Attention, SlidingWindowKeepsTheLastWindowPositions) {
       EXPECT_EQ(win[static_cast<size_t>(t * H * D + i)], out[static_cast<size_t>(i)]);
   }
   EXPECT_NE(win, full);
+}
+
+// A window-bounded cache (kv_first > 0: rows before it dropped) gives the bits of the full cache on every
+// path, and reads no row before kv_first (those are poisoned with NaN here).
+TEST(Attention, DroppedRowsGiveTheSameBits) {
+  const int64_t T = 5, H = 4, KVH = 2, D = 32, start = 40, W = 9, first = start - W + 1;
+  const int64_t P = start + T, kvw = KVH * D;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(static_cast<size_t>(T * H * D)), k(static_cast<size_t>(P * kvw)), v(k.size());
+  for (auto* vec : {&q, &k, &v})
+    for (auto& e : *vec) e = nd(rng);
+  std::vector<float> kb(k.begin() + first * kvw, k.end()), vb(v.begin() + first * kvw, v.end());
+  kb.insert(kb.begin(), 3 * kvw, NAN);  // rows before kv_first: never read
+  vb.insert(vb.begin(), 3 * kvw, NAN);
+  const AttentionShape full{
+      .T = T, .heads = H, .kv_heads = KVH, .head_dim = D, .start = start, .scale = 0.2f, .window = W};
+  AttentionShape bounded = full;
+  bounded.kv_first = first - 3;
+  using Fn = void (*)(const AttentionShape&, const float*, const float*, const float*, float*);
+  std::vector<std::pair<const char*, Fn>> paths{{"reference", kernels::ref::attention},
+                                                {"dispatch", kernels::attention}};
+  if (kernels::avx2::supported(D)) paths.emplace_back("avx2", kernels::avx2::attention);
+  for (const auto& [name, fn] : paths) {
+    SCOPED_TRACE(name);
+    std::vector<float> a(q.size()), b(q.size());
+    fn(full, q.data(), k.data(), v.data(), a.data());
+    fn(bounded, q.data(), kb.data(), vb.data(), b.data());
+    EXPECT_EQ(a, b);
+  }
 }
 
 // Opt-in int8 activations: the AVX2 path against the int8 reference (same quantized operands, exact integer

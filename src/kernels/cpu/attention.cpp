@@ -33,14 +33,16 @@ void one_head(const AttentionShape& s, const float* qv, const float* kc, const f
   // capacity in steps of 1024 positions: a decode loop reallocates once per 1024 tokens, not per token
   if (sc.capacity() < static_cast<size_t>(n)) sc.reserve(static_cast<size_t>((n + 1023) / 1024 * 1024));
   sc.resize(static_cast<size_t>(n));
-  for (int64_t j = lo; j <= pos; ++j)
-    sc[static_cast<size_t>(j - lo)] = dot(qv, kc + j * stride + hk * D, D) * s.scale;
+  const float* krow = kc + (lo - s.kv_first) * stride + hk * D;  // position lo's row
+  for (int64_t j = lo; j <= pos; ++j, krow += stride)
+    sc[static_cast<size_t>(j - lo)] = dot(qv, krow, D) * s.scale;
   if (s.softcap != 0)
     for (float& v : sc) v = std::tanh(v / s.softcap) * s.softcap;
   const float inv = softmax_exp(sc.data(), n);
   std::fill(out, out + D, 0.0f);
-  for (int64_t j = lo; j <= pos; ++j)
-    axpy(sc[static_cast<size_t>(j - lo)] * inv, vc + j * stride + hk * D, out, D);
+  const float* vrow = vc + (lo - s.kv_first) * stride + hk * D;
+  for (int64_t j = lo; j <= pos; ++j, vrow += stride)
+    axpy(sc[static_cast<size_t>(j - lo)] * inv, vrow, out, D);
 }
 
 float dot_scalar(const float* a, const float* b, int64_t n) {
@@ -210,8 +212,10 @@ void attention(const AttentionShape& s, const float* q, const float* kc, const f
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
-  // the blocked prefill has no sliding-window mask or soft-capping: such layers take the per-token path
-  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens && s.window == 0 && s.softcap == 0) {
+  // the blocked prefill has no sliding-window mask, soft-capping or dropped rows: such layers take the
+  // per-token path
+  if (avx512 && s.head_dim % 16 == 0 && s.T >= kPrefillMinTokens && s.window == 0 && s.softcap == 0 &&
+      s.kv_first == 0) {
     prefill_avx512(s, q, kc, vc, out);
   } else if (avx512 && s.head_dim % 16 == 0) {
     run(s, q, kc, vc, out, dot_avx512, axpy_avx512);

@@ -50,24 +50,28 @@ std::vector<GemmPath> paths_here(DType compute) {
 }  // namespace
 
 TEST(RowInvariance, FourBitEveryPathAndComputeDtype) {
-  const int64_t N = 96, K = 512;
-  const Tensor w =
-      Tensor::from_vector(DType::Float32, {N, K}, random_floats(static_cast<size_t>(N * K), 3, 0.02f));
-  for (bool dq : {false, true}) {
-    const Quantized4bit q = quantize_4bit(w, 64, QuantType::NF4, dq);
-    const Q4Weights v = nn::q4_weights(q.packed, q.state);
-    for (DType cd : {DType::Float32, DType::BFloat16, DType::Float16}) {
-      for (GemmPath p : paths_here(cd)) {
+  // the AVX2 batch kernel's k slices (512 floats at 8 tokens, 800 at 5: inside a block of 64, and of 4096),
+  // row tiles with a remainder per thread, token groups of 8 with remainders
+  for (auto [N, K, bs] :
+       {std::tuple<int64_t, int64_t, int64_t>{96, 512, 64}, {75, 1344, 64}, {21, 4096, 4096}})
+    for (bool dq : {false, true}) {
+      SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " blocksize " + std::to_string(bs));
+      const Tensor w =
+          Tensor::from_vector(DType::Float32, {N, K}, random_floats(static_cast<size_t>(N * K), 3, 0.02f));
+      const Quantized4bit q = quantize_4bit(w, bs, QuantType::NF4, dq);
+      const Q4Weights v = nn::q4_weights(q.packed, q.state);
+      for (DType cd : {DType::Float32, DType::BFloat16, DType::Float16}) {
+        for (GemmPath p : paths_here(cd)) {
+          expect_row_invariant(
+              N, K, [&](const float* x, int64_t M, float* y) { gemm_4bit(v, x, M, y, cd, p); },
+              gemm_path_name(p, cd) + " " + std::string(dtype_name(cd)) + (dq ? " dq" : ""));
+        }
+        // what Linear4bit::forward picks for decode-sized batches on this CPU
         expect_row_invariant(
-            N, K, [&](const float* x, int64_t M, float* y) { gemm_4bit(v, x, M, y, cd, p); },
-            gemm_path_name(p, cd) + " " + std::string(dtype_name(cd)) + (dq ? " dq" : ""));
+            N, K, [&](const float* x, int64_t M, float* y) { gemm_4bit(v, x, M, y, cd, GemmPath::Auto); },
+            "auto " + std::string(dtype_name(cd)));
       }
-      // what Linear4bit::forward picks for decode-sized batches on this CPU
-      expect_row_invariant(
-          N, K, [&](const float* x, int64_t M, float* y) { gemm_4bit(v, x, M, y, cd, GemmPath::Auto); },
-          "auto " + std::string(dtype_name(cd)));
     }
-  }
 }
 
 TEST(RowInvariance, DenseEveryPathAndWeightDtype) {

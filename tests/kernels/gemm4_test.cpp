@@ -51,7 +51,7 @@ void check_fast_path(DType cd, GemmPath path) {
           const Case c = make(N, K, bs, qt, dq, static_cast<unsigned>(N * K + bs));
           const Q4Weights w = view(c.q);
           const Tensor deq = dequantize_4bit(c.q.packed, c.q.state);
-          // 11: AVX2 token groups of 8 + 3 (k slices of 512); 70: the prompt GEMMs (AMX pads 70 to 96)
+          // 11: AVX2 token groups of 4 + 4 + 3; 70: the prompt GEMMs (AMX pads 70 to 96)
           for (int64_t M : {1, 2, 5, 11, 70}) {
             SCOPED_TRACE(gemm_path_name(path, cd) + " " + std::string(dtype_name(cd)) + " N=" +
                          std::to_string(N) + " K=" + std::to_string(K) + " bs=" + std::to_string(bs) + " " +

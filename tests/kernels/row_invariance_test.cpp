@@ -50,8 +50,7 @@ std::vector<GemmPath> paths_here(DType compute) {
 }  // namespace
 
 TEST(RowInvariance, FourBitEveryPathAndComputeDtype) {
-  // the AVX2 batch kernel's k slices (512 floats at 8 tokens, 800 at 5: inside a block of 64, and of 4096),
-  // row tiles with a remainder per thread, token groups of 8 with remainders
+  // rows split unevenly between threads, K not a power of two, one quantization block per row
   for (auto [N, K, bs] :
        {std::tuple<int64_t, int64_t, int64_t>{96, 512, 64}, {75, 1344, 64}, {21, 4096, 4096}})
     for (bool dq : {false, true}) {

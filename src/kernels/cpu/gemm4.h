@@ -49,7 +49,7 @@ struct Q4Weights {
 enum class GemmPath { Auto, Reference, Avx512, Amx, Avx2 };
 
 // Row-invariant mode, for batched decode (several sequences' tokens in one call): while a scope is alive on
-// the calling thread, gemm_4bit gives each row the same bits whatever M - a single token takes the
+// the calling thread, gemm_4bit gives each row the same bits whatever M (1 .. 31) - a single token takes the
 // multi-token kernels instead of the GEMV ones (which sum in another order) and no path switches with M (no
 // AMX, no outer-product GEMM). So a sequence decoded beside others gets exactly what it gets alone
 // (tests/kernels/row_invariance_test.cpp). gemm_dense (its AVX2 multi-token loop sums each row as the GEMV

@@ -17,7 +17,7 @@
 // block's absmax (bfloat16: as on the AVX512-BF16 path, the table is rounded to bfloat16 instead of each
 // code * absmax; see gemm4_test.cpp for the bound). The output is rounded to the compute dtype.
 //
-// M > 1 decodes each chunk once for a group of up to 8 tokens (batch_tile).
+// M > 1 decodes each chunk once for a group of up to 4 tokens (gemv_batch).
 #include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -285,152 +285,66 @@ void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t 
   }
 }
 
-// Several tokens (M > 1, and every M in row-invariant mode): tiles of R rows x MT tokens (up to 8
-// accumulators), each 32-weight chunk of a row decoded once, scaled by its block's absmax and met by the
-// tile's tokens; each x vector loaded once for the tile's rows. One float32 chain per (row, token) - an
-// 8-lane accumulator over k in order, four FMAs per chunk - then the horizontal sum, whatever the tile shape
-// (R = 8 for one token, 4 for two, 2 for three or four, 1 from five up to eight tokens a group), so a token's
-// result does not depend on how many tokens share the call (a sequence decoded beside others gets what it
-// gets alone; a prefix recomputed after Session::truncate is bit-identical). xd: all M tokens prepared in
-// CD's order, chunks of 32. x of a group would not stay in L1 over a whole row (8 tokens x 4096 floats = 128
-// KiB; every FMA then loads from L2, 1.5-2x slower on Zen 3), so a band of rows runs over k in slices of
-// kBatchSliceFloats / MT floats, its partial sums parked between slices: the same FMAs in the same order.
-constexpr int64_t kBatchBand = 16, kBatchSliceFloats = 4096, kBatchTokens = 8;
+// Several tokens (M > 1): y[m, n] for MT tokens at once, each 32-weight chunk decoded once (as for a single
+// token), scaled by its block's absmax and met by every token, so a group of tokens reads and decodes the
+// weights once. xd: all M tokens prepared in CD's order, chunks of 32. Measured against decoding rows to a
+// float32 buffer and streaming tokens over it: faster at every M from 2 to 128 (the float32 FMAs, one per
+// 8 weights and token, are the limit either way).
 
-// Rows n .. n + R - 1, tokens m0 .. m0 + MT - 1 (xg: their x interleaved, batch_interleave), k in [k0, k1);
-// acc[r][m] in `part` (rows of kBatchTokens) between slices: started at 0 when k0 == 0, summed into y when
-// k1 == K.
-template <DType CD, int R, int MT>
-NB_F16C void batch_tile(const Q4Weights& w, DType cd, const Lut& t, const __m256 code[2], const float* xg,
-                        int64_t n, int64_t k0, int64_t k1, __m256* part, float* y, int64_t m0) {
-  const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
-  __m256 acc[R][MT];
+template <DType CD, int MT>
+NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m0, float* y, int64_t n0,
+                        int64_t n1) {
+  // 2 accumulators per token whatever the group size, so a token's result does not depend on which tokens
+  // share its group (a prefix recomputed after Session::truncate is bit-identical); 8 FMA chains in flight
+  // at MT = 4
+  constexpr int NA = 2;
+  const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
+  Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
+  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  const float* xm = xd + m0 * K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.packed + n * K / 2;
+    __m256 acc[MT][NA];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m)
 #pragma GCC unroll 8
-    for (int m = 0; m < MT; ++m) acc[r][m] = k0 == 0 ? _mm256_setzero_ps() : part[r * kBatchTokens + m];
-  for (int64_t c0 = k0; c0 < k1;) {  // the slice's part of one quantization block at a time
-    const int64_t blk = c0 / bs, c1 = std::min(k1, (blk + 1) * bs);
-    float sv[R];
-    [[maybe_unused]] Lut lut[CD == DType::Float16 ? R : 1];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      sv[r] = w.block_absmax((n + r) * nbr + blk);
-      if constexpr (CD == DType::Float16) lut[r] = block_lut_fp16(code, sv[r]);
-    }
-    for (int64_t c = c0; c < c1; c += 32) {
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
+      for (int a = 0; a < NA; ++a) acc[m][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nbr; ++b) {
+      const float absmax = w.block_absmax(n * nbr + b);
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, absmax);
+      const __m256 s = _mm256_set1_ps(absmax);
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
-        const Lut* tr = &t;
-        if constexpr (CD == DType::Float16) tr = &lut[r];
-        decode<lookup(CD)>(nibble_indices(w.packed + (n + r) * K / 2 + c / 2), *tr, f);
+        decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) {
           // float16: the looked-up weight already is fp16(code * absmax)
-          const __m256 wv = CD == DType::Float16 ? f[i] : _mm256_mul_ps(f[i], _mm256_broadcast_ss(&sv[r]));
+          const __m256 wv = CD == DType::Float16 ? f[i] : _mm256_mul_ps(f[i], s);
 #pragma GCC unroll 8
           for (int m = 0; m < MT; ++m)
-            acc[r][m] = _mm256_fmadd_ps(wv, _mm256_load_ps(xg + (c / 32 * MT + m) * 32 + 8 * i), acc[r][m]);
+            acc[m][i % NA] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xm + m * K + c + 8 * i), acc[m][i % NA]);
         }
       }
     }
-    c0 = c1;
-  }
-  if (k1 < K) {
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m) {
+      __m256 sum = acc[m][0];
 #pragma GCC unroll 8
-      for (int m = 0; m < MT; ++m) part[r * kBatchTokens + m] = acc[r][m];
-    return;
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < MT; ++m) y[(m0 + m) * w.N + n + r] = round_to(cd, hsum(acc[r][m]));
-}
-
-// Tokens m0 .. m0 + MT - 1 over rows [n0, n1): bands of rows, k slices, tiles of R rows (a band's last rows
-// one at a time).
-template <DType CD, int R, int MT>
-NB_F16C void batch_group(const Q4Weights& w, DType cd, const float* xi, int64_t m0, float* y, int64_t n0,
-                         int64_t n1) {
-  const int64_t K = w.K;
-  const int64_t slice = std::max<int64_t>(32, kBatchSliceFloats / MT / 32 * 32);
-  const Lut t = make_lut(w.code, cd);
-  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
-  const float* xg = xi + m0 * K;
-  __m256 part[kBatchBand * kBatchTokens];
-  for (int64_t nb = n0; nb < n1; nb += kBatchBand) {
-    const int64_t ne = std::min(n1, nb + kBatchBand);
-    for (int64_t k0 = 0; k0 < K; k0 += slice) {
-      const int64_t k1 = std::min(K, k0 + slice);
-      int64_t n = nb;
-      for (; n + R <= ne; n += R)
-        batch_tile<CD, R, MT>(w, cd, t, code, xg, n, k0, k1, part + (n - nb) * kBatchTokens, y, m0);
-      for (; n < ne; ++n)
-        batch_tile<CD, 1, MT>(w, cd, t, code, xg, n, k0, k1, part + (n - nb) * kBatchTokens, y, m0);
+      for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[m][a]);
+      y[(m0 + m) * N + n] = round_to(cd, hsum(sum));
     }
   }
 }
-
-template <DType CD>
-NB_F16C void batch_rows(const Q4Weights& w, DType cd, const float* xi, int64_t M, float* y, int64_t n0,
-                        int64_t n1) {
-  for (int64_t m0 = 0; m0 < M; m0 += kBatchTokens) {
-    switch (std::min(kBatchTokens, M - m0)) {
-      case 1:
-        batch_group<CD, 8, 1>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 2:
-        batch_group<CD, 4, 2>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 3:
-        batch_group<CD, 2, 3>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 4:
-        batch_group<CD, 2, 4>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 5:
-        batch_group<CD, 1, 5>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 6:
-        batch_group<CD, 1, 6>(w, cd, xi, m0, y, n0, n1);
-        break;
-      case 7:
-        batch_group<CD, 1, 7>(w, cd, xi, m0, y, n0, n1);
-        break;
-      default:
-        batch_group<CD, 1, 8>(w, cd, xi, m0, y, n0, n1);
-        break;
-    }
-  }
-}
-
-// xd (M rows of K, prepared) regrouped for batch_tile: per group of kBatchTokens tokens (m0, MT), chunk q of
-// token m at xi[m0 * K + (q * MT + m) * 32]: a chunk's vectors of all the group's tokens sit together. (Rows
-// K floats apart map the same L1 sets whenever K * 4 is a multiple of 4 KiB, and eight of them evicted each
-// other: the loads went to L2.)
-void batch_interleave(const float* xd, int64_t M, int64_t K, float* xi) {
-  for (int64_t m0 = 0; m0 < M; m0 += kBatchTokens) {
-    const int64_t mt = std::min(kBatchTokens, M - m0);
-    for (int64_t q = 0; q < K / 32; ++q)
-      for (int64_t m = 0; m < mt; ++m)
-        std::copy_n(xd + (m0 + m) * K + q * 32, 32, xi + m0 * K + (q * mt + m) * 32);
-  }
-}
-
-thread_local std::vector<float> tl_xi;
 
 // (no target attribute on functions holding an OpenMP region: clang outlines the region without it)
 template <DType CD>
 void gemv_batch_rows(const Q4Weights& w, DType cd, const float* xd, int64_t M, float* y) {
-  float* xi = scratch(tl_xi, static_cast<size_t>(M * w.K));
-  batch_interleave(xd, M, w.K, xi);
 #pragma omp parallel
   {
-    const auto rows = thread_rows(w.N);
-    if (rows.first < rows.second) batch_rows<CD>(w, cd, xi, M, y, rows.first, rows.second);
+    const auto rows = thread_rows(w.N);  // (a lambda may not capture structured bindings in clang 15)
+    const int64_t a = rows.first, b = rows.second;
+    for_token_groups(
+        M, [&](auto mt, int64_t m0) { gemv_batch<CD, decltype(mt)::value>(w, cd, xd, m0, y, a, b); });
   }
 }
 
@@ -709,7 +623,7 @@ bool supported(DType compute) {
 }
 
 // Requires: supported(compute), K % blocksize == 0, K % 32 == 0 (blocksize >= 32). invariant: a single
-// token takes batch_tile too (its sums are in batch_tile's order, as when it shares a call).
+// token takes gemv_batch too (its sums are in gemv_batch's order, as when it shares a call).
 void gemm_4bit(const Q4Weights& w, const float* x, int64_t M, float* y, DType compute, bool invariant) {
   if (!invariant && M >= kAvx2PanelMinTokens) {
     // x rounded to the compute dtype, each chunk of 32 in the float32 lookup's order (the panel's k order)

@@ -117,11 +117,22 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       L.attn.scale = static_cast<float>(1.0 / std::sqrt(c_.query_pre_attn_scalar));
       L.attn.softcap = static_cast<float>(c_.attn_softcap);
     }
-    if (c_.model_type == "qwen3" || c_.gemma3) {  // (Gemma 3's with 1 + w)
+    if (c_.model_type == "qwen3" || c_.model_type == "qwen3_moe" || c_.gemma3) {  // (Gemma 3's with 1 + w)
       L.attn.q_norm = nn::RMSNorm(dense(p + ".self_attn.q_norm.weight", {D}), c_.rms_eps, c_.gemma3);
       L.attn.k_norm = nn::RMSNorm(dense(p + ".self_attn.k_norm.weight", {D}), c_.rms_eps, c_.gemma3);
     }
-    if (fused)
+    const bool sparse = !c_.moe_layer.empty() && c_.moe_layer[static_cast<size_t>(i)];
+    if (sparse) {  // qwen3_moe: the router (dense) and each expert's gated MLP
+      std::vector<nn::GatedMLP> experts;
+      for (int64_t e = 0; e < c_.experts; ++e) {
+        const std::string q = p + ".mlp.experts." + std::to_string(e);
+        auto gate = loader.load(q + ".gate_proj", false);  // (in order, so a missing one is named in order)
+        auto up = loader.load(q + ".up_proj", false);
+        experts.emplace_back(std::move(gate), std::move(up), loader.load(q + ".down_proj", false));
+      }
+      L.moe = nn::SparseMoE(dense(p + ".mlp.gate.weight", {c_.experts, H}), std::move(experts),
+                            c_.experts_per_tok, c_.norm_topk_prob);
+    } else if (fused)
       L.mlp =
           nn::GatedMLP(loader.load(p + ".mlp.gate_up_proj", false), loader.load(p + ".mlp.down_proj", false));
     else
@@ -139,8 +150,14 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
         {"mlp.up_proj", {c_.intermediate, H}},
         {"mlp.gate_up_proj", {2 * c_.intermediate, H}},
         {"mlp.down_proj", {H, c_.intermediate}}};
+    const int64_t EI = c_.moe_intermediate;
+    auto expected_shape = [&](const std::string& name) -> std::pair<int64_t, int64_t> {
+      if (name.starts_with("mlp.experts."))  // mlp.experts.E.{gate,up,down}_proj
+        return name.ends_with("down_proj") ? std::pair{H, EI} : std::pair{EI, H};
+      return expected.at(name);
+    };
     for (const auto& [name, lin] : std::as_const(L).linears())
-      if (const auto s = expected.at(name); lin->out_features != s.first || lin->in_features != s.second)
+      if (const auto s = expected_shape(name); lin->out_features != s.first || lin->in_features != s.second)
         throw FormatError(dir + ": layer " + std::to_string(i) + " has a linear weight of shape [" +
                           std::to_string(lin->out_features) + ", " + std::to_string(lin->in_features) +
                           "], expected [" + std::to_string(s.first) + ", " + std::to_string(s.second) + "]");
@@ -247,7 +264,10 @@ void LlamaModel::run(std::span<const SequenceStep> seqs, nn::Workspace& ws, int6
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
     L.post_norm.forward(h, T, xn);
-    L.mlp.forward(xn, T, ws, o);
+    if (L.moe)
+      L.moe->forward(xn, T, ws, o);
+    else
+      L.mlp.forward(xn, T, ws, o);
 #pragma omp parallel for if (T > 1)
     for (int64_t i = 0; i < T * H; ++i) h[i] += o[i];
   }
@@ -286,6 +306,8 @@ std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> LlamaLayer
                          {"mlp.gate_up_proj", &mlp.gate_up_proj},
                          {"mlp.down_proj", &mlp.down_proj}})
     if (*l) v.emplace_back(name, l);
+  if (moe)
+    for (const auto& e : moe->linears()) v.push_back(e);
   return v;
 }
 
@@ -322,6 +344,7 @@ NamedTensors LlamaModel::state_dict() const {
       d.emplace_back(p + ".self_attn.k_norm.weight", L.attn.k_norm->weight());
     }
     for (const auto& [name, lin] : L.linears()) add(p + "." + name, *lin);
+    if (L.moe) d.emplace_back(p + ".mlp.gate.weight", L.moe->router_weight());
   }
   d.emplace_back("model.norm.weight", norm_.weight());
   if (lm_head_) add("lm_head", *lm_head_);
@@ -335,6 +358,7 @@ size_t LlamaModel::memory_footprint() const {
     n += L.input_norm.weight().nbytes() + L.post_norm.weight().nbytes();
     if (L.attn.q_norm) n += L.attn.q_norm->weight().nbytes() + L.attn.k_norm->weight().nbytes();
     if (L.pre_ff_norm) n += L.pre_ff_norm->weight().nbytes() + L.post_ff_norm->weight().nbytes();
+    if (L.moe) n += L.moe->router_weight().nbytes();
   }
   for (const auto* lin : linears()) n += lin->parameter_bytes();
   if (lm_head_) n += lm_head_->parameter_bytes();
@@ -342,7 +366,16 @@ size_t LlamaModel::memory_footprint() const {
 }
 
 size_t LlamaModel::decode_bytes_per_token() const {
-  const size_t n = memory_footprint();
+  size_t n = memory_footprint();
+  // a sparse layer reads the router and top_k of its experts per token
+  for (const auto& L : layers_) {
+    if (!L.moe) continue;
+    size_t experts = 0;
+    for (const auto& ex : L.moe->experts)
+      experts += ex.gate_proj->parameter_bytes() + ex.up_proj->parameter_bytes() + ex.down_proj->parameter_bytes();
+    const auto E = static_cast<size_t>(L.moe->experts.size()), k = static_cast<size_t>(L.moe->top_k);
+    n -= experts - experts * k / E;
+  }
   if (!lm_head_) return n;  // the tied embedding is the lm_head: read whole
   return n - embed_.nbytes() + static_cast<size_t>(c_.hidden) * dtype_size(embed_.dtype());
 }
@@ -353,6 +386,7 @@ int64_t LlamaModel::num_parameters() const {
     n += L.input_norm.weight().numel() + L.post_norm.weight().numel();
     if (L.attn.q_norm) n += L.attn.q_norm->weight().numel() + L.attn.k_norm->weight().numel();
     if (L.pre_ff_norm) n += L.pre_ff_norm->weight().numel() + L.post_ff_norm->weight().numel();
+    if (L.moe) n += L.moe->router_weight().numel();
   }
   for (const auto* l : linears())
     n += l->in_features * l->out_features + (l->has_bias() ? l->out_features : 0);

@@ -1,6 +1,6 @@
-// The llama-family decoder (llama, mistral, qwen2) assembled from nn modules: embedding, per layer RMSNorm ->
-// Attention (RoPE, GQA) -> residual -> RMSNorm -> GatedMLP -> residual, final RMSNorm, lm_head (or the tied
-// embedding).
+// The llama-family decoder (llama, mistral, qwen2, qwen3, qwen3_moe, phi3, gemma 1-3) assembled from nn
+// modules: embedding, per layer RMSNorm -> Attention (RoPE, GQA) -> residual -> RMSNorm -> GatedMLP ->
+// residual, final RMSNorm, lm_head (or the tied embedding).
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -14,6 +14,7 @@
 #include "nn/attention.h"
 #include "nn/linear.h"
 #include "nn/mlp.h"
+#include "nn/moe.h"
 #include "nn/rms_norm.h"
 #include "nn/rotary.h"
 
@@ -36,6 +37,10 @@ struct LlamaConfig {
   bool tie_word_embeddings = false, attention_bias = false, mlp_bias = false;
   // per layer: the sliding window (a query sees the `window` positions ending at its own), 0 = full causal
   std::vector<int64_t> window;
+  // qwen3_moe: sparse MLP blocks (router + experts) on the layers moe_layer marks, the dense MLP elsewhere
+  int64_t experts = 0, experts_per_tok = 0, moe_intermediate = 0;
+  bool norm_topk_prob = false;
+  std::vector<bool> moe_layer;
 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& path);
 };
@@ -46,6 +51,7 @@ struct LlamaLayer {
   std::optional<nn::RMSNorm> pre_ff_norm, post_ff_norm;
   nn::Attention attn;
   nn::GatedMLP mlp;
+  std::optional<nn::SparseMoE> moe;  // qwen3_moe's sparse layers (then mlp is empty)
   // The layer's linear modules that exist (phi3 has fused qkv_proj / gate_up_proj instead of the separate
   // ones), with their names after "model.layers.N.", in transformers' state-dict order.
   std::vector<std::pair<const char*, std::unique_ptr<nn::LinearBase>*>> linears();

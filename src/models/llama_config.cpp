@@ -24,10 +24,11 @@ constexpr NumberRange kPositive{1e-30, 1e30};
 // layer_types, or every sliding_window_pattern-th layer (default 6) full, the others sliding.
 // qwen2: sliding_window only if use_sliding_window (false switches it off whatever sliding_window says), on
 // the layers layer_types marks "sliding_attention", or without layer_types on layers >= max_window_layers
-// (qwen3 alike). llama has no sliding window.
+// (qwen3 alike). qwen3_moe: every layer when use_sliding_window. llama has no sliding window.
 void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
   c.window.assign(static_cast<size_t>(c.layers), 0);
-  static const char* kWindowed[] = {"mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"};
+  static const char* kWindowed[] = {"mistral", "qwen2",  "qwen3",      "qwen3_moe",
+                                    "phi3",    "gemma2", "gemma3_text"};
   if (std::none_of(std::begin(kWindowed), std::end(kWindowed),
                    [&](const char* t) { return c.model_type == t; }))
     return;
@@ -35,6 +36,12 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
   int64_t sw = jsonf::get_int_or(j, "sliding_window", root, 0, kWindow);
   if (c.model_type == "mistral" || c.model_type == "phi3") {
     std::fill(c.window.begin(), c.window.end(), sw);
+    return;
+  }
+  if (c.model_type ==
+      "qwen3_moe") {  // Qwen3MoeConfig: sliding_window only if use_sliding_window, every layer
+    if (jsonf::get_bool_or(j, "use_sliding_window", root, false))
+      std::fill(c.window.begin(), c.window.end(), sw);
     return;
   }
   if (c.model_type == "gemma2") {  // layer_types, or alternating sliding / full starting with sliding
@@ -69,6 +76,32 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
   }
   const int64_t first = jsonf::get_int_or(j, "max_window_layers", root, 28, {0, int64_t{1} << 12});
   for (int64_t i = first; i < c.layers; ++i) c.window[static_cast<size_t>(i)] = sw;
+}
+
+// Qwen3-MoE's sparse blocks (Qwen3MoeConfig): num_experts (transformers 5 writes num_local_experts),
+// num_experts_per_tok, moe_intermediate_size, norm_topk_prob; layer i is sparse unless it is in
+// mlp_only_layers or (i + 1) % decoder_sparse_step != 0.
+void read_moe(const json& j, const jsonf::JsonPath& root, LlamaConfig& c) {
+  if (c.model_type != "qwen3_moe") return;
+  constexpr IntRange kExperts{1, 1 << 16};
+  c.experts = jsonf::get_int_or(j, "num_experts", root,
+                                jsonf::get_int_or(j, "num_local_experts", root, 128, kExperts), kExperts);
+  c.experts_per_tok = jsonf::get_int_or(j, "num_experts_per_tok", root, 8, {1, c.experts});
+  c.moe_intermediate = jsonf::get_int_or(j, "moe_intermediate_size", root, 768, kIntermediate);
+  c.norm_topk_prob = jsonf::get_bool_or(j, "norm_topk_prob", root, false);
+  const int64_t step = jsonf::get_int_or(j, "decoder_sparse_step", root, 1, {1, int64_t{1} << 12});
+  jsonf::checked_product({c.experts, c.moe_intermediate, c.hidden}, root,
+                         "num_experts * moe_intermediate_size * hidden_size (experts)");
+  c.moe_layer.assign(static_cast<size_t>(c.layers), false);
+  for (int64_t i = 0; i < c.layers; ++i) c.moe_layer[static_cast<size_t>(i)] = (i + 1) % step == 0;
+  if (const json* only = jsonf::find(j, "mlp_only_layers", root); only && !only->is_null()) {
+    const jsonf::JsonPath at = root / "mlp_only_layers";
+    const json& a = jsonf::as_array(*only, at);
+    for (size_t i = 0; i < a.size(); ++i) {
+      const int64_t l = jsonf::as_int(a[i], at[i], {0, int64_t{1} << 20});
+      if (l < c.layers) c.moe_layer[static_cast<size_t>(l)] = false;
+    }
+  }
 }
 
 // A soft-capping value as transformers reads it: absent = the config class's default, null = off (0).
@@ -228,6 +261,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& path) {
     c.rope.original_max_positions = jsonf::get_int_or(j, "original_max_position_embeddings", root,
                                                       c.rope.original_max_positions, kPositions);
   read_sliding_windows(j, root, c);
+  read_moe(j, root, c);
   read_gemma(j, root, c);
   read_gemma3_rope(j, root, path, c);
   return c;

@@ -12,7 +12,7 @@
 namespace nibble {
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> k{"llama", "mistral", "qwen2",  "qwen3",
+  static const std::vector<std::string> k{"llama", "mistral", "qwen2",  "qwen3",      "qwen3_moe",
                                           "phi3",  "gemma",   "gemma2", "gemma3_text"};
   return k;
 }
@@ -36,6 +36,11 @@ bool is_linear_weight(const std::string& model_type, const std::string& name) {
       ".mlp.down_proj.weight",    ".self_attn.qkv_proj.weight", ".mlp.gate_up_proj.weight"};
   if (name == "lm_head.weight") return true;
   if (name.rfind("model.layers.", 0) != 0) return false;
+  // qwen3_moe's experts: model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight (the router, mlp.gate, is
+  // not a Linear in transformers 5 and stays dense)
+  if (const auto at = name.find(".mlp.experts."); at != std::string::npos)
+    return name.ends_with(".gate_proj.weight") || name.ends_with(".up_proj.weight") ||
+           name.ends_with(".down_proj.weight");
   return std::any_of(std::begin(kSuffixes), std::end(kSuffixes),
                      [&](const char* s) { return name.ends_with(s); });
 }

@@ -74,10 +74,12 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
 # it keeps seed0 and is listed in SEED_RULE_EXEMPT (make() asserts the rule for all others).
 SEED0 = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
          "gemma2": 11, "phi3": 12, "qwen2-sw-bnb-nf4": 21, "qwen3-bnb-nf4": 22, "gemma": 13, "gemma3-text": 14,
-         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26}
+         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26,
+         "qwen3-moe": 31, "qwen3-moe-sw": 32, "qwen3-moe-bnb-nf4": 33}
 SEEDS = {"mistral-sw": 1, "qwen2-sw": 2, "qwen2-nosw": 3, "qwen3": 4, "llama-untied-bias": 5, "llama-tied": 6,
          "gemma2": 4111, "phi3": 12, "qwen2-sw-bnb-nf4": 121, "qwen3-bnb-nf4": 22, "gemma": 213, "gemma3-text": 114,
-         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26}
+         "phi3-bnb-nf4": 23, "gemma2-bnb-nf4": 24, "gemma3-text-bnb-nf4": 25, "qwen3-bnb-int8": 26,
+         "qwen3-moe": 31, "qwen3-moe-sw": 32, "qwen3-moe-bnb-nf4": 33}
 SEED_RULE_EXEMPT = set()
 SEED_RULE_MIN_DISTINCT = 6
 SEED_RULE_MIN_MARGIN = 2e-3
@@ -134,6 +136,18 @@ MODELS = {
                     "window 8, local layers rope base 1e4 and the full layer 1e6, q_norm/k_norm (1+w) per head "
                     "before rope, query_pre_attn_scalar 24, pre/post feed-forward norms, embeddings * sqrt(32), no "
                     "soft-capping (Gemma3TextConfig defaults), tied"),
+    "qwen3-moe": ("qwen3_moe", {**BASE, "num_hidden_layers": 3, "num_experts": 4, "num_experts_per_tok": 2,
+                                "moe_intermediate_size": 16, "norm_topk_prob": True, "mlp_only_layers": [1],
+                                "use_sliding_window": False}, SEEDS["qwen3-moe"],
+                  "Qwen3-MoE: layers 0 and 2 sparse (router over 4 experts, top 2, renormalized), layer 1 dense "
+                  "(mlp_only_layers), q_norm/k_norm, head_dim 8 = hidden/heads (Qwen3MoeConfig has no head_dim "
+                  "default of its own); config.json as saved (num_local_experts, transformers 5's name)"),
+    "qwen3-moe-sw": ("qwen3_moe", {**BASE, "num_hidden_layers": 2, "num_experts": 8, "num_experts_per_tok": 3,
+                                   "moe_intermediate_size": 16, "norm_topk_prob": False, "decoder_sparse_step": 2,
+                                   "use_sliding_window": True, "sliding_window": 8}, SEEDS["qwen3-moe-sw"],
+                     "Qwen3-MoE: decoder_sparse_step 2 (layer 1 sparse, layer 0 dense), top 3 of 8 experts not "
+                     "renormalized, use_sliding_window with window 8 on every layer; config.json in the Hub's form "
+                     "(num_experts, no num_local_experts)"),
     "phi3-longrope": ("phi3", {**{k: v for k, v in BASE.items() if k != "head_dim"}, "partial_rotary_factor": 0.5,
                                "max_position_embeddings": 64, "original_max_position_embeddings": 16,
                                "rope_parameters": PHI3_LONGROPE}, SEEDS["phi3"],
@@ -162,7 +176,11 @@ BNB_EXTRA = {"phi3-bnb-nf4": ("phi3", {"hidden_size": 64, "intermediate_size": 6
                                            "tie_word_embeddings": False}, "nf4"),
              "gemma3-text-bnb-nf4": ("gemma3-text", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16,
                                                      "tie_word_embeddings": False}, "nf4"),
-             "qwen3-bnb-int8": ("qwen3", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 32}, "int8")}
+             "qwen3-bnb-int8": ("qwen3", {"hidden_size": 64, "intermediate_size": 64, "head_dim": 32}, "int8"),
+             # transformers 5.24 quantizes Qwen3-MoE's attention only: its experts (3-D parameters) and router
+             # stay float32 in the saved file (per-expert gate/up/down_proj.weight, as the Hub layout)
+             "qwen3-moe-bnb-nf4": ("qwen3-moe", {"hidden_size": 64, "head_dim": 16},
+                                   "nf4")}
 # every quantized directory: name -> (family, config overrides, kind)
 BNB_VARIANTS = {**{f"{n}-bnb-nf4": (n, o, "nf4") for n, o in BNB_4BIT.items()}, **BNB_EXTRA}
 INT8_THRESHOLD = 6.0
@@ -247,6 +265,7 @@ CONFIG_EDITS = {
     "qwen2-nosw": {"delete": ["layer_types"], "set": {"sliding_window": 8}},
     "gemma2": {"delete": ["layer_types"]},
     "gemma": {"set": {"hidden_act": "gelu"}},
+    "qwen3-moe-sw": {"delete": ["num_local_experts"], "set": {"num_experts": 8}},
     "llama3-rope-legacy": {"delete": ["rope_parameters"],
                            "set": {"rope_theta": 10000.0,
                                    "rope_scaling": {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}}},
@@ -371,7 +390,7 @@ def redraw(model, seed):
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.1
-            if p.dim() == 2:
+            if p.dim() >= 2:  # (3: Qwen3-MoE's experts, [experts, out, in])
                 p.copy_(noise if "embed_tokens" in name else 2 * noise)
             elif "norm" in name:
                 base = 1.0 if bool((p == 1).all()) else 0.0

@@ -17,6 +17,13 @@ Shape RandomSource::shape_of(const std::string& n) const {
   auto ends = [&](const char* s) { return n.ends_with(s); };
   if (n == "model.embed_tokens.weight" || n == "lm_head.weight") return {V, H};
   if (ends("layernorm.weight") || n == "model.norm.weight") return {H};
+  if (ends("q_norm.weight") || ends("k_norm.weight")) return {D};  // qwen3: per-head norms
+  if (n.find(".mlp.experts.") != std::string::npos) {              // qwen3_moe's experts and router
+    if (ends("gate_proj.weight") || ends("up_proj.weight")) return {c.moe_intermediate, H};
+    if (ends("down_proj.weight")) return {H, c.moe_intermediate};
+    return {};
+  }
+  if (ends(".mlp.gate.weight")) return c.experts > 0 ? Shape{c.experts, H} : Shape{};
   if (ends("q_proj.weight")) return {NQ * D, H};
   if (ends("k_proj.weight") || ends("v_proj.weight")) return {NKV * D, H};
   if (ends("o_proj.weight")) return {H, NQ * D};

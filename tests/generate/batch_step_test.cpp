@@ -1,7 +1,7 @@
 // Session::step, the server's continuous batching: sessions decoded together in one forward get exactly the
 // logits (bit for bit) they get stepping alone, whatever joins or leaves between steps, on every kernel path
 // a model takes here (float32 dense, NF4 with float32 / bfloat16 / float16 compute, int8 activations, a
-// sliding-window soft-capped family); and bad batches are refused before anything runs.
+// sliding-window soft-capped family, a mixture of experts); and bad batches are refused before anything runs.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -100,16 +100,15 @@ TEST(BatchStep, MatchesSteppingAloneInt8Activations) {
   expect_batch_matches_alone(load(DType::BFloat16, Activations::Int8), "nf4 bfloat16, int8 activations");
 }
 
-TEST(BatchStep, MatchesSteppingAloneSlidingWindowSoftcapFamily) {
-  // gemma2: alternating sliding windows, attention and final soft-capping, pre/post feed-forward norms
+namespace {
+// Sessions of a family's golden checkpoint decoded together from the start, each step against stepping alone.
+void expect_family_batch_matches_alone(const std::string& name, const std::vector<std::vector<int32_t>>& ps) {
   const auto m = AutoModelForCausalLM::from_pretrained(
-      std::string(NIBBLE_TEST_DATA) + "/checkpoints/families/gemma2", {.quiet = true});
-  SCOPED_TRACE("gemma2");
-  std::vector<Session> ss;
-  const std::vector<std::vector<int32_t>> ps{
-      {2, 17, 33, 40, 5, 9, 12, 30, 31, 7}, {2, 3}, {2, 50, 51, 52, 53}};
+      std::string(NIBBLE_TEST_DATA) + "/checkpoints/families/" + name, {.quiet = true});
+  SCOPED_TRACE(name);
   std::vector<std::vector<std::vector<float>>> ref;
   for (const auto& p : ps) ref.push_back(alone(m, p));
+  std::vector<Session> ss;
   for (const auto& p : ps) {
     ss.emplace_back(m, SessionOptions{.context_length = 128});
     ss.back().append(p);
@@ -125,6 +124,20 @@ TEST(BatchStep, MatchesSteppingAloneSlidingWindowSoftcapFamily) {
       ss[i].push(argmax(l.data(), static_cast<int64_t>(l.size())));
     }
   }
+}
+}  // namespace
+
+TEST(BatchStep, MatchesSteppingAloneSlidingWindowSoftcapFamily) {
+  // gemma2: alternating sliding windows, attention and final soft-capping, pre/post feed-forward norms
+  expect_family_batch_matches_alone("gemma2",
+                                    {{2, 17, 33, 40, 5, 9, 12, 30, 31, 7}, {2, 3}, {2, 50, 51, 52, 53}});
+}
+
+TEST(BatchStep, MatchesSteppingAloneMixtureOfExperts) {
+  // qwen3_moe: each expert runs over the rows of every session that routed a token to it; window 8 on every
+  // layer (the cache bounded by it)
+  expect_family_batch_matches_alone("qwen3-moe-sw",
+                                    {{1, 17, 99, 100, 3, 45, 45, 125, 12, 7, 64}, {1, 5}, {1, 90, 91}});
 }
 
 TEST(BatchStep, RefusesBadBatchesBeforeRunning) {

@@ -11,13 +11,13 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "nibble/error.h"
 #include "nibble/model.h"
 #include "nibble/safetensors.h"
-#include "nibble/session.h"
 #include "test_util.h"
 
 using namespace nibble;
@@ -131,46 +131,6 @@ TEST(Qwen3Moe, QuantizeOnLoadQuantizesEveryExpertAndSavesWhatItLoads) {
   EXPECT_EQ(
       m.info().num_parameters,
       AutoModelForCausalLM::from_pretrained(family("qwen3-moe"), {.quiet = true}).info().num_parameters);
-}
-
-TEST(Qwen3Moe, BatchedDecodeGivesEachSessionItsLogitsAlone) {
-  const auto m = AutoModelForCausalLM::from_pretrained(family("qwen3-moe-sw"), {.quiet = true});
-  const std::vector<std::vector<int32_t>> ps{
-      {1, 17, 99, 100, 3, 45, 45, 125, 12, 7, 64}, {1, 5}, {1, 90, 91}};
-  auto step_alone = [&](const std::vector<int32_t>& p, int steps) {
-    Session s(m, {.context_length = 64});
-    s.append(p);
-    std::vector<std::vector<float>> out;
-    for (int i = 0; i < steps; ++i) {
-      if (i > 0) {
-        Session* one[] = {&s};
-        Session::step(one);
-      }
-      const auto l = s.logits();
-      out.emplace_back(l.begin(), l.end());
-      s.push(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
-    }
-    return out;
-  };
-  constexpr int kSteps = 12;  // past the window of 8
-  std::vector<std::vector<std::vector<float>>> ref;
-  for (const auto& p : ps) ref.push_back(step_alone(p, kSteps));
-  std::vector<Session> ss;
-  for (const auto& p : ps) {
-    ss.emplace_back(m, SessionOptions{.context_length = 64});
-    ss.back().append(p);
-  }
-  for (int t = 0; t < kSteps; ++t) {
-    std::vector<Session*> all;
-    for (auto& s : ss) all.push_back(&s);
-    if (t > 0) Session::step(all);
-    for (size_t i = 0; i < ss.size(); ++i) {
-      const auto l = ss[i].logits();
-      EXPECT_EQ(std::memcmp(l.data(), ref[i][static_cast<size_t>(t)].data(), l.size() * sizeof(float)), 0)
-          << "session " << i << " step " << t;
-      ss[i].push(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
-    }
-  }
 }
 
 TEST(Qwen3Moe, BadConfigsAndCheckpointsAreClearErrors) {

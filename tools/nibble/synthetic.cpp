@@ -31,38 +31,29 @@ nlohmann::json synthetic_config(const std::string& shape, int64_t layers) {
     throw ValueError("--synthetic: unknown shape '" + shape + "' (known: " + names + ")");
   }
   const S& s = it->second;
+  nlohmann::json c{{"model_type", "llama"},
+                   {"architectures", {"LlamaForCausalLM"}},
+                   {"hidden_size", s.hidden},
+                   {"intermediate_size", s.inter},
+                   {"num_attention_heads", s.heads},
+                   {"num_key_value_heads", s.kv},
+                   {"num_hidden_layers", layers > 0 ? layers : s.layers},
+                   {"vocab_size", s.vocab},
+                   {"max_position_embeddings", 4096},
+                   {"rms_norm_eps", 1e-5},
+                   {"rope_theta", s.theta},
+                   {"tie_word_embeddings", false},
+                   {"torch_dtype", "bfloat16"}};
   if (shape == "qwen3-30b-a3b")  // Qwen3-30B-A3B: 128 experts of 768, 8 per token, q/k norms, head_dim 128
-    return {{"model_type", "qwen3_moe"},
-            {"architectures", {"Qwen3MoeForCausalLM"}},
-            {"hidden_size", s.hidden},
-            {"intermediate_size", s.inter},
-            {"moe_intermediate_size", 768},
-            {"num_experts", 128},
-            {"num_experts_per_tok", 8},
-            {"norm_topk_prob", true},
-            {"num_attention_heads", s.heads},
-            {"num_key_value_heads", s.kv},
-            {"head_dim", 128},
-            {"num_hidden_layers", layers > 0 ? layers : s.layers},
-            {"vocab_size", s.vocab},
-            {"max_position_embeddings", 4096},
-            {"rms_norm_eps", 1e-6},
-            {"rope_theta", s.theta},
-            {"tie_word_embeddings", false},
-            {"torch_dtype", "bfloat16"}};
-  return {{"model_type", "llama"},
-          {"architectures", {"LlamaForCausalLM"}},
-          {"hidden_size", s.hidden},
-          {"intermediate_size", s.inter},
-          {"num_attention_heads", s.heads},
-          {"num_key_value_heads", s.kv},
-          {"num_hidden_layers", layers > 0 ? layers : s.layers},
-          {"vocab_size", s.vocab},
-          {"max_position_embeddings", 4096},
-          {"rms_norm_eps", 1e-5},
-          {"rope_theta", s.theta},
-          {"tie_word_embeddings", false},
-          {"torch_dtype", "bfloat16"}};
+    c.update({{"model_type", "qwen3_moe"},
+              {"architectures", {"Qwen3MoeForCausalLM"}},
+              {"moe_intermediate_size", 768},
+              {"num_experts", 128},
+              {"num_experts_per_tok", 8},
+              {"norm_topk_prob", true},
+              {"head_dim", 128},
+              {"rms_norm_eps", 1e-6}});
+  return c;
 }
 
 BitsAndBytesConfig default_synthetic_quantization() {

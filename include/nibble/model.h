@@ -98,6 +98,9 @@ class AutoModelForCausalLM {
   size_t decode_bytes_per_token() const;
   const ModelInfo& info() const;
   int64_t max_position_embeddings() const;
+  // Bytes of one Session's KV cache (float32 keys and values) at this context length; a sliding-window layer
+  // holds about 1.25 x its window however long the context. ValueError unless context_length > 0.
+  size_t kv_cache_bytes(int64_t context_length) const;
   int threads() const;  // FromPretrainedOptions::threads (0 = all cores)
   // The CPU kernel path each linear layer (lm_head included) takes for `tokens` tokens on this machine, with
   // how many layers take it: ("avx2", 15), ... A "reference" entry is a scalar fallback.

@@ -23,8 +23,7 @@ KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity, std::span<cons
   std::vector<int64_t> rows(static_cast<size_t>(layers), capacity);
   size_t total = 0;
   for (size_t l = 0; l < rows.size(); ++l) {
-    const int64_t w = windows_[l];
-    if (w > 0) rows[l] = std::min(capacity, w - 1 + (slack > 0 ? slack : default_slack(w)));
+    rows[l] = rows_for(windows_[l], capacity, slack);
     if (rows[l] == capacity) windows_[l] = 0;  // the window bounds nothing within this context
     total += 2 * static_cast<size_t>(width) * static_cast<size_t>(rows[l]);
   }
@@ -37,6 +36,15 @@ KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity, std::span<cons
     views_[l] = {p, p + n, rows[l], windows_[l] > 0 ? &first_[l] : nullptr};
     p += 2 * n;
   }
+}
+
+size_t KVCache::bytes_for(int64_t width, int64_t capacity, std::span<const int64_t> windows, int64_t layers,
+                          int64_t slack) {
+  size_t rows = 0;
+  for (int64_t l = 0; l < layers; ++l)
+    rows += static_cast<size_t>(rows_for(
+        static_cast<size_t>(l) < windows.size() ? windows[static_cast<size_t>(l)] : 0, capacity, slack));
+  return 2 * static_cast<size_t>(width) * rows * sizeof(float);
 }
 
 bool KVCache::holds_prefix(int64_t n) const {

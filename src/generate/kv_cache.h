@@ -4,6 +4,7 @@
 // the context. The memory is reserved, not zeroed, so pages are touched only as rows fill (a long context
 // costs address space, not RSS, until it is used).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -28,9 +29,17 @@ class KVCache {
   // Whether a sequence cut back to its first n positions can go on from this cache: every bounded layer still
   // holds the positions position n's query sees (else the caller re-runs from position 0).
   bool holds_prefix(int64_t n) const;
+  // bytes() of a cache with these arguments, without allocating one.
+  static size_t bytes_for(int64_t width, int64_t capacity, std::span<const int64_t> windows, int64_t layers,
+                          int64_t slack = 0);
   // A quarter of the window, at least 1: a chunk of W / 4 queries, compaction every W / 4 positions (moving
   // W - 1 rows: about 4 row copies per token).
   static int64_t default_slack(int64_t window) { return std::max<int64_t>(1, window / 4); }
+  // Rows a layer with this window keeps (capacity when the window bounds nothing).
+  static int64_t rows_for(int64_t window, int64_t capacity, int64_t slack) {
+    return window > 0 ? std::min(capacity, window - 1 + (slack > 0 ? slack : default_slack(window)))
+                      : capacity;
+  }
 
  private:
   std::unique_ptr<float[]> data_;

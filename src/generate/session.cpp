@@ -211,6 +211,14 @@ void Session::truncate(int64_t n) {
 
 // AutoModelForCausalLM's running half.
 
+size_t AutoModelForCausalLM::kv_cache_bytes(int64_t context_length) const {
+  if (context_length <= 0)
+    throw ValueError("kv_cache_bytes: the context length must be positive, got " +
+                     std::to_string(context_length));
+  const models::CausalLM& m = *impl_->model;
+  return generate::KVCache::bytes_for(m.kv_width(), context_length, m.kv_windows(), m.num_layers());
+}
+
 std::vector<float> AutoModelForCausalLM::forward(const std::vector<int32_t>& ids) const {
   if (ids.empty()) throw ValueError("forward: ids is empty");
   Session s(*this, {.context_length = static_cast<int64_t>(ids.size())});

@@ -68,6 +68,20 @@ TEST(WindowCache, RowsPerLayerFollowTheWindows) {
   EXPECT_THROW(generate::KVCache(1, W, 10, std::vector<int64_t>{8}, -1), ValueError);
 }
 
+TEST(WindowCache, ModelReportsWhatItsSessionCacheTakes) {
+  // mistral-sw: 2 layers, 2 KV heads x 8, window 8 on both: 7 + 2 rows each, whatever the context
+  const auto sw = AutoModelForCausalLM::from_pretrained(family("mistral-sw"), {.quiet = true});
+  EXPECT_EQ(sw.kv_cache_bytes(1000), size_t{2 * 2 * 16 * 9 * 4});
+  EXPECT_EQ(sw.kv_cache_bytes(100000), sw.kv_cache_bytes(1000));
+  EXPECT_EQ(sw.kv_cache_bytes(5), size_t{2 * 2 * 16 * 5 * 4});  // a context under the window: one row each
+  // gemma2: window 8 on layer 0 only
+  auto g = AutoModelForCausalLM::from_pretrained(family("gemma2"), {.quiet = true});
+  const models::CausalLM& gm = *ModelAccess::impl(g).model;
+  EXPECT_EQ(g.kv_cache_bytes(1000), generate::KVCache(2, gm.kv_width(), 1000, gm.kv_windows()).bytes());
+  EXPECT_EQ(g.kv_cache_bytes(1000), static_cast<size_t>(2 * gm.kv_width() * (9 + 1000) * 4));
+  EXPECT_THROW((void)g.kv_cache_bytes(0), ValueError);
+}
+
 TEST(WindowCache, BoundedRowsGiveTheBitsOfTheFullCache) {
   struct Case {
     std::string dir;

@@ -157,6 +157,11 @@ TEST(GenerateCli, InfoReportsFootprintAndRss) {
   EXPECT_NE(q.out.find("\"bnb_4bit_quant_type\": \"nf4\""), std::string::npos);
   EXPECT_NE(q.out.find("kernels (1 token): "), std::string::npos) << q.out;
   EXPECT_NE(q.out.find("kernels (512 tokens): "), std::string::npos) << q.out;
+  // one sequence's KV cache at a Session's default context (max_position_embeddings capped at 8192)
+  const auto m = AutoModelForCausalLM::from_pretrained(model(), {.quiet = true});
+  const int64_t ctx = std::min<int64_t>(m.max_position_embeddings(), 8192);
+  EXPECT_EQ(field(f.out, "kv cache per sequence"), static_cast<double>(m.kv_cache_bytes(ctx)));
+  EXPECT_GT(field(f.out, "kv cache per sequence"), 0.0);
 }
 
 TEST(GenerateCli, ModelIdFromTheHfCache) {

@@ -1,6 +1,7 @@
 // nibble info MODEL: architecture, parameter count, quantization config, memory footprint (--load: peak RSS).
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -40,6 +41,14 @@ void add_info(CLI::App& app) {
     std::printf("memory footprint: %zu bytes (%.2f MB)\n", m.memory_footprint(),
                 static_cast<double>(m.memory_footprint()) / 1e6);
     std::printf("peak RSS after load: %.2f MB\n", static_cast<double>(ru.ru_maxrss) / 1e3);
+    // one sequence's KV cache at a Session's default context and at the model's full one
+    const int64_t full = m.max_position_embeddings(), dflt = std::min<int64_t>(full, 8192);
+    std::printf(
+        "kv cache per sequence: %zu bytes (%.2f MB) at %lld positions, %.2f MB at %lld "
+        "(max_position_embeddings)\n",
+        m.kv_cache_bytes(dflt), static_cast<double>(m.kv_cache_bytes(dflt)) / 1e6,
+        static_cast<long long>(dflt), static_cast<double>(m.kv_cache_bytes(full)) / 1e6,
+        static_cast<long long>(full));
     // the path each linear layer's kernel takes here ("reference" = the scalar fallback)
     std::printf("kernels (1 token): %s\n", describe_kernels(m.kernel_paths(1)).c_str());
     std::printf("kernels (512 tokens): %s\n", describe_kernels(m.kernel_paths(512)).c_str());

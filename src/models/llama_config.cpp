@@ -38,8 +38,8 @@ void read_sliding_windows(const json& j, const jsonf::JsonPath& root, LlamaConfi
     std::fill(c.window.begin(), c.window.end(), sw);
     return;
   }
-  if (c.model_type ==
-      "qwen3_moe") {  // Qwen3MoeConfig: sliding_window only if use_sliding_window, every layer
+  // Qwen3MoeConfig: sliding_window only if use_sliding_window, then on every layer
+  if (c.model_type == "qwen3_moe") {
     if (jsonf::get_bool_or(j, "use_sliding_window", root, false))
       std::fill(c.window.begin(), c.window.end(), sw);
     return;

@@ -38,7 +38,7 @@ bool is_linear_weight(const std::string& model_type, const std::string& name) {
   if (name.rfind("model.layers.", 0) != 0) return false;
   // qwen3_moe's experts: model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight (the router, mlp.gate, is
   // not a Linear in transformers 5 and stays dense)
-  if (const auto at = name.find(".mlp.experts."); at != std::string::npos)
+  if (name.find(".mlp.experts.") != std::string::npos)
     return name.ends_with(".gate_proj.weight") || name.ends_with(".up_proj.weight") ||
            name.ends_with(".down_proj.weight");
   return std::any_of(std::begin(kSuffixes), std::end(kSuffixes),

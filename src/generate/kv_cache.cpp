@@ -21,14 +21,12 @@ KVCache::KVCache(int64_t layers, int64_t width, int64_t capacity, std::span<cons
   std::copy(windows.begin(), windows.end(), windows_.begin());
   first_ = std::make_unique<int64_t[]>(static_cast<size_t>(layers));
   std::vector<int64_t> rows(static_cast<size_t>(layers), capacity);
-  size_t total = 0;
   for (size_t l = 0; l < rows.size(); ++l) {
     rows[l] = rows_for(windows_[l], capacity, slack);
     if (rows[l] == capacity) windows_[l] = 0;  // the window bounds nothing within this context
-    total += 2 * static_cast<size_t>(width) * static_cast<size_t>(rows[l]);
   }
-  data_.reset(new float[total]);  // default-initialized: not touched until written
-  bytes_ = total * sizeof(float);
+  bytes_ = bytes_for(width, capacity, windows_, layers, slack);  // one definition of the size
+  data_.reset(new float[bytes_ / sizeof(float)]);  // default-initialized: not touched until written
   views_.resize(rows.size());
   float* p = data_.get();
   for (size_t l = 0; l < rows.size(); ++l) {

@@ -39,7 +39,16 @@ enum class XOrder { Natural, Lookup32, Lookup64 };
 struct Q8 {
   std::vector<int8_t> q;
   std::vector<float> d, dp;
+  alignas(32) int8_t table[32];  // the weights' int8 code table, twice (both 128-bit lanes, for vpshufb)
 };
+
+// v rounded to the nearest integer, ties to even, for |v| < 2^22 (as std::nearbyint in the default rounding
+// mode): adding 1.5 * 2^23 leaves no fraction bits. No libm call, so the loops below vectorize;
+// -ffp-contract=off and no -ffast-math keep the two additions.
+inline float round_even(float v) {
+  constexpr float kMagic = 12582912.0f;
+  return (v + kMagic) - kMagic;
+}
 
 void quantize_activations(const float* x, int64_t M, int64_t K, XOrder order, Q8& out) {
   const int64_t nb = K / kQB;
@@ -52,14 +61,17 @@ void quantize_activations(const float* x, int64_t M, int64_t K, XOrder order, Q8
       for (int64_t i = 0; i < kQB; ++i) amax = std::max(amax, std::fabs(xb[i]));
       const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
       out.d[static_cast<size_t>(m * nb + j)] = d;
-      int8_t* qm = out.q.data() + m * K;
-      for (int i = 0; i < kQB; ++i) {
-        const int64_t e = j * kQB + i;  // element of row m; where its byte goes
-        const int64_t pos = order == XOrder::Natural ? e
-                            : order == XOrder::Lookup32
-                                ? j * kQB + (i % 2 ? 16 + i / 2 : i / 2)
-                                : e / 64 * 64 + (e % 2 ? 32 + e % 64 / 2 : e % 64 / 2);
-        qm[pos] = static_cast<int8_t>(std::clamp(std::nearbyint(xb[i] * id), -127.0f, 127.0f));
+      int8_t qb[kQB];  // natural order
+      for (int64_t i = 0; i < kQB; ++i)
+        qb[i] = static_cast<int8_t>(std::clamp(round_even(xb[i] * id), -127.0f, 127.0f));
+      int8_t* qm = out.q.data() + m * K + j * kQB;
+      if (order == XOrder::Natural) {
+        std::copy(qb, qb + kQB, qm);
+      } else if (order == XOrder::Lookup32) {  // even elements, then odd
+        for (int64_t i = 0; i < kQB; ++i) qm[i % 2 ? 16 + i / 2 : i / 2] = qb[i];
+      } else {  // a group's even elements, then its odd ones: block j is the group's first or second half
+        int8_t* qg = out.q.data() + m * K + j / 2 * 64 + j % 2 * 16;
+        for (int64_t i = 0; i < kQB; ++i) qg[i % 2 ? 32 + i / 2 : i / 2] = qb[i];
       }
     }
   if (order != XOrder::Lookup64) return;
@@ -119,20 +131,12 @@ NB_AVX2 inline void meet(__m256i w, const int8_t* xq, const float* d, int64_t K,
     block[m] = _mm256_fmadd_ps(dot32(w, aw, xq + m * K), _mm256_broadcast_ss(d + m * nb), block[m]);
 }
 
-// The int8 code table in both 128-bit lanes, for vpshufb.
-NB_AVX2 inline __m256i avx2_table(const float* code) {
-  alignas(32) int8_t t[32];
-  int8_table(code, t);
-  std::copy(t, t + 16, t + 16);
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
-}
-
 // Blocksize not a multiple of 64 (32, 96, ...): rows [n0, n1) for tokens [m0, m0 + MT), 16 packed bytes (one
 // x block) at a time, each looked up once and met by every token.
 template <int MT>
 NB_AVX2 void avx2_rows32(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs, nb = K / kQB;
-  const __m256i table = avx2_table(w.code);
+  const __m256i table = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq.table));
   const int8_t* xq0 = xq.q.data() + m0 * K;
   const float* d0 = xq.d.data() + m0 * nb;
   for (int64_t n = n0; n < n1; ++n) {
@@ -156,108 +160,93 @@ NB_AVX2 void avx2_rows32(const Q4Weights& w, const Q8& xq, int64_t m0, float* y,
   }
 }
 
-// out[i] = absmax of block b0 + i (block_absmax's float operations, in its order: no FMA) / 127, i < count;
-// eight blocks at a time (double quantization: gathers from code2 and absmax2).
-NB_AVX2 void block_scales(const Q4Weights& w, int64_t b0, int64_t count, float* out) {
-  const __m256 inv = _mm256_set1_ps(kInv127);
-  int64_t i = 0;
-  if (w.absmax) {
-    for (; i + 8 <= count; i += 8)
-      _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w.absmax + b0 + i), inv));
-  } else if (w.nested_shift >= 0) {
-    const __m256 offset = _mm256_set1_ps(w.offset);
-    const __m128i shift = _mm_cvtsi32_si128(w.nested_shift);
-    for (; i + 8 <= count; i += 8) {
-      const __m256i q =
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.absmax_q + b0 + i)));
-      const __m256i nested = _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(b0 + i)),
-                                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                                              shift);
-      const __m256 v =
-          _mm256_mul_ps(_mm256_i32gather_ps(w.code2, q, 4), _mm256_i32gather_ps(w.absmax2, nested, 4));
-      _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_add_ps(v, offset), inv));
-    }
-  }
-  for (; i < count; ++i) out[i] = w.block_absmax(b0 + i) * kInv127;
+// One group of 64 weights, looked up as wh (high nibbles), wl (low) with |wh|, |wl| = awh, awl, met by one
+// token's 64 x bytes at xm: the exact int32 sums as floats, lanes 0-3 the group's first x block's, 4-7 its
+// second's.
+NB_AVX2 inline __m256 group_sums(__m256i wh, __m256i wl, __m256i awh, __m256i awl, const int8_t* xm) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm));
+  const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + 32));
+  const __m256i sh = _mm256_madd_epi16(_mm256_maddubs_epi16(awh, _mm256_sign_epi8(xh, wh)), ones);
+  const __m256i sl = _mm256_madd_epi16(_mm256_maddubs_epi16(awl, _mm256_sign_epi8(xl, wl)), ones);
+  return _mm256_cvtepi32_ps(_mm256_add_epi32(sh, sl));
 }
 
-// Blocksize a multiple of 64: rows [n0, n0 + R) (R = 1, or 4 for a single token) for tokens [m0, m0 + MT),
-// 32 packed bytes (a group of 64 weights) at a time; the header states the arithmetic.
-template <int R, int MT>
-NB_AVX2 void avx2_rows64(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, int64_t n0) {
+// Blocksize a multiple of 64: rows [n0, n1) R at a time (R = 1, or 4 for a single token; n1 - n0 a multiple
+// of R) for tokens [m0, m0 + MT), 32 packed bytes (a group of 64 weights) at a time; the header states the
+// arithmetic. kOneGroup (blocksize 64, bitsandbytes' default): no loop over a block's groups, whose per-block
+// bookkeeping cost ~20 % at this size.
+template <int R, int MT, bool kOneGroup>
+NB_AVX2 void avx2_rows64(const Q4Weights& w, const Q8& xq, int64_t m0, float* y, int64_t n0, int64_t n1) {
   static_assert(R * MT <= 4, "more accumulators than registers");
-  const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
-  const __m256i table = avx2_table(w.code), m15 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const int64_t K = w.K, N = w.N, nbr = K / w.blocksize, groups = kOneGroup ? 1 : w.blocksize / 64;
+  const __m256i table = _mm256_load_si256(reinterpret_cast<const __m256i*>(xq.table));
+  const __m256i m15 = _mm256_set1_epi8(15);
   const int8_t* xq0 = xq.q.data() + m0 * K;
   const float* dp0 = xq.dp.data() + m0 * (K / 8);
-  const uint8_t* rows = w.packed + n0 * K / 2;
-  __m256 total[R][MT];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) total[r][m] = _mm256_setzero_ps();
-  constexpr int64_t kChunk = 64;  // blocks whose scales are computed ahead, per row
-  alignas(32) float scales[R][kChunk];
-  for (int64_t b = 0; b < nbr; ++b) {
-    if (b % kChunk == 0)
-      for (int r = 0; r < R; ++r) block_scales(w, (n0 + r) * nbr + b, std::min(kChunk, nbr - b), scales[r]);
-    __m256 block[R][MT];
+  for (int64_t n = n0; n < n1; n += R) {
+    const uint8_t* rows = w.packed + n * K / 2;
+    __m256 total[R][MT];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) block[r][m] = _mm256_setzero_ps();
-    for (int64_t c = b * bs; c < (b + 1) * bs; c += 64) {
+      for (int m = 0; m < MT; ++m) total[r][m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nbr; ++b) {
+      __m256 block[R][MT] = {};  // set by each block's first group
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t c = (b * groups + g) * 64;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* p = rows + r * K / 2 + c / 2;
+          // the next R rows, one line per 64 bytes (the last group of rows reads past them only into the
+          // prefetch, which never faults)
+          if (R > 1 && (c & 64)) _mm_prefetch(reinterpret_cast<const char*>(p + R * K / 2), _MM_HINT_T0);
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+          const __m256i wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m15));
+          const __m256i wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m15));
+          const __m256i awh = _mm256_abs_epi8(wh), awl = _mm256_abs_epi8(wl);
+#pragma GCC unroll 4
+          for (int m = 0; m < MT; ++m) {
+            const __m256 sums = group_sums(wh, wl, awh, awl, xq0 + m * K + c);
+            const __m256 dp = _mm256_loadu_ps(dp0 + m * (K / 8) + c / 8);
+            block[r][m] = g == 0 ? _mm256_mul_ps(sums, dp) : _mm256_fmadd_ps(sums, dp, block[r][m]);
+          }
+        }
+      }
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        const uint8_t* p = rows + r * K / 2 + c / 2;
-        // the next R rows, one line per 64 bytes (the last group of rows reads past them only into the
-        // prefetch, which never faults)
-        if (R > 1 && (c & 64)) _mm_prefetch(reinterpret_cast<const char*>(p + R * K / 2), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-        const __m256i wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m15));
-        const __m256i wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m15));
-        const __m256i awh = _mm256_abs_epi8(wh), awl = _mm256_abs_epi8(wl);
+        const __m256 s = _mm256_set1_ps(w.block_absmax((n + r) * nbr + b) * kInv127);
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) {
-          const int8_t* xm = xq0 + m * K + c;
-          const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm));
-          const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + 32));
-          const __m256i sh = _mm256_madd_epi16(_mm256_maddubs_epi16(awh, _mm256_sign_epi8(xh, wh)), ones);
-          const __m256i sl = _mm256_madd_epi16(_mm256_maddubs_epi16(awl, _mm256_sign_epi8(xl, wl)), ones);
-          block[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sh, sl)),
-                                        _mm256_loadu_ps(dp0 + m * (K / 8) + c / 8), block[r][m]);
-        }
+        for (int m = 0; m < MT; ++m) total[r][m] = _mm256_fmadd_ps(block[r][m], s, total[r][m]);
       }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m256 s = _mm256_broadcast_ss(&scales[r][b % kChunk]);
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) total[r][m] = _mm256_fmadd_ps(block[r][m], s, total[r][m]);
-    }
+      for (int m = 0; m < MT; ++m) y[(m0 + m) * N + n + r] = avx2::hsum(total[r][m]);
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) y[(m0 + m) * N + n0 + r] = avx2::hsum(total[r][m]);
+}
+
+template <bool kOneGroup>
+void avx2_tokens64(const Q4Weights& w, const Q8& xq, int64_t M, float* y, int64_t a, int64_t b) {
+  if (M == 1) {
+    const int64_t n4 = a + (b - a) / 4 * 4;
+    avx2_rows64<4, 1, kOneGroup>(w, xq, 0, y, a, n4);
+    avx2_rows64<1, 1, kOneGroup>(w, xq, 0, y, n4, b);
+    return;
+  }
+  avx2::for_token_groups(
+      M, [&](auto mt, int64_t m0) { avx2_rows64<1, decltype(mt)::value, kOneGroup>(w, xq, m0, y, a, b); });
 }
 
 void avx2_tokens(const Q4Weights& w, const Q8& xq, int64_t M, float* y, int64_t a, int64_t b) {
-  if (w.blocksize % 64 != 0) {
-    // groups of up to 4 tokens share each lookup
+  if (w.blocksize == 64)
+    avx2_tokens64<true>(w, xq, M, y, a, b);
+  else if (w.blocksize % 64 == 0)
+    avx2_tokens64<false>(w, xq, M, y, a, b);
+  else  // groups of up to 4 tokens share each lookup
     avx2::for_token_groups(
         M, [&](auto mt, int64_t m0) { avx2_rows32<decltype(mt)::value>(w, xq, m0, y, a, b); });
-    return;
-  }
-  if (M == 1) {
-    int64_t n = a;
-    for (; n + 4 <= b; n += 4) avx2_rows64<4, 1>(w, xq, 0, y, n);
-    for (; n < b; ++n) avx2_rows64<1, 1>(w, xq, 0, y, n);
-    return;
-  }
-  avx2::for_token_groups(M, [&](auto mt, int64_t m0) {
-    for (int64_t n = a; n < b; ++n) avx2_rows64<1, decltype(mt)::value>(w, xq, m0, y, n);
-  });
 }
 
 bool avx2_supported() {
@@ -294,6 +283,8 @@ void gemm_4bit_int8(const Q4Weights& w, const float* x, int64_t M, float* y, Gem
     throw NotSupportedError("gemm_4bit_int8: the avx2 path needs AVX2 and FMA");
   const bool avx2 = path == GemmPath::Avx2;
   Q8& xq = tl_q8;
+  int8_table(w.code, xq.table);
+  std::copy(xq.table, xq.table + 16, xq.table + 16);
   quantize_activations(x, M, w.K,
                        !avx2                   ? XOrder::Natural
                        : w.blocksize % 64 == 0 ? XOrder::Lookup64

@@ -5,6 +5,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "nibble/error.h"
 
@@ -51,6 +53,13 @@ class ChatTemplate {
   // Python dicts do; nlohmann::json sorts them).
   std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt = true,
                      const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
+  // The same, and the [begin, end) byte ranges of the text written by the template's {% generation %} blocks,
+  // in order (transformers' return_assistant_tokens_mask spans; none if the template has no such block).
+  std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                     const nlohmann::ordered_json& extra,
+                     std::vector<std::pair<size_t, size_t>>& generation) const;
+  // Whether the template marks assistant text with {% generation %} ... {% endgeneration %}.
+  bool has_generation_blocks() const;
 
   const std::string& source() const { return source_; }
   // The special-token variables passed to the template ({"bos_token": "<s>", ...}, strings only).

@@ -162,6 +162,18 @@ std::string ChatTemplate::render(const nlohmann::json& messages, bool add_genera
 
 std::string ChatTemplate::render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                                  const nlohmann::ordered_json& extra) const {
+  std::vector<std::pair<size_t, size_t>> unused;
+  return render(messages, add_generation_prompt, extra, unused);
+}
+
+bool ChatTemplate::has_generation_blocks() const {
+  return chat::jinja::has_generation(*program_);
+}
+
+std::string ChatTemplate::render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                                 const nlohmann::ordered_json& extra,
+                                 std::vector<std::pair<size_t, size_t>>& generation) const {
+  generation.clear();
   if (!messages.is_array()) throw ValueError("chat template: messages must be a list of message objects");
   if (messages.empty())
     throw ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.");
@@ -200,7 +212,7 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& messages, bool ad
   if (!vars.contains("tools")) vars["tools"] = nullptr;
   if (!vars.contains("documents")) vars["documents"] = nullptr;
   vars["add_generation_prompt"] = add_generation_prompt;
-  return chat::jinja::render(*program_, vars);
+  return chat::jinja::render(*program_, vars, {}, &generation);
 }
 
 }  // namespace nibble

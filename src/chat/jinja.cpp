@@ -48,6 +48,9 @@ struct Ctx {
   int depth = 0;
   int line = 0;
   std::string* out = nullptr;
+  const std::string* top = nullptr;  // the rendered text (out, outside captures)
+  std::vector<std::pair<size_t, size_t>>* generation =
+      nullptr;  // where {% generation %} blocks wrote into top
   // every namespace() of this render: the only mutable objects, so the only way to a reference cycle
   // (`{% set ns.self = ns %}`); render() empties them at its end so that cycles are freed
   std::vector<std::shared_ptr<Dict>> namespaces;
@@ -1918,6 +1921,12 @@ class Interp {
       case Stmt::Continue:
         return Flow::Continue;
       case Stmt::Scope: {
+        if (s.generation && c_.generation && c_.out == c_.top) {
+          const size_t begin = c_.out->size();
+          const Flow f = exec_body(s.bodies[0], sc);
+          c_.generation->emplace_back(begin, c_.out->size());
+          return f;
+        }
         if (!s.new_scope) return exec_body(s.bodies[0], sc);
         auto inner = std::make_shared<Scope>();
         inner->parent = sc;
@@ -2097,12 +2106,15 @@ void add_globals(Scope& g) {
 
 }  // namespace
 
-std::string render(const Program& program, const nlohmann::ordered_json& vars, const Limits& limits) {
+std::string render(const Program& program, const nlohmann::ordered_json& vars, const Limits& limits,
+                   std::vector<std::pair<size_t, size_t>>* generation) {
   Ctx c;
   c.prog = &program;
   c.limits = limits;
   std::string out;
   c.out = &out;
+  c.top = &out;
+  c.generation = generation;
   auto globals = std::make_shared<Scope>();
   add_globals(*globals);
   auto top = std::make_shared<Scope>();
@@ -2127,6 +2139,10 @@ std::string render(const Program& program, const nlohmann::ordered_json& vars, c
     throw ValueError(program.name + " line " + std::to_string(c.line) + ": " + e.what());
   }
   return out;
+}
+
+bool has_generation(const Program& program) {
+  return program.has_generation;
 }
 
 }  // namespace nibble::chat::jinja

@@ -12,6 +12,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace nibble::chat::jinja {
 
@@ -26,6 +28,13 @@ struct Limits {
 std::shared_ptr<const Program> parse(const std::string& source, const std::string& name);
 
 // `vars`: the template's variables (an object). Keys keep their order (ordered_json), as Python dicts do.
-std::string render(const Program& program, const nlohmann::ordered_json& vars, const Limits& limits = {});
+// `generation`, if given, receives the [begin, end) byte ranges of the output that {% generation %} blocks
+// wrote (outside captures such as set blocks and macro calls), in order: transformers'
+// return_assistant_tokens_mask spans.
+std::string render(const Program& program, const nlohmann::ordered_json& vars, const Limits& limits = {},
+                   std::vector<std::pair<size_t, size_t>>* generation = nullptr);
+
+// Whether the template holds a {% generation %} block.
+bool has_generation(const Program& program);
 
 }  // namespace nibble::chat::jinja

@@ -73,11 +73,13 @@ struct Stmt {
   std::vector<std::pair<std::string, ExprP>> params;  // macro / call parameters and their defaults (or null)
   bool filter_set = false;                            // SetBlock / For: e[1] present
   bool new_scope = false;                             // Scope: a `with` block
+  bool generation = false;                            // Scope: a `generation` block
 };
 
 struct Program {
   std::string name;
   Body body;
+  bool has_generation = false;  // holds a {% generation %} block
 };
 
 }  // namespace nibble::chat::jinja

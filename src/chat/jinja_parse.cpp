@@ -428,8 +428,10 @@ class Parser {
     if (cur().k != Tok::Eof) fail("unexpected tag");
     return b;
   }
+  bool has_generation() const { return has_generation_; }
 
  private:
+  bool has_generation_ = false;
   static constexpr int kMaxDepth = 100;
   static constexpr int kMaxExprDepth = 256;
 
@@ -669,6 +671,8 @@ class Parser {
     if (w == "generation") {
       ++p_;
       auto s = stmt(Stmt::Scope, pos);
+      s->generation = true;
+      has_generation_ = true;
       expect_block_end();
       s->bodies.push_back(parse_body({"endgeneration"}));
       end_tag("endgeneration");
@@ -1147,6 +1151,7 @@ std::shared_ptr<const Program> parse(const std::string& source, const std::strin
   auto prog = std::make_shared<Program>();
   prog->name = name;
   prog->body = p.parse_template();
+  prog->has_generation = p.has_generation();
   return prog;
 }
 

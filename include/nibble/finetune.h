@@ -55,15 +55,34 @@ struct TrainLogEntry {
 struct FinetuneReport {
   std::vector<TrainLogEntry> log;
   int64_t trainable_parameters = 0, train_tokens = 0, blocks = 0;
+  // blocks left out because none of their predicted tokens is a target (chat data: no assistant text)
+  int64_t blocks_without_targets = 0;
   double seconds = 0;                             // training only (not loading)
   std::vector<std::string> target_modules;        // the modules adapted
   size_t adapter_bytes = 0, optimizer_bytes = 0;  // float32 A and B; the optimizer's state
   size_t model_bytes = 0;                         // the base model's memory_footprint()
 };
 
-// Token ids of a training file as `nibble finetune --data` reads it: a .txt file is one document encoded
-// whole (tokenizer(text), BOS as the tokenizer adds it), a .jsonl file one {"text": ...} object per line,
-// each encoded alone; the ids concatenated in order.
+// Token ids of training data and which of them the loss is taken on: targets[i] != 0 when ids[i] is predicted
+// (from the ids before it) in the loss.
+struct TrainingData {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> targets;
+};
+
+// A training file as `nibble finetune --data` reads it: a .txt file is one document encoded whole
+// (tokenizer(text), BOS as the tokenizer adds it); a .jsonl file has one object per line, each encoded alone:
+// {"text": ...} as a .txt file's text, or a conversation {"messages": [{"role", "content"}, ...]} (TRL's
+// conversational format) rendered with the model's chat template (add_generation_prompt false) and encoded as
+// apply_chat_template(tokenize=True) encodes it (the template writes BOS). Every token of text is a target;
+// of a conversation, the assistant's: with {% generation %} blocks in the template, the tokens those blocks
+// wrote (transformers' return_assistant_tokens_mask); otherwise each assistant message's tokens by TRL's
+// prompt-completion rule: what render(messages through it) encodes to beyond render(messages before it,
+// add_generation_prompt=True), end-of-turn tokens included. The ids are concatenated in order. Errors name
+// the file and line: a conversation whose turn boundary falls inside a token, or whose template renders
+// earlier turns differently once later ones follow, a model without a chat template for chat lines.
+TrainingData read_training_data(const std::string& data_file, const std::string& model_dir);
+// read_training_data's ids.
 std::vector<int32_t> read_training_tokens(const std::string& data_file, const std::string& tokenizer_dir);
 
 // Trains and writes the adapter to args.output_dir (all-or-nothing). `model` is loaded with `load` (its
@@ -77,6 +96,11 @@ FinetuneReport finetune(const std::string& model, const std::string& data_file,
 // `base_model_name` goes into adapter_config.json's base_model_name_or_path. The model's linear layers are
 // wrapped in place: afterwards it runs with the trained adapter attached.
 FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>& ids, const LoraConfig& lora,
+                        const TrainingArguments& args, const std::string& base_model_name,
+                        const std::function<void(const TrainLogEntry&)>& on_step = {});
+// The same over token ids with targets (read_training_data): the data is cut into blocks of seq_len as the
+// ids are, each micro-batch's loss is the mean over its targets (blocks without one are left out).
+FinetuneReport finetune(AutoModelForCausalLM& model, const TrainingData& data, const LoraConfig& lora,
                         const TrainingArguments& args, const std::string& base_model_name,
                         const std::function<void(const TrainLogEntry&)>& on_step = {});
 

@@ -16,6 +16,7 @@
 #include "io/json_field.h"
 #include "models/auto_model_impl.h"
 #include "models/lora_adapter.h"
+#include "nibble/chat_template.h"
 #include "nibble/error.h"
 #include "nibble/files.h"
 #include "nibble/hub.h"
@@ -27,12 +28,77 @@
 namespace nibble {
 namespace fs = std::filesystem;
 
-std::vector<int32_t> read_training_tokens(const std::string& data_file, const std::string& tokenizer_dir) {
-  const Tokenizer tok = Tokenizer::from_pretrained(tokenizer_dir);
+namespace {
+
+// Appends a conversation (one .jsonl line's "messages") to `out`: its ids, and targets on the assistant text
+// (read_training_data states the rules). `where` is "file:line".
+void add_conversation(const ChatTemplate& tmpl, const Tokenizer& tok, const nlohmann::ordered_json& msgs,
+                      const std::string& where, TrainingData& out) {
+  if (!msgs.is_array() || msgs.empty())
+    throw FormatError(where + ": \"messages\" must be a non-empty list of {\"role\", \"content\"} objects");
+  std::vector<std::pair<size_t, size_t>> spans;
+  const std::string text = tmpl.render(msgs, false, nlohmann::ordered_json::object(), spans);
+  if (!tmpl.has_generation_blocks()) {
+    // TRL's prompt-completion rule, turn by turn: the assistant message i is what the conversation through it
+    // renders beyond the conversation before it with the generation prompt
+    spans.clear();
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      const auto& m = msgs[i];
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+        throw FormatError(where + ": message " + std::to_string(i) + " has no \"role\" string");
+      if (m["role"] != "assistant") continue;
+      if (i == 0)
+        throw FormatError(where + ": the conversation starts with an assistant message (nothing to answer)");
+      const nlohmann::ordered_json before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
+      const nlohmann::ordered_json through(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i + 1));
+      const std::string prompt = tmpl.render(before, true), upto = tmpl.render(through, false);
+      if (upto.compare(0, prompt.size(), prompt) != 0 || text.compare(0, upto.size(), upto) != 0)
+        throw FormatError(where + ": the chat template renders the turns before assistant message " +
+                          std::to_string(i) +
+                          " differently once later messages follow, so its tokens cannot be told apart");
+      spans.emplace_back(prompt.size(), upto.size());
+    }
+  }
+  const std::vector<int32_t> ids = tok.encode(text, false);
+  // a span boundary's token index: the text before it must encode to a prefix of the whole (no token across
+  // it)
+  auto token_at = [&](size_t byte) -> size_t {
+    const std::vector<int32_t> head = tok.encode(text.substr(0, byte), false);
+    if (head.size() > ids.size() || !std::equal(head.begin(), head.end(), ids.begin()))
+      throw FormatError(where +
+                        ": an assistant turn of the rendered conversation starts or ends inside a token (at "
+                        "byte " +
+                        std::to_string(byte) + "), so its tokens cannot be told apart");
+    return head.size();
+  };
+  const size_t base = out.ids.size();
+  out.ids.insert(out.ids.end(), ids.begin(), ids.end());
+  out.targets.resize(out.ids.size(), 0);
+  for (const auto& [b, e] : spans) {
+    if (e <= b) continue;
+    const size_t tb = token_at(b), te = token_at(e);
+    std::fill(out.targets.begin() + static_cast<std::ptrdiff_t>(base + tb),
+              out.targets.begin() + static_cast<std::ptrdiff_t>(base + te), uint8_t{1});
+  }
+}
+
+}  // namespace
+
+TrainingData read_training_data(const std::string& data_file, const std::string& model_dir) {
+  const Tokenizer tok = Tokenizer::from_pretrained(model_dir);
   const std::string text = read_text_file(data_file);
+  TrainingData out;
+  auto add_text = [&](const std::string& t) {
+    const auto v = tok.encode(t);
+    out.ids.insert(out.ids.end(), v.begin(), v.end());
+    out.targets.resize(out.ids.size(), 1);
+  };
   const bool jsonl = data_file.size() >= 6 && data_file.compare(data_file.size() - 6, 6, ".jsonl") == 0;
-  if (!jsonl) return tok.encode(text);
-  std::vector<int32_t> ids;
+  if (!jsonl) {
+    add_text(text);
+    return out;
+  }
+  std::optional<ChatTemplate> tmpl;  // read at the first conversation
   size_t pos = 0;
   int64_t line_no = 0;
   while (pos < text.size()) {
@@ -44,12 +110,21 @@ std::vector<int32_t> read_training_tokens(const std::string& data_file, const st
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = data_file + ":" + std::to_string(line_no);
     const auto j = jsonf::parse_json(line, where);
+    if (j.is_object() && j.contains("messages")) {
+      if (!tmpl) tmpl = ChatTemplate::from_pretrained(model_dir);
+      // again with its key order kept (templates may print messages with tojson); parse_json bounded it
+      const auto ordered = nlohmann::ordered_json::parse(line);
+      add_conversation(*tmpl, tok, ordered["messages"], where, out);
+      continue;
+    }
     const jsonf::JsonPath p(where);
-    const std::string& t = jsonf::get_string(j, "text", p);
-    const auto v = tok.encode(t);
-    ids.insert(ids.end(), v.begin(), v.end());
+    add_text(jsonf::get_string(j, "text", p));
   }
-  return ids;
+  return out;
+}
+
+std::vector<int32_t> read_training_tokens(const std::string& data_file, const std::string& tokenizer_dir) {
+  return read_training_data(data_file, tokenizer_dir).ids;
 }
 
 namespace {
@@ -98,23 +173,44 @@ FinetuneReport finetune(const std::string& model_name, const std::string& data_f
         "finetune trains a new adapter: start from an existing one with init_adapter (--init-adapter)");
   const std::string dir = resolve_model_path(model_name);
   // data first: a file too short fails before the model loads
-  const std::vector<int32_t> ids = read_training_tokens(data_file, dir);
-  if (static_cast<int64_t>(ids.size()) < args.seq_len)
-    throw ValueError(data_file + ": " + std::to_string(ids.size()) +
+  const TrainingData data = read_training_data(data_file, dir);
+  if (static_cast<int64_t>(data.ids.size()) < args.seq_len)
+    throw ValueError(data_file + ": " + std::to_string(data.ids.size()) +
                      " tokens, fewer than one block of seq_len " + std::to_string(args.seq_len));
   AutoModelForCausalLM model = AutoModelForCausalLM::from_pretrained(dir, load);
-  return finetune(model, ids, lora, args, model_name, on_step);
+  return finetune(model, data, lora, args, model_name, on_step);
 }
 
 FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>& ids, const LoraConfig& lora,
                         const TrainingArguments& args, const std::string& base_name,
                         const std::function<void(const TrainLogEntry&)>& on_step) {
+  return finetune(model, TrainingData{ids, std::vector<uint8_t>(ids.size(), 1)}, lora, args, base_name,
+                  on_step);
+}
+
+FinetuneReport finetune(AutoModelForCausalLM& model, const TrainingData& data, const LoraConfig& lora,
+                        const TrainingArguments& args, const std::string& base_name,
+                        const std::function<void(const TrainLogEntry&)>& on_step) {
   check_args(lora, args);
   check_output(args);
-  const int64_t L = args.seq_len, nblocks = static_cast<int64_t>(ids.size()) / L;
-  if (nblocks == 0)
+  const std::vector<int32_t>& ids = data.ids;
+  if (data.targets.size() != ids.size())
+    throw ValueError("training data: " + std::to_string(data.targets.size()) + " target flags for " +
+                     std::to_string(ids.size()) + " tokens");
+  const int64_t L = args.seq_len;
+  if (static_cast<int64_t>(ids.size()) < L)
     throw ValueError("the training data has " + std::to_string(ids.size()) +
                      " tokens, fewer than one block of seq_len " + std::to_string(L));
+  // the blocks with a target among their predicted tokens (positions 1 .. L - 1)
+  std::vector<int64_t> blocks;
+  for (int64_t b = 0; b < static_cast<int64_t>(ids.size()) / L; ++b)
+    if (std::any_of(data.targets.begin() + b * L + 1, data.targets.begin() + (b + 1) * L,
+                    [](uint8_t t) { return t != 0; }))
+      blocks.push_back(b);
+  const int64_t nblocks = static_cast<int64_t>(blocks.size());
+  if (nblocks == 0)
+    throw ValueError("the training data has no block of seq_len " + std::to_string(L) +
+                     " with a token to learn (chat data: no assistant text)");
   auto& im = ModelAccess::impl(model);
   const ThreadScope threads(im.threads);  // the model's --threads for the whole run
   if (!im.info.adapter.empty())
@@ -176,6 +272,7 @@ FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>&
   FinetuneReport rep;
   rep.trainable_parameters = lm.num_trainable();
   rep.blocks = nblocks;
+  rep.blocks_without_targets = static_cast<int64_t>(ids.size()) / L - nblocks;
   for (const auto& m : lm.modules()) rep.target_modules.push_back(m.name);
   rep.adapter_bytes = static_cast<size_t>(rep.trainable_parameters) * sizeof(float);
   rep.model_bytes = model.memory_footprint() - lm.num_trainable() * sizeof(float);
@@ -183,6 +280,9 @@ FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>&
   std::vector<int64_t> order(static_cast<size_t>(nblocks));
   int64_t epoch = -1, cursor = nblocks;  // next block of `order`
   std::vector<int32_t> batch;
+  std::vector<uint8_t> batch_targets;
+  const bool all_targets =
+      std::all_of(data.targets.begin(), data.targets.end(), [](uint8_t t) { return t != 0; });
   Progress bar("training", total - start_step, args.quiet);
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t micro = 0;
@@ -213,9 +313,16 @@ FinetuneReport finetune(AutoModelForCausalLM& model, const std::vector<int32_t>&
     const double scale = micros.size() > 1 ? 1.0 / static_cast<double>(micros.size()) : 1.0;
     for (const auto& mb : micros) {
       batch.clear();
-      for (int64_t blk : mb) batch.insert(batch.end(), ids.begin() + blk * L, ids.begin() + (blk + 1) * L);
-      loss +=
-          lm.forward_backward(batch, static_cast<int64_t>(mb.size()), L, scale, args.seed ^ (micro++ << 20));
+      batch_targets.clear();
+      for (int64_t i : mb) {
+        const int64_t blk = blocks[static_cast<size_t>(i)];
+        batch.insert(batch.end(), ids.begin() + blk * L, ids.begin() + (blk + 1) * L);
+        if (!all_targets)
+          batch_targets.insert(batch_targets.end(), data.targets.begin() + blk * L,
+                               data.targets.begin() + (blk + 1) * L);
+      }
+      loss += lm.forward_backward(batch, static_cast<int64_t>(mb.size()), L, scale,
+                                  args.seed ^ (micro++ << 20), batch_targets);
       rep.train_tokens += static_cast<int64_t>(batch.size());
     }
     loss /= static_cast<double>(micros.size());

@@ -490,8 +490,9 @@ void LoraModel::layer_backward(int64_t l, const float* h_in, Saved& s, float* dh
 }
 
 double LoraModel::forward_backward(std::span<const int32_t> tokens, int64_t batch, int64_t len,
-                                   double loss_scale, uint64_t dropout_seed) {
-  return run(tokens, batch, len, loss_scale, true, dropout_seed);
+                                   double loss_scale, uint64_t dropout_seed,
+                                   std::span<const uint8_t> targets) {
+  return run(tokens, batch, len, loss_scale, true, dropout_seed, targets);
 }
 
 double LoraModel::loss(std::span<const int32_t> tokens, int64_t batch, int64_t len) {
@@ -499,11 +500,21 @@ double LoraModel::loss(std::span<const int32_t> tokens, int64_t batch, int64_t l
 }
 
 double LoraModel::run(std::span<const int32_t> tokens, int64_t batch, int64_t len, double loss_scale,
-                      bool backward, uint64_t seed) {
+                      bool backward, uint64_t seed, std::span<const uint8_t> targets) {
   const auto& c = model_.config();
   if (batch <= 0 || len < 2 || static_cast<int64_t>(tokens.size()) != batch * len)
     throw ValueError("LoRA training: " + std::to_string(tokens.size()) + " tokens do not make " +
                      std::to_string(batch) + " sequences of " + std::to_string(len) + " (length >= 2)");
+  if (!targets.empty() && targets.size() != tokens.size())
+    throw ValueError("LoRA training: " + std::to_string(targets.size()) + " target flags for " +
+                     std::to_string(tokens.size()) + " tokens");
+  // position t is scored (predicting token t + 1) unless it ends its sequence or t + 1 is not a target
+  auto scored = [&](int64_t t) {
+    return t % len != len - 1 && (targets.empty() || targets[static_cast<size_t>(t + 1)] != 0);
+  };
+  int64_t count = 0;
+  for (int64_t t = 0; t < batch * len; ++t) count += scored(t) ? 1 : 0;
+  if (count == 0) throw ValueError("LoRA training: no token of the micro-batch is a target");
   if (len > model_.max_position_embeddings())
     throw ValueError("LoRA training: sequence length " + std::to_string(len) +
                      " exceeds the model's max_position_embeddings " +
@@ -546,12 +557,11 @@ double LoraModel::run(std::span<const int32_t> tokens, int64_t batch, int64_t le
   std::vector<float> xf(static_cast<size_t>(T * H)), logits(static_cast<size_t>(T * V));
   model_.final_norm().forward(hs[static_cast<size_t>(NL)].data(), T, xf.data());
   model_.output_layer().forward(xf.data(), T, logits.data());
-  const int64_t count = batch * (len - 1);
   double total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static)
   for (int64_t t = 0; t < T; ++t) {
     float* z = logits.data() + t * V;
-    if (t % len == len - 1) {  // no next token
+    if (!scored(t)) {  // no next token, or not a target
       std::fill(z, z + V, 0.0f);
       continue;
     }

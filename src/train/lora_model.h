@@ -56,10 +56,11 @@ class LoraModel {
 
   // One micro-batch of `batch` sequences of `len` tokens each (tokens[b * len + t]), labels = the inputs:
   // forward and backward, adding loss_scale * d(loss)/d(parameter) to the gradients. Returns the loss, the
-  // mean cross-entropy over the batch's batch * (len - 1) predicted tokens (LlamaForCausalLM(labels=...)).
-  // dropout_seed picks the dropout masks (a recomputed layer draws the same ones).
+  // mean cross-entropy over the batch's batch * (len - 1) predicted tokens (LlamaForCausalLM(labels=...)),
+  // or, with `targets` (one flag per token), over the predicted tokens whose flag is set (the others' labels
+  // -100). dropout_seed picks the dropout masks (a recomputed layer draws the same ones).
   double forward_backward(std::span<const int32_t> tokens, int64_t batch, int64_t len, double loss_scale,
-                          uint64_t dropout_seed);
+                          uint64_t dropout_seed, std::span<const uint8_t> targets = {});
   // The same loss without dropout or gradients (evaluation).
   double loss(std::span<const int32_t> tokens, int64_t batch, int64_t len);
   void zero_grad();
@@ -73,7 +74,7 @@ class LoraModel {
 
  private:
   double run(std::span<const int32_t> tokens, int64_t batch, int64_t len, double loss_scale, bool backward,
-             uint64_t dropout_seed);
+             uint64_t dropout_seed, std::span<const uint8_t> targets = {});
   void layer_forward(int64_t l, const float* h_in, float* h_out, Saved& s, bool train, uint64_t seed);
   void layer_backward(int64_t l, const float* h_in, Saved& s, float* dh, uint64_t seed);
   models::LlamaModel& model_;

@@ -211,3 +211,58 @@ TEST(FinetuneCli, MergeDenseEqualsUnmergedAndRequantizedLoads) {
   }
   EXPECT_FALSE(fs::exists(d / "unmerged"));
 }
+
+// Chat data: {"messages": [...]} lines rendered with the model's chat template, trained on the assistant
+// turns; blocks with no assistant token are left out (and said so); a model without a chat template, or a
+// chat line the template cannot split into turns, is a clear error naming the line, with nothing written.
+TEST(FinetuneCli, ChatDataTrainsOnTheAssistantTurns) {
+  test::TempDir d;
+  fs::create_directory(d / "m");
+  // Llama-2's layout: with this tokenizer each answer starts at a token boundary (" The" after "]"); with
+  // test::kSimpleChatTemplate "assistant: The" would merge ": " into one token across the turn boundary
+  const std::string chat = test::write_chat_model(
+      d / "m",
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] | trim }} "
+      "[/INST]{% else %} {{ m['content'] | trim }}{{ eos_token }}{% endif %}{% endfor %}");
+  std::string lines;
+  for (int i = 0; i < 12; ++i)
+    lines +=
+        nlohmann::json{{"messages",
+                        {{{"role", "user"}, {"content", "Tell me about the cat number " + std::to_string(i)}},
+                         {{"role", "assistant"}, {"content", "The cat played in the sun all day."}}}}}
+            .dump() +
+        "\n";
+  // a long question: blocks of it alone have nothing to learn and are left out
+  std::string question;
+  for (int i = 0; i < 40; ++i) question += "Why is the sky so blue today? ";
+  lines += nlohmann::json{{"messages",
+                           {{{"role", "user"}, {"content", question}},
+                            {{"role", "assistant"}, {"content", "Sun."}}}}}
+               .dump() +
+           "\n";
+  test::write_bytes(d / "chat.jsonl", lines);
+  const std::string args = " --data " + (d / "chat.jsonl") + kQuant +
+                           " --seq-len 16 --lora-r 4 --max-steps 3 --no-shuffle --log-jsonl ";
+  const Out r = nibble_cli("finetune " + chat + args + (d / "log.jsonl") + " -o " + (d / "ad"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(d / "ad/adapter_model.safetensors"));
+  const std::string log = test::read_bytes(d / "log.jsonl");
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 3);
+  EXPECT_NE(r.err.find("left out"), std::string::npos) << r.err;
+  // the example model has no chat template: refused before training, naming the files looked at
+  const Out n = nibble_cli("finetune " + model() + args + (d / "log2.jsonl") + " -o " + (d / "ad2"));
+  EXPECT_NE(n.code, 0);
+  EXPECT_NE(n.err.find("chat template"), std::string::npos) << n.err;
+  EXPECT_FALSE(fs::exists(d / "ad2"));
+  // a conversation that opens with the assistant: line 2 named
+  test::write_bytes(
+      d / "bad.jsonl",
+      lines.substr(0, lines.find('\n') + 1) +
+          R"({"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "x"}]})" +
+          "\n");
+  const Out b = nibble_cli("finetune " + chat + " --data " + (d / "bad.jsonl") + kQuant +
+                           " --seq-len 16 -o " + (d / "ad3"));
+  EXPECT_NE(b.code, 0);
+  EXPECT_NE(b.err.find("bad.jsonl:2"), std::string::npos) << b.err;
+  EXPECT_FALSE(fs::exists(d / "ad3"));
+}

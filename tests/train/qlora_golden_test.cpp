@@ -11,6 +11,7 @@
 
 #include "models/auto_model_impl.h"
 #include "models/lora_adapter.h"
+#include "nibble/error.h"
 #include "nibble/finetune.h"
 #include "nibble/safetensors.h"
 #include "test_util.h"
@@ -260,4 +261,54 @@ TEST(QLoraGolden, AdamWCosineAccumulationClipping) {
 }
 
 }  // namespace
+// Labels partly -100 (chat data's non-assistant tokens): the loss is the mean over the targets and only they
+// send gradients, as LlamaForCausalLM + peft (tests/golden/qlora/make_masked_loss_golden.py).
+TEST(QLoraGolden, MaskedLabelsLossAndGradients) {
+  const auto g = nlohmann::json::parse(std::ifstream(qdir() + "/masked_loss.json"));
+  const auto ids = read_training_tokens(qdir() + "/train.txt", test::example_model());
+  auto model = AutoModelForCausalLM::from_pretrained(base_checkpoint(), stored());
+  auto* llama = dynamic_cast<models::LlamaModel*>(ModelAccess::impl(model).model.get());
+  ASSERT_NE(llama, nullptr);
+  train::LoraSpec spec;
+  spec.r = 8;
+  spec.alpha = 16;
+  spec.dropout = 0;
+  spec.target_modules = {"all-linear"};
+  train::LoraModel lm(*llama, spec, 0);
+  train::load_adapter_into(lm, models::read_lora_adapter(qdir() + "/init_adapter"), nullptr);
+  const int64_t L = g["seq_len"].get<int64_t>();
+  std::vector<int32_t> batch(ids.begin(), ids.begin() + 2 * L);  // blocks 0 and 1
+  std::vector<uint8_t> targets(batch.size());
+  int64_t n = 0;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < L; ++t) {
+      targets[static_cast<size_t>(b * L + t)] = ((t / 5) + b) % 3 == 0;
+      n += t > 0 && targets[static_cast<size_t>(b * L + t)];
+    }
+  ASSERT_EQ(n, g["n_targets"].get<int64_t>());
+  lm.zero_grad();
+  const double loss = lm.forward_backward(batch, 2, L, 1.0, 0, targets);
+  EXPECT_NEAR(loss, g["loss"].get<double>(), 1e-5 * g["loss"].get<double>());
+  EXPECT_NEAR(lm.grad_norm(), g["grad_norm"].get<double>(), 1e-4);
+  const auto grads = SafetensorsFile::open(qdir() + "/masked_grads.safetensors");
+  for (const auto& m : lm.modules())
+    for (auto [which, mine] : {std::pair{'A', &m.dA}, {'B', &m.dB}}) {
+      const Tensor w = grads.get(models::peft_lora_key(m.name, which));
+      ASSERT_EQ(w.numel(), static_cast<int64_t>(mine->size()));
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < mine->size(); ++i) {
+        diff += std::pow((*mine)[i] - w.data<float>()[i], 2);
+        norm += std::pow(w.data<float>()[i], 2);
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-4) << m.name << " lora_" << which;
+    }
+  // every token a target is the unmasked loss
+  lm.zero_grad();
+  const double all = lm.forward_backward(batch, 2, L, 1.0, 0, std::vector<uint8_t>(batch.size(), 1));
+  lm.zero_grad();
+  EXPECT_EQ(all, lm.forward_backward(batch, 2, L, 1.0, 0));
+  // no target at all is an error, not a division by zero
+  EXPECT_THROW(lm.forward_backward(batch, 2, L, 1.0, 0, std::vector<uint8_t>(batch.size(), 0)), ValueError);
+}
+
 }  // namespace nibble

@@ -34,8 +34,10 @@ void add_finetune(CLI::App& app) {
                   std::string(kSyntheticHelp) + " (random weights, for benchmarks; needs --tokenizer)");
   sub->add_option("--layers", a->layers, "override num_hidden_layers (synthetic)");
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer directory for --data (synthetic)");
-  sub->add_option("--data", a->data,
-                  "training text: .txt (one document) or .jsonl (one {\"text\": ...} per line)")
+  sub->add_option(
+         "--data", a->data,
+         "training data: .txt (one document) or .jsonl (one {\"text\": ...} per line, or a conversation "
+         "{\"messages\": [...]} rendered with the chat template, trained on the assistant turns)")
       ->required();
   sub->add_option("-o,--output", a->t.output_dir, "adapter directory to write")->required();
   add_quant_flags(sub, a->q, true);
@@ -90,11 +92,11 @@ void add_finetune(CLI::App& app) {
     FinetuneReport r;
     if (!a->synthetic.empty()) {
       if (a->tokenizer.empty()) throw ValueError("finetune: --synthetic needs --tokenizer DIR");
-      const auto ids = read_training_tokens(a->data, a->tokenizer);
+      const TrainingData data = read_training_data(a->data, a->tokenizer);
       if (!opt.quantization_config) opt.quantization_config = default_synthetic_quantization();
       opt.dtype = DType::BFloat16;
       auto model = AutoModelForCausalLM::from_config(synthetic_config(a->synthetic, a->layers), opt, 1);
-      r = finetune(model, ids, a->lora, a->t, "synthetic:" + a->synthetic);
+      r = finetune(model, data, a->lora, a->t, "synthetic:" + a->synthetic);
     } else {
       r = finetune(a->model, a->data, opt, a->lora, a->t);
     }
@@ -107,6 +109,9 @@ void add_finetune(CLI::App& app) {
           r.log.size(), static_cast<long long>(r.blocks), static_cast<long long>(r.trainable_parameters),
           r.target_modules.size(), static_cast<long long>(r.train_tokens), r.seconds, tps,
           r.log.empty() ? 0.0 : r.log.back().loss, a->t.output_dir.c_str());
+      if (r.blocks_without_targets > 0)
+        std::fprintf(stderr, "left out %lld blocks with no target token (no assistant text)\n",
+                     static_cast<long long>(r.blocks_without_targets));
       struct rusage ru {};
       getrusage(RUSAGE_SELF, &ru);
       std::fprintf(stderr,

@@ -36,8 +36,17 @@ void add_conversation(const ChatTemplate& tmpl, const Tokenizer& tok, const nloh
                       const std::string& where, TrainingData& out) {
   if (!msgs.is_array() || msgs.empty())
     throw FormatError(where + ": \"messages\" must be a non-empty list of {\"role\", \"content\"} objects");
-  std::vector<std::pair<size_t, size_t>> spans;
-  const std::string text = tmpl.render(msgs, false, nlohmann::ordered_json::object(), spans);
+  // the template's own errors (raise_exception, a message it cannot print) name the data line too
+  auto render = [&](const nlohmann::ordered_json& m, bool generation_prompt,
+                    std::vector<std::pair<size_t, size_t>>& spans) {
+    try {
+      return tmpl.render(m, generation_prompt, nlohmann::ordered_json::object(), spans);
+    } catch (const ValueError& e) {
+      throw FormatError(where + ": " + e.what());
+    }
+  };
+  std::vector<std::pair<size_t, size_t>> spans, unused;
+  const std::string text = render(msgs, false, spans);
   if (!tmpl.has_generation_blocks()) {
     // TRL's prompt-completion rule, turn by turn: the assistant message i is what the conversation through it
     // renders beyond the conversation before it with the generation prompt
@@ -51,7 +60,7 @@ void add_conversation(const ChatTemplate& tmpl, const Tokenizer& tok, const nloh
         throw FormatError(where + ": the conversation starts with an assistant message (nothing to answer)");
       const nlohmann::ordered_json before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
       const nlohmann::ordered_json through(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i + 1));
-      const std::string prompt = tmpl.render(before, true), upto = tmpl.render(through, false);
+      const std::string prompt = render(before, true, unused), upto = render(through, false, unused);
       if (upto.compare(0, prompt.size(), prompt) != 0 || text.compare(0, upto.size(), upto) != 0)
         throw FormatError(where + ": the chat template renders the turns before assistant message " +
                           std::to_string(i) +

@@ -84,3 +84,28 @@ TEST(ChatData, IdsAndTargetsAsTransformersAndTrl) {
   EXPECT_GE(refused, 2);
   EXPECT_GE(with_generation, 4);
 }
+
+TEST(ChatData, TemplateErrorsNameTheLine) {
+  const test::TempDir d;
+  const std::string model = chat_model(
+      d,
+      "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role here') }}"
+      "{% endif %}{{ m['content'] }}{% endfor %}");
+  const std::string data = d / "data.jsonl";
+  test::write_bytes(
+      data, jsonl_line({{"text", "A story."}}) +
+                R"({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]})"
+                "\n");
+  try {
+    read_training_data(data, model);
+    ADD_FAILURE() << "expected an error";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.jsonl:2: no system role here"), std::string::npos) << e.what();
+  }
+  // messages that are not a list, a message without a role
+  for (const char* bad :
+       {R"({"messages": "hi"})", R"({"messages": [{"content": "x"}, {"role": "assistant"}]})"}) {
+    test::write_bytes(data, std::string(bad) + "\n");
+    EXPECT_THROW(read_training_data(data, model), FormatError) << bad;
+  }
+}

@@ -104,14 +104,20 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
     }
     const bool qkv_bias = c_.attention_bias, o_bias = c_.model_type != "qwen2" && c_.attention_bias;
     const bool fused = c_.model_type == "phi3";
-    if (fused)
-      L.attn = nn::Attention(loader.load(p + ".self_attn.qkv_proj", false),
-                             loader.load(p + ".self_attn.o_proj", false), c_.heads, c_.kv_heads, D);
-    else
-      L.attn = nn::Attention(loader.load(p + ".self_attn.q_proj", qkv_bias),
-                             loader.load(p + ".self_attn.k_proj", qkv_bias),
-                             loader.load(p + ".self_attn.v_proj", qkv_bias),
-                             loader.load(p + ".self_attn.o_proj", o_bias), c_.heads, c_.kv_heads, D);
+    // each linear loaded in its own statement, in checkpoint order: a missing tensor is the first one missing
+    // (arguments of one call are evaluated in no fixed order)
+    if (fused) {
+      auto qkv = loader.load(p + ".self_attn.qkv_proj", false);
+      auto o = loader.load(p + ".self_attn.o_proj", false);
+      L.attn = nn::Attention(std::move(qkv), std::move(o), c_.heads, c_.kv_heads, D);
+    } else {
+      auto q = loader.load(p + ".self_attn.q_proj", qkv_bias);
+      auto k = loader.load(p + ".self_attn.k_proj", qkv_bias);
+      auto v = loader.load(p + ".self_attn.v_proj", qkv_bias);
+      auto o = loader.load(p + ".self_attn.o_proj", o_bias);
+      L.attn =
+          nn::Attention(std::move(q), std::move(k), std::move(v), std::move(o), c_.heads, c_.kv_heads, D);
+    }
     L.attn.window = c_.window[static_cast<size_t>(i)];
     if (g2) {
       L.attn.scale = static_cast<float>(1.0 / std::sqrt(c_.query_pre_attn_scalar));
@@ -126,19 +132,22 @@ LlamaModel::LlamaModel(const json& config, const TensorSource& ck, const LoadOpt
       std::vector<nn::GatedMLP> experts;
       for (int64_t e = 0; e < c_.experts; ++e) {
         const std::string q = p + ".mlp.experts." + std::to_string(e);
-        auto gate = loader.load(q + ".gate_proj", false);  // (in order, so a missing one is named in order)
+        auto gate = loader.load(q + ".gate_proj", false);
         auto up = loader.load(q + ".up_proj", false);
         experts.emplace_back(std::move(gate), std::move(up), loader.load(q + ".down_proj", false));
       }
       L.moe = nn::SparseMoE(dense(p + ".mlp.gate.weight", {c_.experts, H}), std::move(experts),
                             c_.experts_per_tok, c_.norm_topk_prob);
-    } else if (fused)
-      L.mlp =
-          nn::GatedMLP(loader.load(p + ".mlp.gate_up_proj", false), loader.load(p + ".mlp.down_proj", false));
-    else
-      L.mlp = nn::GatedMLP(loader.load(p + ".mlp.gate_proj", c_.mlp_bias),
-                           loader.load(p + ".mlp.up_proj", c_.mlp_bias),
-                           loader.load(p + ".mlp.down_proj", c_.mlp_bias));
+    } else if (fused) {
+      auto gate_up = loader.load(p + ".mlp.gate_up_proj", false);
+      auto down = loader.load(p + ".mlp.down_proj", false);
+      L.mlp = nn::GatedMLP(std::move(gate_up), std::move(down));
+    } else {
+      auto gate = loader.load(p + ".mlp.gate_proj", c_.mlp_bias);
+      auto up = loader.load(p + ".mlp.up_proj", c_.mlp_bias);
+      auto down = loader.load(p + ".mlp.down_proj", c_.mlp_bias);
+      L.mlp = nn::GatedMLP(std::move(gate), std::move(up), std::move(down));
+    }
     if (c_.gemma) L.mlp.act = nn::GatedMLP::Act::GeluTanh;
     const std::map<std::string, std::pair<int64_t, int64_t>> expected{
         {"self_attn.q_proj", {c_.heads * D, H}},
@@ -372,7 +381,8 @@ size_t LlamaModel::decode_bytes_per_token() const {
     if (!L.moe) continue;
     size_t experts = 0;
     for (const auto& ex : L.moe->experts)
-      experts += ex.gate_proj->parameter_bytes() + ex.up_proj->parameter_bytes() + ex.down_proj->parameter_bytes();
+      experts +=
+          ex.gate_proj->parameter_bytes() + ex.up_proj->parameter_bytes() + ex.down_proj->parameter_bytes();
     const auto E = static_cast<size_t>(L.moe->experts.size()), k = static_cast<size_t>(L.moe->top_k);
     n -= experts - experts * k / E;
   }

@@ -153,6 +153,20 @@ TEST(Checkpoints, MalformedAreClearErrors) {
           if (n == p) t = Tensor::empty(DType::UInt8, {7, 1});
       },
       "packed 4-bit weight has 7 bytes");
+  // several linears missing: the first in checkpoint order is named, whatever the compiler
+  expect_load_error(
+      [](NamedTensors& ts) {
+        std::erase_if(ts, [](const auto& nt) {
+          const std::string& n = nt.first;
+          return n.starts_with("model.layers.0.self_attn.") || n.starts_with("model.layers.0.mlp.");
+        });
+      },
+      "model.layers.0.self_attn.q_proj");
+  expect_load_error(
+      [](NamedTensors& ts) {
+        std::erase_if(ts, [](const auto& nt) { return nt.first.starts_with("model.layers.0.mlp."); });
+      },
+      "model.layers.0.mlp.gate_proj");
 }
 
 TEST(Checkpoints, UnsupportedQuantMethodIsError) {

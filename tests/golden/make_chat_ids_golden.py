@@ -11,34 +11,21 @@ transformers saved them), the templates, and per case the messages, the rendered
 import json
 import os
 import sys
-import tempfile
 
 import tokenizers
 import transformers
-from transformers import AutoTokenizer
+
+from chat_golden_common import BOS_EOS_TEMPLATE, extended_tokenizer, qwen25_template
 
 here = os.path.dirname(os.path.abspath(__file__))
 model = sys.argv[1]
-tok = AutoTokenizer.from_pretrained(model)
-tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-with tempfile.TemporaryDirectory() as d:
-    tok.save_pretrained(d)
-    with open(os.path.join(d, "tokenizer.json")) as f:
-        saved = json.load(f)
-with open(os.path.join(model, "tokenizer.json")) as f:
-    orig = json.load(f)
-have = {a["id"] for a in orig["added_tokens"]}
-added = [a for a in saved["added_tokens"] if a["id"] not in have]
-assert [a["content"] for a in added] == ["<|im_start|>", "<|im_end|>"], added
+tok, added = extended_tokenizer(model)
 
-with open(os.path.join(here, "chat_templates", "Qwen-Qwen2.5-7B-Instruct.jinja")) as f:
-    qwen = f.read()
 templates = {
     # Qwen2.5's published template (ChatML): <|im_start|>/<|im_end|> around each turn, a default system prompt
-    "qwen2.5": qwen,
+    "qwen2.5": qwen25_template(),
     # BOS and EOS strings of the tokenizer written by the template, Llama-2 style
-    "bos-eos": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] | trim }} "
-               "[/INST]{% else %} {{ m['content'] | trim }}{{ eos_token }}{% endif %}{% endfor %}",
+    "bos-eos": BOS_EOS_TEMPLATE,
 }
 conversations = [
     [{"role": "user", "content": "Tell me a story about a cat."}],

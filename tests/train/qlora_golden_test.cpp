@@ -132,6 +132,23 @@ TEST(QLoraGolden, TrainedAdapterInferenceMatchesPeft) {
   EXPECT_GT(d, 1e-2);
 }
 
+// Every LoRA gradient of `lm` against peft's (a safetensors file keyed as the saved adapter): 1e-4 relative
+// (L2 over each tensor).
+void expect_gradients(const train::LoraModel& lm, const std::string& file) {
+  const auto grads = SafetensorsFile::open(file);
+  for (const auto& m : lm.modules())
+    for (auto [which, mine] : {std::pair{'A', &m.dA}, {'B', &m.dB}}) {
+      const Tensor w = grads.get(models::peft_lora_key(m.name, which));
+      ASSERT_EQ(w.numel(), static_cast<int64_t>(mine->size()));
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < mine->size(); ++i) {
+        diff += std::pow((*mine)[i] - w.data<float>()[i], 2);
+        norm += std::pow(w.data<float>()[i], 2);
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-4) << m.name << " lora_" << which;
+    }
+}
+
 TEST(QLoraGolden, TokensQuantizationLossAndGradients) {
   const auto g = golden();
   const auto f = SafetensorsFile::open(qdir() + "/golden.safetensors");
@@ -165,18 +182,7 @@ TEST(QLoraGolden, TokensQuantizationLossAndGradients) {
   const double want_loss = g["runs"]["sgd1"]["log"][0]["loss"].get<double>();
   EXPECT_NEAR(loss, want_loss, 1e-5 * want_loss);
   EXPECT_NEAR(lm.grad_norm(), g["runs"]["sgd1"]["log"][0]["grad_norm"].get<double>(), 1e-4);
-  const auto grads = SafetensorsFile::open(qdir() + "/sgd1_grads.safetensors");
-  for (const auto& m : lm.modules())
-    for (auto [which, mine] : {std::pair{'A', &m.dA}, {'B', &m.dB}}) {
-      const Tensor w = grads.get(models::peft_lora_key(m.name, which));
-      ASSERT_EQ(w.numel(), static_cast<int64_t>(mine->size()));
-      double diff = 0, norm = 0;
-      for (size_t i = 0; i < mine->size(); ++i) {
-        diff += std::pow((*mine)[i] - w.data<float>()[i], 2);
-        norm += std::pow(w.data<float>()[i], 2);
-      }
-      EXPECT_LT(std::sqrt(diff / norm), 1e-4) << m.name << " lora_" << which;
-    }
+  expect_gradients(lm, qdir() + "/sgd1_grads.safetensors");
 }
 
 // A run of finetune() against the golden run of the same name: per-step loss, learning rate and gradient
@@ -290,18 +296,7 @@ TEST(QLoraGolden, MaskedLabelsLossAndGradients) {
   const double loss = lm.forward_backward(batch, 2, L, 1.0, 0, targets);
   EXPECT_NEAR(loss, g["loss"].get<double>(), 1e-5 * g["loss"].get<double>());
   EXPECT_NEAR(lm.grad_norm(), g["grad_norm"].get<double>(), 1e-4);
-  const auto grads = SafetensorsFile::open(qdir() + "/masked_grads.safetensors");
-  for (const auto& m : lm.modules())
-    for (auto [which, mine] : {std::pair{'A', &m.dA}, {'B', &m.dB}}) {
-      const Tensor w = grads.get(models::peft_lora_key(m.name, which));
-      ASSERT_EQ(w.numel(), static_cast<int64_t>(mine->size()));
-      double diff = 0, norm = 0;
-      for (size_t i = 0; i < mine->size(); ++i) {
-        diff += std::pow((*mine)[i] - w.data<float>()[i], 2);
-        norm += std::pow(w.data<float>()[i], 2);
-      }
-      EXPECT_LT(std::sqrt(diff / norm), 1e-4) << m.name << " lora_" << which;
-    }
+  expect_gradients(lm, qdir() + "/masked_grads.safetensors");
   // every token a target is the unmasked loss
   lm.zero_grad();
   const double all = lm.forward_backward(batch, 2, L, 1.0, 0, std::vector<uint8_t>(batch.size(), 1));

@@ -70,27 +70,35 @@ void SparseMoE::forward(const float* x, int64_t T, Workspace& ws, float* out) co
   }
   std::fill(out, out + T * H, 0.0f);
   // each expert over the tokens that chose it (in token order), its weighted output added to theirs:
-  // experts in ascending order, as transformers' index_add_ loop
-  thread_local std::vector<int64_t> rows;
-  thread_local std::vector<float> row_w;
+  // experts in ascending order, as transformers' index_add_ loop. The tokens of every expert in one counting
+  // pass (a token picks an expert at most once, so each expert's list is in token order).
+  thread_local std::vector<int64_t> start, fill, rows_all;
+  thread_local std::vector<float> w_all;
+  start.assign(static_cast<size_t>(E + 1), 0);
+  for (int64_t i = 0; i < T * K; ++i) ++start[static_cast<size_t>(pick[static_cast<size_t>(i)] + 1)];
+  for (int64_t e = 0; e < E; ++e) start[static_cast<size_t>(e + 1)] += start[static_cast<size_t>(e)];
+  rows_all.resize(static_cast<size_t>(T * K));
+  w_all.resize(static_cast<size_t>(T * K));
+  fill.assign(start.begin(), start.end() - 1);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < K; ++i) {
+      const auto e = static_cast<size_t>(pick[static_cast<size_t>(t * K + i)]);
+      const auto at = static_cast<size_t>(fill[e]++);
+      rows_all[at] = t;
+      w_all[at] = pick_w[static_cast<size_t>(t * K + i)];
+    }
   for (int64_t e = 0; e < E; ++e) {
-    rows.clear();
-    row_w.clear();
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t i = 0; i < K; ++i)
-        if (pick[static_cast<size_t>(t * K + i)] == e) {
-          rows.push_back(t);
-          row_w.push_back(pick_w[static_cast<size_t>(t * K + i)]);
-        }
-    if (rows.empty()) continue;
-    const auto M = static_cast<int64_t>(rows.size());
+    const int64_t* rows = rows_all.data() + start[static_cast<size_t>(e)];
+    const float* row_w = w_all.data() + start[static_cast<size_t>(e)];
+    const int64_t M = start[static_cast<size_t>(e + 1)] - start[static_cast<size_t>(e)];
+    if (M == 0) continue;
     float* xe = ws.get(kRows, static_cast<size_t>(M * H));
-    for (int64_t i = 0; i < M; ++i) std::copy_n(x + rows[static_cast<size_t>(i)] * H, H, xe + i * H);
+    for (int64_t i = 0; i < M; ++i) std::copy_n(x + rows[i] * H, H, xe + i * H);
     float* ye = ws.get(kExpertOut, static_cast<size_t>(M * H));
     experts[static_cast<size_t>(e)].forward(xe, M, ws, ye);
     for (int64_t i = 0; i < M; ++i) {
-      float* o = out + rows[static_cast<size_t>(i)] * H;
-      const float w = row_w[static_cast<size_t>(i)];
+      float* o = out + rows[i] * H;
+      const float w = row_w[i];
       for (int64_t h = 0; h < H; ++h) o[h] += ye[i * H + h] * w;
     }
   }

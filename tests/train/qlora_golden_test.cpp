@@ -132,6 +132,16 @@ TEST(QLoraGolden, TrainedAdapterInferenceMatchesPeft) {
   EXPECT_GT(d, 1e-2);
 }
 
+// The golden run's LoRA (make_qlora_golden.py's LoraConfig: r 8, alpha 16, no dropout, all linears).
+train::LoraSpec golden_spec() {
+  train::LoraSpec spec;
+  spec.r = 8;
+  spec.alpha = 16;
+  spec.dropout = 0;
+  spec.target_modules = {"all-linear"};
+  return spec;
+}
+
 // Every LoRA gradient of `lm` against peft's (a safetensors file keyed as the saved adapter): 1e-4 relative
 // (L2 over each tensor).
 void expect_gradients(const train::LoraModel& lm, const std::string& file) {
@@ -167,13 +177,7 @@ TEST(QLoraGolden, TokensQuantizationLossAndGradients) {
   auto model = AutoModelForCausalLM::from_pretrained(base_checkpoint(), stored());
   auto* llama = dynamic_cast<models::LlamaModel*>(ModelAccess::impl(model).model.get());
   ASSERT_NE(llama, nullptr);
-
-  train::LoraSpec spec;
-  spec.r = 8;
-  spec.alpha = 16;
-  spec.dropout = 0;
-  spec.target_modules = {"all-linear"};
-  train::LoraModel lm(*llama, spec, 0);
+  train::LoraModel lm(*llama, golden_spec(), 0);
   EXPECT_EQ(lm.modules().size(), 14u);
   EXPECT_EQ(train::load_adapter_into(lm, models::read_lora_adapter(qdir() + "/init_adapter"), nullptr), 0);
   std::vector<int32_t> batch(ids.begin(), ids.begin() + 128);  // blocks 0 and 1
@@ -267,6 +271,7 @@ TEST(QLoraGolden, AdamWCosineAccumulationClipping) {
 }
 
 }  // namespace
+
 // Labels partly -100 (chat data's non-assistant tokens): the loss is the mean over the targets and only they
 // send gradients, as LlamaForCausalLM + peft (tests/golden/qlora/make_masked_loss_golden.py).
 TEST(QLoraGolden, MaskedLabelsLossAndGradients) {
@@ -275,12 +280,7 @@ TEST(QLoraGolden, MaskedLabelsLossAndGradients) {
   auto model = AutoModelForCausalLM::from_pretrained(base_checkpoint(), stored());
   auto* llama = dynamic_cast<models::LlamaModel*>(ModelAccess::impl(model).model.get());
   ASSERT_NE(llama, nullptr);
-  train::LoraSpec spec;
-  spec.r = 8;
-  spec.alpha = 16;
-  spec.dropout = 0;
-  spec.target_modules = {"all-linear"};
-  train::LoraModel lm(*llama, spec, 0);
+  train::LoraModel lm(*llama, golden_spec(), 0);
   train::load_adapter_into(lm, models::read_lora_adapter(qdir() + "/init_adapter"), nullptr);
   const int64_t L = g["seq_len"].get<int64_t>();
   std::vector<int32_t> batch(ids.begin(), ids.begin() + 2 * L);  // blocks 0 and 1

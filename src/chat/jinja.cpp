@@ -49,8 +49,8 @@ struct Ctx {
   int line = 0;
   std::string* out = nullptr;
   const std::string* top = nullptr;  // the rendered text (out, outside captures)
-  std::vector<std::pair<size_t, size_t>>* generation =
-      nullptr;  // where {% generation %} blocks wrote into top
+  // where {% generation %} blocks wrote into top (null: not tracked)
+  std::vector<std::pair<size_t, size_t>>* generation = nullptr;
   // every namespace() of this render: the only mutable objects, so the only way to a reference cycle
   // (`{% set ns.self = ns %}`); render() empties them at its end so that cycles are freed
   std::vector<std::shared_ptr<Dict>> namespaces;

@@ -117,6 +117,63 @@ TEST(Gemm4, Avx2Fp16MatchesReference) {
   check_fast_path(DType::Float16, GemmPath::Avx2);
 }
 
+// The float16 table itself: with x a unit vector each output is one looked-up weight, which must be exactly
+// bitsandbytes' fp16(code * absmax). absmax values around the range where the kernel rounds with integer
+// arithmetic (every nonzero weight of the block a normal float16) and outside it (subnormal weights, values
+// that round to 65504, the F16C path), ties to even, both 4-bit types, blocksizes 64 (gemv64) and 32, one
+// token (GEMV) and two (the batch kernel).
+TEST(Gemm4, Avx2Fp16WeightsAreBitsandbytesFloat16Exactly) {
+  if (!gemm_path_available(GemmPath::Avx2, DType::Float16)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  for (QuantType qt : {QuantType::NF4, QuantType::FP4}) {
+    const Case c = make(4, 64, 64, qt, false, 7);
+    const float* code = c.q.state.code.data<float>();
+    float cmin = INFINITY, cmax = 0;
+    for (int e = 0; e < 16; ++e)
+      if (code[e] != 0) cmin = std::min(cmin, std::fabs(code[e])), cmax = std::max(cmax, std::fabs(code[e]));
+    std::vector<float> scales{0.0f, 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 0x1p-30f, 1e-7f, 3e-5f};
+    for (float edge : {0x1p-14f / cmin, 65504.0f / cmax}) {
+      float a = edge;
+      for (int i = 0; i < 4; ++i) a = std::nextafter(a, 0.0f);
+      for (int i = 0; i < 9; ++i, a = std::nextafter(a, INFINITY)) scales.push_back(a);
+    }
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> lg(-30.0f, std::log2(65519.0f / cmax));
+    for (int i = 0; i < 300; ++i) scales.push_back(std::exp2(lg(rng)));
+    for (int64_t bs : {64, 32}) {
+      // row n holds code n everywhere; two blocks per row with their own absmax
+      const int64_t N = 16, K = 2 * bs;
+      std::vector<uint8_t> packed(static_cast<size_t>(N * K / 2));
+      for (int64_t n = 0; n < N; ++n)
+        std::fill_n(packed.begin() + n * K / 2, K / 2, static_cast<uint8_t>(n << 4 | n));
+      for (size_t si = 0; si + 1 < scales.size(); si += 2) {
+        std::vector<float> absmax(static_cast<size_t>(2 * N));
+        for (int64_t n = 0; n < N; ++n) absmax[2 * n] = scales[si], absmax[2 * n + 1] = scales[si + 1];
+        Q4Weights w;
+        w.packed = packed.data();
+        w.N = N;
+        w.K = K;
+        w.blocksize = bs;
+        w.code = code;
+        w.absmax = absmax.data();
+        // token 0 reads element 3 (block 0), token 1 element bs + 5 (block 1)
+        std::vector<float> x(static_cast<size_t>(2 * K), 0.0f), y(static_cast<size_t>(2 * N));
+        x[3] = 1.0f;
+        x[static_cast<size_t>(K + bs + 5)] = 1.0f;
+        for (int64_t M : {1, 2}) {
+          gemm_4bit(w, x.data(), M, y.data(), DType::Float16, GemmPath::Avx2);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              const float want = fp16_to_float(float_to_fp16(code[n] * scales[si + static_cast<size_t>(m)]));
+              ASSERT_EQ(y[static_cast<size_t>(m * N + n)], want)
+                  << quant_type_name(qt) << " bs=" << bs << " M=" << M << " token " << m << " code " << n
+                  << " absmax " << scales[si + static_cast<size_t>(m)];
+            }
+        }
+      }
+    }
+  }
+}
+
 // The AVX2 prompt GEMM (M >= kAvx2PanelMinTokens): each y[m, n] is one float32 chain over k, so a token's
 // row is the same bits whatever the other tokens of the call (the 6-token tiles and the narrow tail tiles
 // sum alike), for every compute dtype, and a partial 16-row strip (N = 37) matches a full one.

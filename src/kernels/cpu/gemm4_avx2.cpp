@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <vector>
 
 #include "kernels/cpu/avx2_common.h"
@@ -121,25 +122,67 @@ NB_F16C Lut make_lut(const float* code, DType cd) {
 }
 
 // float16 compute looks up bitsandbytes' dequantized weight itself, fp16(code * absmax): per block, the 16
-// values widened to float32 as 4 byte planes (the code table as two float32 registers in `code`).
-NB_F16C inline Lut block_lut_fp16(const __m256 code[2], float absmax) {
+// values widened to float32 (exactly) as 4 byte planes. The rounding to float16 is integer arithmetic on the
+// float32 bits (round to nearest even at mantissa bit 13) where every nonzero value of the block is a normal
+// float16 (`Fp16Blocks::normal`: a range check on absmax alone), else vcvtps2ph / vcvtph2ps (subnormals,
+// overflow, NaN); the F16C pair costs ~4 cycles per 4 values on CPUs with 128-bit vector units (Zen 1). The
+// planes are gathered in 128-bit registers (a byte shuffle per 4 entries, a 4 x 4 dword transpose):
+// cross-lane vpermd and vperm2i128 cost several uops each on those CPUs.
+struct Fp16Blocks {
+  __m256 code[2];        // the code table
+  float lo = 0, hi = 0;  // absmax in [lo, hi]: code * absmax is zero or a normal float16 for every entry
+
+  NB_F16C explicit Fp16Blocks(const float* c) {
+    code[0] = _mm256_loadu_ps(c);
+    code[1] = _mm256_loadu_ps(c + 8);
+    float cmin = INFINITY, cmax = 0;
+    for (int e = 0; e < 16; ++e) {
+      const float a = std::fabs(c[e]);
+      if (a > 0) {
+        cmin = std::min(cmin, a);
+        cmax = std::max(cmax, a);
+      }
+    }
+    if (!(cmax > 0 && cmax < INFINITY)) return;  // empty range: always the F16C path
+    // the smallest absmax with cmin * absmax >= 2^-14 and the largest with cmax * absmax <= 65504, checked on
+    // the float32 products the kernel computes (so rounding of the division cannot let a block through)
+    lo = 0x1p-14f / cmin;
+    while (cmin * lo < 0x1p-14f) lo = std::nextafter(lo, INFINITY);
+    hi = 65504.0f / cmax;
+    while (cmax * hi > 65504.0f) hi = std::nextafter(hi, 0.0f);
+  }
+  bool normal(float absmax) const { return absmax >= lo && absmax <= hi; }
+};
+
+NB_F16C inline __m256 round_fp16_normal(__m256 v) {
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 13), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0xfff)));
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffffe000u))));
+}
+
+NB_F16C inline Lut block_lut_fp16(const Fp16Blocks& fb, float absmax) {
   const __m256 s = _mm256_set1_ps(absmax);
-  // per 128-bit lane (4 entries): byte k of each entry gathered into dword k; then dwords regrouped so each
-  // 64-bit half holds one plane of 8 entries
+  __m256 v[2];
+  if (fb.normal(absmax)) {
+    for (int h = 0; h < 2; ++h) v[h] = round_fp16_normal(_mm256_mul_ps(fb.code[h], s));
+  } else {
+    for (int h = 0; h < 2; ++h)
+      v[h] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(fb.code[h], s), _MM_FROUND_TO_NEAREST_INT));
+  }
+  // per 4 entries: byte k of each entry gathered into dword k
   const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12,
                                            1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const __m256i regroup = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256i t[2];
-  for (int h = 0; h < 2; ++h) {  // entries 8h .. 8h + 7 as float32 (exact widenings of float16)
-    const __m256 v = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(code[h], s), _MM_FROUND_TO_NEAREST_INT));
-    t[h] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_castps_si256(v), by_byte), regroup);
-  }
-  const __m256i p02 = _mm256_unpacklo_epi64(t[0], t[1]), p13 = _mm256_unpackhi_epi64(t[0], t[1]);
+  const __m256i g0 = _mm256_shuffle_epi8(_mm256_castps_si256(v[0]), by_byte);
+  const __m256i g1 = _mm256_shuffle_epi8(_mm256_castps_si256(v[1]), by_byte);
+  const __m128i q0 = _mm256_castsi256_si128(g0), q1 = _mm256_extracti128_si256(g0, 1);
+  const __m128i q2 = _mm256_castsi256_si128(g1), q3 = _mm256_extracti128_si256(g1, 1);
+  const __m128i lo01 = _mm_unpacklo_epi32(q0, q1), lo23 = _mm_unpacklo_epi32(q2, q3);
+  const __m128i hi01 = _mm_unpackhi_epi32(q0, q1), hi23 = _mm_unpackhi_epi32(q2, q3);
+  const __m128i p[4] = {_mm_unpacklo_epi64(lo01, lo23), _mm_unpackhi_epi64(lo01, lo23),
+                        _mm_unpacklo_epi64(hi01, hi23), _mm_unpackhi_epi64(hi01, hi23)};
   Lut lut;
-  lut.plane[0] = _mm256_permute2x128_si256(p02, p02, 0x00);
-  lut.plane[1] = _mm256_permute2x128_si256(p13, p13, 0x00);
-  lut.plane[2] = _mm256_permute2x128_si256(p02, p02, 0x11);
-  lut.plane[3] = _mm256_permute2x128_si256(p13, p13, 0x11);
+  for (int k = 0; k < 4; ++k) lut.plane[k] = _mm256_broadcastsi128_si256(p[k]);
   return lut;
 }
 
@@ -168,40 +211,27 @@ NB_F16C inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
   }
 }
 
-// y[n] for rows [n0, n1) of a single token; xd prepared in CD's order for chunks of C (64 needs
-// blocksize % 64 == 0). CD is the lookup (bfloat16 or float32); cd the compute dtype the table is rounded to.
-template <DType CD, int64_t C>
-NB_F16C void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
+// y[n] for rows [n0, n1) of a single token, blocksize 32 (or any not a multiple of 64; gemv64 below takes the
+// rest); xd prepared in CD's order for chunks of 32. CD is the compute dtype the table is rounded to.
+template <DType CD>
+NB_F16C void gemv32(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
-  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  const Fp16Blocks fb(w.code);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
     __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps(), a0, a1, a2, a3;
     for (int64_t b = 0; b < nbr; ++b) {
       // float16: the looked-up weights carry their absmax
-      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, w.block_absmax(n * nbr + b));
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(fb, w.block_absmax(n * nbr + b));
       a0 = a1 = a2 = a3 = _mm256_setzero_ps();
-      for (int64_t c = b * bs; c < (b + 1) * bs; c += C) {
-        __m256 f[8];
-        if constexpr (C == 64) {
-          __m256i hi, lo;
-          nibble_indices64(row + c / 2, hi, lo);
-          decode<lookup(CD)>(hi, t, f);
-          decode<lookup(CD)>(lo, t, f + 4);
-        } else {
-          decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
-        }
+      for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
+        __m256 f[4];
+        decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
         a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 24), a3);
-        if constexpr (C == 64) {
-          a0 = _mm256_fmadd_ps(f[4], _mm256_loadu_ps(xd + c + 32), a0);
-          a1 = _mm256_fmadd_ps(f[5], _mm256_loadu_ps(xd + c + 40), a1);
-          a2 = _mm256_fmadd_ps(f[6], _mm256_loadu_ps(xd + c + 48), a2);
-          a3 = _mm256_fmadd_ps(f[7], _mm256_loadu_ps(xd + c + 56), a3);
-        }
       }
       if constexpr (CD == DType::Float16) {  // fresh accumulators per block: short FMA chains
         total0 = _mm256_add_ps(total0, _mm256_add_ps(a0, a1));
@@ -216,7 +246,8 @@ NB_F16C void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
   }
 }
 
-// Blocksize a multiple of 64, bfloat16 / float32 lookups (float16 keeps gemv above: its table is per block):
+// Blocksize a multiple of 64 (every compute dtype; float16 rebuilds its table per block and adds each
+// block's sums unscaled, as gemv32):
 // per block, products started with a multiply (no zeroed accumulators), four chains, at most four decoded
 // registers live (the generic loop's eight spilled its totals to the stack), the nested absmax decoded
 // without block_absmax's branches. Single-core L3-resident 1.1x the generic loop, decode 1.08x end to end
@@ -224,7 +255,8 @@ NB_F16C void gemv(const Q4Weights& w, DType cd, const float* xd, float* y, int64
 template <DType CD, bool Nested>
 NB_F16C void gemv64(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, shift = w.nested_shift;
-  const Lut t = make_lut(w.code, cd);
+  Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
+  const Fp16Blocks fb(w.code);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
     __m256 t0 = _mm256_setzero_ps(), t1 = t0;
@@ -236,33 +268,39 @@ NB_F16C void gemv64(const Q4Weights& w, DType cd, const float* xd, float* y, int
                  w.offset;
       else
         absmax = w.absmax[nb];
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(fb, absmax);
       // 64 weights at a time, high nibbles then low ones (4 decoded registers live, not 8)
       __m256 a0, a1, a2, a3, f[4];
       int64_t c = b * bs;
       __m256i hi, lo;
       nibble_indices64(row + c / 2, hi, lo);
-      decode<CD>(hi, t, f);
+      decode<lookup(CD)>(hi, t, f);
       a0 = _mm256_mul_ps(f[0], _mm256_loadu_ps(xd + c));
       a1 = _mm256_mul_ps(f[1], _mm256_loadu_ps(xd + c + 8));
       a2 = _mm256_mul_ps(f[2], _mm256_loadu_ps(xd + c + 16));
       a3 = _mm256_mul_ps(f[3], _mm256_loadu_ps(xd + c + 24));
       for (;;) {
-        decode<CD>(lo, t, f);
+        decode<lookup(CD)>(lo, t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c + 32), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 40), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 48), a2);
         a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 56), a3);
         if ((c += 64) == (b + 1) * bs) break;
         nibble_indices64(row + c / 2, hi, lo);
-        decode<CD>(hi, t, f);
+        decode<lookup(CD)>(hi, t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
         a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 24), a3);
       }
-      const __m256 s = _mm256_set1_ps(absmax);
-      t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, t0);
-      t1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, t1);
+      if constexpr (CD == DType::Float16) {  // the looked-up weights carry their absmax
+        t0 = _mm256_add_ps(t0, _mm256_add_ps(a0, a1));
+        t1 = _mm256_add_ps(t1, _mm256_add_ps(a2, a3));
+      } else {
+        const __m256 s = _mm256_set1_ps(absmax);
+        t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), s, t0);
+        t1 = _mm256_fmadd_ps(_mm256_add_ps(a2, a3), s, t1);
+      }
     }
     y[n] = round_to(cd, hsum(_mm256_add_ps(t0, t1)));
   }
@@ -273,15 +311,14 @@ void gemv_rows(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t 
 #pragma omp parallel
   {
     const auto [a, b] = thread_rows(w.N);
-    if (chunk == 64 && CD != DType::Float16) {
+    if (chunk == 64) {
       if (w.absmax)
-        gemv64<lookup(CD), false>(w, cd, xd, y, a, b);
+        gemv64<CD, false>(w, cd, xd, y, a, b);
       else
-        gemv64<lookup(CD), true>(w, cd, xd, y, a, b);
-    } else if (chunk == 64)
-      gemv<CD, 64>(w, cd, xd, y, a, b);
-    else
-      gemv<CD, 32>(w, cd, xd, y, a, b);
+        gemv64<CD, true>(w, cd, xd, y, a, b);
+    } else {
+      gemv32<CD>(w, cd, xd, y, a, b);
+    }
   }
 }
 
@@ -300,7 +337,7 @@ NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
   constexpr int NA = 2;
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
-  const __m256 code[2] = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  const Fp16Blocks fb(w.code);
   const float* xm = xd + m0 * K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
@@ -311,7 +348,7 @@ NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       for (int a = 0; a < NA; ++a) acc[m][a] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbr; ++b) {
       const float absmax = w.block_absmax(n * nbr + b);
-      if constexpr (CD == DType::Float16) t = block_lut_fp16(code, absmax);
+      if constexpr (CD == DType::Float16) t = block_lut_fp16(fb, absmax);
       const __m256 s = _mm256_set1_ps(absmax);
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];

@@ -193,7 +193,9 @@ constexpr DType lookup(DType cd) {
 
 template <DType CD>
 NB_F16C inline void decode(__m256i idx, const Lut& t, __m256 f[4]) {
-  const __m256i b0 = _mm256_shuffle_epi8(t.plane[0], idx), b1 = _mm256_shuffle_epi8(t.plane[1], idx);
+  // float16 compute: byte 0 of a float16 widened to float32 is always zero (no lookup)
+  const __m256i b0 = CD == DType::Float16 ? _mm256_setzero_si256() : _mm256_shuffle_epi8(t.plane[0], idx);
+  const __m256i b1 = _mm256_shuffle_epi8(t.plane[1], idx);
   const __m256i w0 = _mm256_unpacklo_epi8(b0, b1), w1 = _mm256_unpackhi_epi8(b0, b1);
   if constexpr (CD == DType::BFloat16) {
     const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
@@ -227,7 +229,7 @@ NB_F16C void gemv32(const Q4Weights& w, DType cd, const float* xd, float* y, int
       a0 = a1 = a2 = a3 = _mm256_setzero_ps();
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
-        decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
+        decode<CD>(nibble_indices(row + c / 2), t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
@@ -274,20 +276,20 @@ NB_F16C void gemv64(const Q4Weights& w, DType cd, const float* xd, float* y, int
       int64_t c = b * bs;
       __m256i hi, lo;
       nibble_indices64(row + c / 2, hi, lo);
-      decode<lookup(CD)>(hi, t, f);
+      decode<CD>(hi, t, f);
       a0 = _mm256_mul_ps(f[0], _mm256_loadu_ps(xd + c));
       a1 = _mm256_mul_ps(f[1], _mm256_loadu_ps(xd + c + 8));
       a2 = _mm256_mul_ps(f[2], _mm256_loadu_ps(xd + c + 16));
       a3 = _mm256_mul_ps(f[3], _mm256_loadu_ps(xd + c + 24));
       for (;;) {
-        decode<lookup(CD)>(lo, t, f);
+        decode<CD>(lo, t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c + 32), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 40), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 48), a2);
         a3 = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xd + c + 56), a3);
         if ((c += 64) == (b + 1) * bs) break;
         nibble_indices64(row + c / 2, hi, lo);
-        decode<lookup(CD)>(hi, t, f);
+        decode<CD>(hi, t, f);
         a0 = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xd + c), a0);
         a1 = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xd + c + 8), a1);
         a2 = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xd + c + 16), a2);
@@ -352,7 +354,7 @@ NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
       const __m256 s = _mm256_set1_ps(absmax);
       for (int64_t c = b * bs; c < (b + 1) * bs; c += 32) {
         __m256 f[4];
-        decode<lookup(CD)>(nibble_indices(row + c / 2), t, f);
+        decode<CD>(nibble_indices(row + c / 2), t, f);
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) {
           // float16: the looked-up weight already is fp16(code * absmax)

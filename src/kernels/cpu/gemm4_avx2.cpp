@@ -10,8 +10,9 @@
 //    32 weights, instead of 2 vpermps + a blend per 8 weights;
 //  - float32 compute looks up the 4 bytes of the float32 code and interleaves them twice;
 //  - float16 compute does the same with bitsandbytes' float16 weights themselves: per block, the 16 values
-//    fp16(code * absmax), widened to float32 (exactly) and transposed into byte planes. (Looking up float16
-//    words and widening each with vcvtph2ps was 1.6x slower: vcvtph2ps is costly on Zen 3.)
+//    fp16(code * absmax), widened to float32 (exactly) and transposed into byte planes, byte 0 (always zero)
+//    not looked up. (Looking up float16 words and widening each with vcvtph2ps was 1.6x slower: vcvtph2ps is
+//    costly on Zen 3.)
 // The lookups come out in a fixed permuted order; x is prepared once per call in that order (rounded to the
 // compute dtype), so the dot product needs no shuffles. Per block, the sum of code * x is scaled by the
 // block's absmax (bfloat16: as on the AVX512-BF16 path, the table is rounded to bfloat16 instead of each

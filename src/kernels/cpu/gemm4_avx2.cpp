@@ -71,15 +71,22 @@ int elem_of(DType cd, int64_t chunk, int s) {
   return p < 16 ? 2 * p : 2 * (p - 16) + 1;
 }
 
+// Finite float32 lanes with the low Bits mantissa bits rounded off (to nearest even), kept as float32:
+// bfloat16 (Bits = 16); float16 (13) where the results are normal float16s.
+template <int Bits>
+NB_F16C inline __m256 round_low_bits(__m256 v) {
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, Bits), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32((1 << (Bits - 1)) - 1)));
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(~0u << Bits))));
+}
+
 // Finite float32 lanes rounded to the compute dtype (round to nearest even, as float_to_bf16 /
 // float_to_fp16), kept as float32.
 NB_F16C inline __m256 round_vec(__m256 v, DType cd) {
   if (cd == DType::Float16) return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
   if (cd != DType::BFloat16) return v;
-  const __m256i b = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  return round_low_bits<16>(v);
 }
 
 // n floats (n % 8 == 0) rounded to the compute dtype in place
@@ -155,18 +162,11 @@ struct Fp16Blocks {
   bool normal(float absmax) const { return absmax >= lo && absmax <= hi; }
 };
 
-NB_F16C inline __m256 round_fp16_normal(__m256 v) {
-  const __m256i b = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 13), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0xfff)));
-  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffffe000u))));
-}
-
 NB_F16C inline Lut block_lut_fp16(const Fp16Blocks& fb, float absmax) {
   const __m256 s = _mm256_set1_ps(absmax);
   __m256 v[2];
   if (fb.normal(absmax)) {
-    for (int h = 0; h < 2; ++h) v[h] = round_fp16_normal(_mm256_mul_ps(fb.code[h], s));
+    for (int h = 0; h < 2; ++h) v[h] = round_low_bits<13>(_mm256_mul_ps(fb.code[h], s));
   } else {
     for (int h = 0; h < 2; ++h)
       v[h] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(fb.code[h], s), _MM_FROUND_TO_NEAREST_INT));

@@ -137,8 +137,10 @@ NB_F16C Lut make_lut(const float* code, DType cd) {
 // planes are gathered in 128-bit registers (a byte shuffle per 4 entries, a 4 x 4 dword transpose):
 // cross-lane vpermd and vperm2i128 cost several uops each on those CPUs.
 struct Fp16Blocks {
-  __m256 code[2];        // the code table
+  __m256 code[2] = {};   // the code table
   float lo = 0, hi = 0;  // absmax in [lo, hi]: code * absmax is zero or a normal float16 for every entry
+
+  Fp16Blocks() = default;  // unused (compute dtypes other than float16)
 
   NB_F16C explicit Fp16Blocks(const float* c) {
     code[0] = _mm256_loadu_ps(c);
@@ -220,7 +222,7 @@ template <DType CD>
 NB_F16C void gemv32(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
-  const Fp16Blocks fb(w.code);
+  const Fp16Blocks fb = CD == DType::Float16 ? Fp16Blocks(w.code) : Fp16Blocks();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
     __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps(), a0, a1, a2, a3;
@@ -259,7 +261,7 @@ template <DType CD, bool Nested>
 NB_F16C void gemv64(const Q4Weights& w, DType cd, const float* xd, float* y, int64_t n0, int64_t n1) {
   const int64_t K = w.K, bs = w.blocksize, nbr = K / bs, shift = w.nested_shift;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
-  const Fp16Blocks fb(w.code);
+  const Fp16Blocks fb = CD == DType::Float16 ? Fp16Blocks(w.code) : Fp16Blocks();
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
     __m256 t0 = _mm256_setzero_ps(), t1 = t0;
@@ -340,7 +342,7 @@ NB_F16C void gemv_batch(const Q4Weights& w, DType cd, const float* xd, int64_t m
   constexpr int NA = 2;
   const int64_t K = w.K, N = w.N, bs = w.blocksize, nbr = K / bs;
   Lut t = make_lut(w.code, cd);  // float16: rebuilt per block
-  const Fp16Blocks fb(w.code);
+  const Fp16Blocks fb = CD == DType::Float16 ? Fp16Blocks(w.code) : Fp16Blocks();
   const float* xm = xd + m0 * K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed + n * K / 2;
